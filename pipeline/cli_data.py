@@ -1,5 +1,4 @@
-"""CLI: `supmam data ...` and `supmam prepare ...` (owner: data/prepare)."""
+"""CLI: `supmam data ...` (owner: mini datasets)."""
 import typer
 
 data_app = typer.Typer(no_args_is_help=True)
-prepare_app = typer.Typer(no_args_is_help=True)
