@@ -11,6 +11,7 @@ STORES  ?= data/stores
 RUNS    ?= runs
 SEED    ?= 0
 PRESET  ?= supmam-clap
+VARIANT ?= -mini
 TASK    ?= spc2
 CLAP_CKPT ?=
 CLAP_MODEL ?= HTSAT-tiny
@@ -53,10 +54,10 @@ targets: install
 
 pretrain: install
 	@test -d $(TARGETS) || $(MAKE) targets
-	$(SUPMAM) pretrain --preset $(PRESET) --clips $(CLIPS) --targets $(TARGETS) --runs $(RUNS) $(ARGS)
+	$(SUPMAM) pretrain --preset $(PRESET)$(VARIANT) --clips $(CLIPS) --targets $(TARGETS) --runs $(RUNS) $(ARGS)
 
 finetune: install
-	$(SUPMAM) finetune --task $(TASK) --init $(INIT) --stores $(STORES) --runs $(RUNS) $(ARGS)
+	$(SUPMAM) finetune --task $(TASK) --preset $(TASK)$(VARIANT) --init $(INIT) --stores $(STORES) --runs $(RUNS) $(ARGS)
 
 demo: install
 	$(SUPMAM) demo --data $(DATA) --stores $(STORES) --runs $(RUNS) --seed $(SEED)

@@ -1,0 +1,255 @@
+"""GPU benchmark of the stage-two pretraining step (run through bench/gpu.sh).
+
+For each preset (audiomae, supmam, mam-clap, supmam-clap) at ViT-B, T=1024: clips/s, peak memory
+and MFU of one optimizer step (forward + backward + AdamW) under bf16 autocast with timm's fused
+SDPA attention, `torch.compile` off and on, batch 32/64/128; and cached targets vs the online
+CLAP teacher (HTSAT-tiny, random weights) on the same GPU. Data are synthetic tensors already on
+the device, so the figures are the model's ceiling (the loader is measured by bench_cpu.py).
+
+Every configuration runs in try/except (its error is recorded), a global time budget stops the
+run cleanly, and configurations run in priority order so a short budget still answers the main
+questions. MFU = FLOPs counted from the shapes (bench/flops.py) / step time / bf16 dense peak.
+`--dry-run`: the same code on CPU at toy sizes (tiny 1-layer encoder, T=128), in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # noqa: E402
+from bench.flops import mam_step_flops, peak_flops  # noqa: E402
+
+PRESETS = ["supmam-clap", "mam-clap", "supmam", "audiomae"]
+# Used only if configs/pretrain/<preset>.toml cannot be loaded (DESIGN.md's paper settings).
+FALLBACK = {
+    "audiomae": dict(objectives=["rec"], mask_ratio=0.8, decoder_depth=16, decoder_dim=512, decoder_heads=16),
+    "supmam": dict(objectives=["rec", "cls"], mask_ratio=0.4, decoder_depth=16, decoder_dim=512,
+                   decoder_heads=16, lambda_cls=0.01),
+    "mam-clap": dict(objectives=["clap"], mask_ratio=0.2, decoder_depth=1),
+    "supmam-clap": dict(objectives=["clap", "cls"], mask_ratio=0.2, decoder_depth=1, lambda_cls=1e-4),
+}
+NUM_CLASSES, TEACHER_GRID, TEACHER_DIM = 527, (32, 2), 768
+
+
+def load_grid_map():
+    """cache_tools.grid_map, loaded by file path if the package __init__ needs zarr (absent on GPU boxes)."""
+    try:
+        from cache_tools import grid_map
+        return grid_map
+    except ImportError:
+        path = common.REPO / "cache_tools" / "grid_map.py"
+        spec = importlib.util.spec_from_file_location("bench_grid_map", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+
+def mam_config(preset: str, dry: bool):
+    """(MAMConfig, source) for a preset: the preset TOML's model table, else FALLBACK."""
+    from train.models_mam import MAMConfig
+    try:
+        from train.config import load_config
+        from train.pretrain import PretrainConfig
+        cfg, source = load_config(PretrainConfig, preset).model, f"configs/pretrain/{preset}.toml"
+    except Exception as e:  # noqa: BLE001
+        cfg, source = MAMConfig(**FALLBACK[preset]), f"fallback ({type(e).__name__}: {e})"
+    over = dict(encoder="base", target_length=1024)
+    if dry:
+        over = dict(encoder="tiny", encoder_depth=1, target_length=128,
+                    decoder_depth=min(cfg.decoder_depth, 1), decoder_dim=64, decoder_heads=2)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in over.items() if k in fields}), source
+
+
+def build(preset: str, dev, dry: bool):
+    import torch
+    from train.models_mam import MaskedAudioModel
+    cfg, source = mam_config(preset, dry)
+    torch.manual_seed(0)
+    model = MaskedAudioModel(cfg, target_dim=TEACHER_DIM if "clap" in cfg.objectives else None,
+                             num_classes=NUM_CLASSES if "cls" in cfg.objectives else None,
+                             multilabel=True).to(dev)
+    return model, cfg, source
+
+
+def step_flops(model, cfg, batch: int) -> dict:
+    enc = model.encoder
+    tp, fp = enc.patch_grid
+    dec_blocks = getattr(model, "decoder_blocks", [])
+    window = list(getattr(cfg, "decoder_window", [4, 4]))
+    return mam_step_flops(batch, tp * fp, cfg.mask_ratio, enc.embed_dim, len(enc.blocks),
+                          cfg.decoder_dim, len(dec_blocks), window[0] * window[1], list(cfg.objectives),
+                          TEACHER_DIM, 16, getattr(cfg, "cls_hidden", 0) or 0, NUM_CLASSES)
+
+
+def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
+    """One configuration: build, warm up (compiles here), time `steps` optimizer steps."""
+    import torch
+    model, cfg, source = build(c["preset"], dev, args.dry_run)
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                            fused=cuda)
+    fwd = model
+    if c["compile"]:
+        fwd = torch.compile(model, backend="eager" if args.dry_run else "inductor")
+    b, t = c["batch"], cfg.target_length
+    g = torch.Generator(device=dev).manual_seed(0)
+    fbank = torch.randn(b, 1, t, 128, device=dev, generator=g)  # [B,1,T,128]
+    labels = (torch.rand(b, NUM_CLASSES, device=dev, generator=g) < 0.05).float()  # [B,C]
+    tgt = torch.randn(b, *TEACHER_GRID, TEACHER_DIM, device=dev, generator=g).half()  # [B,Tt,Ft,D]
+    wave = (torch.rand(b, int(t * 160), device=dev, generator=g) - 0.5) * 0.2  # [B,S] 16 kHz
+    gm = load_grid_map()
+    mel = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
+    index = gm.teacher_to_patch_index(TEACHER_GRID, mel, model.encoder.patch_grid).to(dev)  # [N]
+    teacher = None
+    if c["teacher"] == "online":
+        teacher = teacher_cache.get("t") or load_teacher(dev)
+        teacher_cache["t"] = teacher
+    use_t = "clap" in cfg.objectives
+    mask_gen = torch.Generator(device=dev).manual_seed(1)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            targets = None
+            if use_t:
+                grid = tgt
+                if teacher is not None:
+                    with torch.no_grad():
+                        grid = teacher.token_grid(wave).permute(0, 3, 2, 1).half()  # [B,D,Ft,Tt] -> [B,Tt,Ft,D]
+                targets = gm.map_targets(grid, index).float()  # [B,N,D]
+            loss, parts, mask = fwd(fbank, targets=targets,
+                                    labels=labels if "cls" in cfg.objectives else None, generator=mask_gen)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    warm_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    sync()
+    dt = (time.perf_counter() - t0) / args.steps
+    fl = step_flops(model, cfg, b)
+    peak = peak_flops(torch.cuda.get_device_name(0)) if cuda else None
+    out = {"clips_per_s": round(b / dt, 2), "step_ms": round(dt * 1e3, 2), "warmup_s": round(warm_s, 1),
+           "final_loss": float(loss), "tflops_per_step": round(fl["train_step"] / 1e12, 4),
+           "achieved_tflops": round(fl["train_step"] / dt / 1e12, 2),
+           "mfu": round(fl["train_step"] / dt / peak, 4) if peak else None,
+           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+           "mask_ratio": cfg.mask_ratio, "objectives": list(cfg.objectives), "config_source": source}
+    if args.dry_run and not c["compile"]:
+        out["flop_counter_ratio"] = flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl)
+    return out
+
+
+def flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl) -> float:
+    """torch's FlopCounterMode over one fwd+bwd, divided by our formula (should be ~1)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    targets = gm.map_targets(tgt, index).float() if "clap" in cfg.objectives else None
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _, _ = model(fbank, targets=targets, labels=labels if "cls" in cfg.objectives else None,
+                           generator=torch.Generator().manual_seed(2))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return round(counter.get_total_flops() / fl["train_step"], 4)
+
+
+def load_teacher(dev):
+    from pipeline.teacher import ClapTeacher
+    return ClapTeacher.from_checkpoint(None, model="HTSAT-tiny", fusion=False, seed=0, device=str(dev))
+
+
+def plan(dry: bool) -> list[dict]:
+    """Configurations in priority order (the budget may stop the run part-way)."""
+    if dry:
+        return ([dict(preset=p, batch=2, compile=False, teacher="cached") for p in PRESETS]
+                + [dict(preset="supmam-clap", batch=1, compile=False, teacher="online"),
+                   dict(preset="mam-clap", batch=2, compile=True, teacher="cached")])
+    c = [dict(preset=p, batch=64, compile=False, teacher="cached") for p in PRESETS]
+    c += [dict(preset="supmam-clap", batch=64, compile=False, teacher="online")]
+    c += [dict(preset=p, batch=64, compile=True, teacher="cached") for p in ["supmam-clap", "audiomae"]]
+    c += [dict(preset=p, batch=bs, compile=False, teacher="cached") for bs in (128, 32) for p in PRESETS]
+    c += [dict(preset=p, batch=bs, compile=True, teacher="cached")
+          for bs in (128, 32) for p in ["supmam-clap", "audiomae"]]
+    c += [dict(preset=p, batch=64, compile=True, teacher="cached") for p in ["mam-clap", "supmam"]]
+    return c
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, seconds")
+    ap.add_argument("--budget", type=float, default=270.0, help="seconds for the whole run")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--out", default=None, help="JSON path (default $OUT/gpu-results.json or bench/)")
+    args = ap.parse_args(argv)
+    args.steps = args.steps or (2 if args.dry_run else 10)
+    args.warmup = args.warmup or (1 if args.dry_run else 3)
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dev = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
+    if dev.type == "cpu" and not args.dry_run:
+        print("[gpu_bench] no CUDA device: running toy sizes on CPU (like --dry-run)", flush=True)
+        args.dry_run = True
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else common.REPO / "bench"
+    out_path = Path(args.out) if args.out else out_dir / ("gpu-results-dry.json" if args.dry_run else "gpu-results.json")
+    t_start = time.perf_counter()
+    results = {"machine": common.machine_info(), "dry_run": args.dry_run, "budget_s": args.budget,
+               "steps": args.steps, "warmup": args.warmup, "flops_formula": "bench/flops.py docstring",
+               "peak_bf16_flops": peak_flops(results_dev_name(dev)), "configs": []}
+    teacher_cache: dict = {}
+    for c in plan(args.dry_run):
+        name = f"{c['preset']} b{c['batch']} {'compile' if c['compile'] else 'eager'} {c['teacher']}"
+        left = args.budget - (time.perf_counter() - t_start)
+        need = (90 if c["compile"] else 20) if not args.dry_run else 1
+        if left < need:
+            rec = {**c, "status": "skipped", "error": f"time budget: {left:.0f}s left, needs ~{need}s"}
+        else:
+            rec = {**c, **common.run_section(name, run_config, c, args, dev, teacher_cache)}
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        results["configs"].append(rec)
+        print(f"[gpu_bench] {name}: {rec['status']} {rec.get('clips_per_s', rec.get('error', ''))}", flush=True)
+        common.write_json(out_path, results)  # partial results survive a kill
+    results["table"] = table(results["configs"])
+    results["wall_s"] = round(time.perf_counter() - t_start, 1)
+    common.write_json(out_path, results)
+    print(f"[gpu_bench] wrote {out_path} in {results['wall_s']} s", flush=True)
+    return 0
+
+
+def results_dev_name(dev) -> str:
+    import torch
+    return torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+
+
+def table(configs: list[dict]) -> str:
+    base = {(c["preset"], c["batch"]): c.get("clips_per_s") for c in configs
+            if c.get("status") == "ok" and not c["compile"] and c["teacher"] == "cached"}
+    rows = [[c["preset"], c["batch"], "on" if c["compile"] else "off", c["teacher"], c.get("status"),
+             c.get("clips_per_s"), c.get("step_ms"), c.get("mfu"), c.get("peak_mem_gib"),
+             common.ratio(c.get("clips_per_s"), base.get((c["preset"], c["batch"]))),
+             (c.get("error") or "")[:60]] for c in configs]
+    return common.print_table(rows, ["preset", "batch", "compile", "teacher", "status", "clips/s", "ms/step",
+                                     "MFU", "peak GiB", "x eager-cached", "error"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

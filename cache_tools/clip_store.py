@@ -1,0 +1,268 @@
+"""HDF5 clip store (one file per dataset split): crash-safe writer (parts -> atomic assemble) + reader.
+
+Writing: each finished block of clips is an HDF5 part file `F.h5.parts/part-NNNNNN.h5`, written to a
+temporary name and renamed (atomic). `assemble` copies all parts into `F.h5.tmp`, sets
+`complete=True`, writes the JSON report `F.h5.report.json`, renames to `F.h5` and removes the parts.
+A `kill -9` at any moment leaves either finished parts (reused by a rerun) or a finished store.
+Layout of the store: docs/contracts.md ("Clip store").
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache_tools.fingerprint import clip_fingerprint
+
+FORMAT = "supmam-clipstore/1"
+JSON_ATTRS = ("class_names", "class_ids", "feature_params")
+
+
+class StoreError(Exception):
+    """A store that is missing, incomplete or not what it claims; the message names the file."""
+
+    def __init__(self, path: Path | str, why: str):
+        self.path, self.why = Path(path), why
+        super().__init__(f"{path}: {why}")
+
+
+def parts_dir(path: Path | str) -> Path:
+    return Path(f"{path}.parts")
+
+
+def report_path(path: Path | str) -> Path:
+    return Path(f"{path}.report.json")
+
+
+def tmp_path(path: Path | str) -> Path:
+    return Path(f"{path}.tmp")
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- writer: parts
+
+
+def open_parts(path: Path | str, job: dict) -> Path:
+    """Create or reuse `F.h5.parts/` for `job` (a JSON-able description); parts of another job are dropped."""
+    d = parts_dir(path)
+    job_file = d / "job.json"
+    if d.exists() and (not job_file.is_file() or json.loads(job_file.read_text()) != json.loads(json.dumps(job))):
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob("*.tmp.*"):   # half-written parts of a killed run
+        stale.unlink()
+    if not job_file.is_file():
+        _atomic_json(job_file, job)
+    return d
+
+
+def part_path(d: Path, block: int) -> Path:
+    return d / f"part-{block:06d}.h5"
+
+
+def finished_blocks(d: Path) -> set[int]:
+    return {int(p.stem.split("-")[1]) for p in d.glob("part-*.h5")}
+
+
+def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave: np.ndarray,
+               labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict]) -> Path:
+    """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n]."""
+    out = part_path(d, block)
+    tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("fbank", data=fbank.astype(np.float16))
+        f.create_dataset("wave", data=wave.astype(np.int16))
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        if folds is not None:
+            f.create_dataset("fold", data=folds.astype(np.int8))
+        f.attrs["skipped"] = json.dumps(skipped)
+    _fsync(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------- writer: assemble
+
+
+def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict:
+    """All parts -> `F.h5` (atomic). `attrs` are the store's root attrs minus the computed ones.
+
+    Returns the report (also written to F.h5.report.json): `report` plus kept / skipped clips.
+    """
+    path = Path(path)
+    d = parts_dir(path)
+    parts = [part_path(d, b) for b in range(n_blocks)]
+    absent = [p.name for p in parts if not p.is_file()]
+    if absent:
+        raise StoreError(path, f"cannot assemble: {len(absent)} of {n_blocks} parts missing ({absent[:3]} ...)")
+    counts, skipped, shapes = [], [], None
+    for p in parts:
+        with h5py.File(p, "r") as f:
+            counts.append(len(f["clip_id"]))
+            skipped += json.loads(f.attrs["skipped"])
+            if counts[-1] and shapes is None:
+                shapes = {k: (f[k].shape[1:], f[k].dtype) for k in f.keys() if k != "clip_id"}
+    n = sum(counts)
+    report = dict(report, written=n, skipped=skipped)
+    if n == 0:
+        _atomic_json(report_path(path), report)
+        raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
+    tmp = tmp_path(path)
+    clip_ids: list[str] = []
+    total, total_sq, count = 0.0, 0.0, 0
+    with h5py.File(tmp, "w") as out:
+        dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
+                                       chunks=(1, *shape) if k in ("fbank", "wave") else None)
+                 for k, (shape, dtype) in shapes.items()}          # fbank [N,T,F] chunk (1,T,F); wave [N,S]
+        ids = out.create_dataset("clip_id", shape=(n,), dtype=h5py.string_dtype("utf-8"))
+        offset = 0
+        for p, c in zip(parts, counts):
+            if c == 0:
+                continue
+            with h5py.File(p, "r") as f:
+                for k, ds in dsets.items():
+                    ds[offset:offset + c] = f[k][:]
+                clip_ids += list(f["clip_id"].asstr()[:])
+                fb = f["fbank"][:].astype(np.float64)              # [c,T,F]
+                total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
+            offset += c
+        ids[:] = np.array(clip_ids, dtype=object)
+        mean = total / count
+        computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped),
+                        stats_mean=float(mean), stats_std=float(np.sqrt(max(total_sq / count - mean * mean, 0.0))),
+                        fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"]))
+        for k, v in {**attrs, **computed}.items():
+            out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
+        out.attrs["complete"] = True                               # last: marks a finished file
+    _fsync(tmp)
+    report["fingerprint"] = computed["fingerprint"]
+    _atomic_json(report_path(path), report)
+    os.replace(tmp, path)
+    shutil.rmtree(d)
+    return report
+
+
+# ---------------------------------------------------------------- reader
+
+
+def _read_attrs(f: h5py.File) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")
+        if k in JSON_ATTRS and isinstance(v, str):
+            v = json.loads(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def check_store(path: Path | str) -> dict:
+    """The store's attrs if `path` is a complete clip store; else StoreError saying why."""
+    path = Path(path)
+    if not path.exists():
+        if tmp_path(path).exists():
+            raise StoreError(path, f"incomplete: assembly was interrupted (leftover {tmp_path(path).name}); "
+                                   "rerun `supmam prepare` to finish it")
+        if parts_dir(path).is_dir():
+            k = len(finished_blocks(parts_dir(path)))
+            raise StoreError(path, f"incomplete: only {k} finished blocks in {parts_dir(path).name}; "
+                                   "rerun `supmam prepare` to finish it")
+        raise StoreError(path, "no such clip store (create it with `supmam prepare`)")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _read_attrs(f)
+            keys = set(f.keys())
+    except OSError as e:
+        raise StoreError(path, f"not a readable HDF5 file ({e})") from None
+    if attrs.get("format") != FORMAT:
+        raise StoreError(path, f"not a supmam clip store (format={attrs.get('format')!r}, expected {FORMAT!r})")
+    if attrs.get("complete") is not True:
+        raise StoreError(path, "incomplete: the `complete` flag is not set; rerun `supmam prepare`")
+    lacking = {"fbank", "wave", "labels", "clip_id"} - keys
+    if lacking:
+        raise StoreError(path, f"corrupt: datasets {sorted(lacking)} are missing")
+    return attrs
+
+
+class ClipStore:
+    """Reader. The HDF5 file is opened lazily in each process, so DataLoader workers can fork."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.attrs = check_store(self.path)
+        with h5py.File(self.path, "r") as f:
+            self.labels = f["labels"][:]                          # [N,C] uint8 or [N] int64
+            self.clip_ids = list(f["clip_id"].asstr()[:])
+            self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
+            self._n = len(f["fbank"])
+        a = self.attrs
+        self.fingerprint, self.dataset, self.split = a["fingerprint"], a["dataset"], a["split"]
+        self.multilabel, self.class_names, self.class_ids = bool(a["multilabel"]), a["class_names"], a["class_ids"]
+        self.num_classes = len(self.class_names)
+        self.target_length, self.sample_rate = int(a["target_length"]), int(a["sample_rate"])
+        self.norm_mean, self.norm_std = float(a["norm_mean"]), float(a["norm_std"])
+        self._file, self._pid = None, None
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def fbank(self, i: int) -> np.ndarray:
+        return self._h5()["fbank"][i]                            # [T,128] float16
+
+    def wave(self, i: int) -> np.ndarray:
+        return self._h5()["wave"][i]                             # [S] int16
+
+    def label(self, i: int) -> np.ndarray:
+        if self.multilabel:
+            return self.labels[i].astype(np.float32)             # [C] multi-hot
+        return np.asarray(self.labels[i], dtype=np.int64)        # [] class id
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def summary(self) -> str:
+        a = self.attrs
+        counts = self.labels.sum(0) if self.multilabel else np.bincount(self.labels, minlength=self.num_classes)
+        with h5py.File(self.path, "r") as f:
+            wave_len = f["wave"].shape[1]
+        lines = [
+            f"clip store {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB, {a['format']})",
+            f"  dataset {self.dataset}  split {self.split}  clips {len(self)}  skipped {a.get('skipped', 0)}",
+            f"  classes {self.num_classes} ({'multi-label' if self.multilabel else 'single-label'}); "
+            f"clips per class min {int(counts.min())} max {int(counts.max())}",
+            f"  fbank float16 [{len(self)}, {self.target_length}, {a['feature_params']['num_mel_bins']}]  "
+            f"wave int16 [{len(self)}, {wave_len}] at {self.sample_rate} Hz",
+            f"  norm (AudioMAE) mean {self.norm_mean:.4f} std {self.norm_std:.4f}; "
+            f"split stats mean {a['stats_mean']:.4f} std {a['stats_std']:.4f}",
+            f"  fingerprint {self.fingerprint}",
+        ]
+        if self.folds is not None:
+            lines.append(f"  folds {sorted(set(int(x) for x in self.folds))}")
+        return "\n".join(lines)

@@ -1,0 +1,22 @@
+"""Content fingerprints that tie stores together (clip store -> target store -> checkpoints)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+
+def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_length: int) -> str:
+    """sha256 over the ordered clip ids, the feature parameters and target_length; 16 hex chars."""
+    h = hashlib.sha256()
+    for cid in clip_ids:
+        h.update(cid.encode("utf-8"))
+        h.update(b"\0")
+    h.update(json.dumps(feature_params, sort_keys=True).encode("utf-8"))
+    h.update(f"\0target_length={int(target_length)}".encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def json_fingerprint(obj) -> str:
+    """sha256 of a JSON-able object (sorted keys); 16 hex chars."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,117 @@
+"""Map the teacher's token grid (Tt time x Ft frequency) onto the student's patch grid (Tp x Fp).
+
+Pure torch, no loops over samples: the index is built once per (teacher, student) geometry and
+`map_targets` is a single gather, on whatever device the targets live.
+
+Time. Student patch t covers fbank frames [p*t, p*t + p) (p = patch = 16). Kaldi frame j covers
+samples [j*hop, j*hop + win), so its centre is j*hop + win/2 and the patch centre is
+c_t = (p*t + (p-1)/2) * hop + win/2 seconds into the clip (hop 10 ms, win 25 ms).
+The teacher sees a window of W seconds (laion-clap: 10 s) in Tt equal steps; row r covers
+[r*W/Tt, (r+1)*W/Tt). The clip store holds clips of L = clip_seconds (zero-padded to L);
+laion-clap fills its window by "repeatpad": the L-second wave repeated floor(W/L) times, then
+zeros up to W. So:
+  * c < min(L, W): the teacher saw the same sound at c (first repetition) -> row floor(c*Tt/W);
+  * c >= L with L < W: the student patch is fbank padding (silence past the clip). If the
+    teacher's window ends in a silent tail of at least one row (W - floor(W/L)*L >= W/Tt), map
+    to the middle of that tail (silence to silence); otherwise the teacher heard no silence, and
+    the patch takes the row of time c mod L, where the same stretch of the (zero-padded) clip was;
+  * L > W: the teacher (pipeline/teacher_input.py) saw the centre window [(L-W)/2, (L+W)/2);
+    c shifts by (L-W)/2 and times outside the window take its first / last row;
+  * c >= W with L == W (fbank padding past a 10 s clip: 1024 frames = 10.24 s): the last row.
+Frequency. Student patch f covers mel bins [p*f, p*f + p) of a Kaldi/HTK mel bank (n_mels bins,
+fmin..fmax; bin b centred at mel_lo + (b+1)*dm, dm = (mel_hi - mel_lo)/(n_mels + 1)); its centre
+frequency is the bin-centre mean in mel, converted to Hz. The teacher's bank (`teacher_mel`:
+n_mels bins fmin..fmax, Slaney mel when htk=False, as librosa) is split into Ft equal groups of
+bins, low to high (HTSAT's row order); the patch maps to the group holding its centre frequency
+(clamped to the first / last group outside the teacher's range).
+Flat indices are time-major on both sides: teacher r*Ft + g, student token n = t*Fp + f.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def hz_to_mel(f: torch.Tensor, htk: bool) -> torch.Tensor:
+    """HTK: 1127 ln(1 + f/700) (Kaldi's scale). Slaney (librosa htk=False): linear below 1 kHz, log above."""
+    if htk:
+        return 1127.0 * torch.log1p(f / 700.0)
+    step, logstep = 200.0 / 3, math.log(6.4) / 27.0
+    return torch.where(f < 1000.0, f / step, 1000.0 / step + torch.log(f.clamp_min(1e-9) / 1000.0) / logstep)
+
+
+def mel_to_hz(m: torch.Tensor, htk: bool) -> torch.Tensor:
+    if htk:
+        return 700.0 * torch.expm1(m / 1127.0)
+    step, logstep = 200.0 / 3, math.log(6.4) / 27.0
+    return torch.where(m < 1000.0 / step, m * step, 1000.0 * torch.exp(logstep * (m - 1000.0 / step)))
+
+
+def patch_centre_hz(fp: int, patch: int, n_mels: int, fmin: float, fmax: float, htk: bool = True,
+                    device=None) -> torch.Tensor:
+    """[Fp] centre frequency (Hz) of each student frequency patch (mean of its bins' centre mels)."""
+    lo, hi = hz_to_mel(torch.tensor([fmin, fmax], dtype=torch.float64, device=device), htk)
+    dm = (hi - lo) / (n_mels + 1)
+    bins = torch.arange(fp, dtype=torch.float64, device=device) * patch + (patch - 1) / 2  # [Fp] centre bin
+    return mel_to_hz(lo + (bins + 1) * dm, htk)
+
+
+def teacher_freq_group(freq_hz: torch.Tensor, teacher_mel: dict, ft: int) -> torch.LongTensor:
+    """Teacher frequency group (0 = lowest) whose mel bins hold each frequency."""
+    htk = bool(teacher_mel.get("htk", False))
+    n = int(teacher_mel["n_mels"])
+    f = freq_hz.to(torch.float64)
+    lo, hi = hz_to_mel(torch.tensor([float(teacher_mel["fmin"]), float(teacher_mel["fmax"])],
+                                    dtype=torch.float64, device=f.device), htk)
+    pos = (hz_to_mel(f, htk) - lo) / ((hi - lo) / (n + 1)) - 1  # fractional bin index; bin b spans b +- 0.5
+    return torch.floor((pos + 0.5) / (n / ft)).long().clamp(0, ft - 1)
+
+
+def patch_centre_seconds(tp: int, patch: int = 16, frame_shift_s: float = 0.01, frame_length_s: float = 0.025,
+                         device=None) -> torch.Tensor:
+    """[Tp] centre time (s) of each student time patch."""
+    t = torch.arange(tp, dtype=torch.float64, device=device)
+    return (t * patch + (patch - 1) / 2) * frame_shift_s + frame_length_s / 2
+
+
+def teacher_time_row(c: torch.Tensor, tt: int, window_s: float, clip_s: float | None) -> torch.LongTensor:
+    """Teacher time row for student times c [Tp] (seconds), following laion-clap's repeat-pad."""
+    w = float(window_s)
+    clip = w if clip_s is None else float(clip_s)
+    step = w / tt
+    if clip > w:
+        c = c - (clip - w) / 2  # centre window
+    elif clip < w:
+        tail = w - math.floor(w / clip) * clip  # zeros after the last repetition
+        pad_time = torch.full_like(c, w - tail / 2) if tail >= step else torch.remainder(c, clip)
+        c = torch.where(c < clip, c, pad_time)
+    return torch.floor(c / step).long().clamp(0, tt - 1)
+
+
+def teacher_to_patch_index(teacher_grid, teacher_mel: dict, patch_grid, frame_shift_s: float = 0.01,
+                           patch: int = 16, n_mels: int = 128, fmin: float = 20.0, fmax: float = 8000.0,
+                           clip_seconds: float | None = None, frame_length_s: float = 0.025,
+                           device=None) -> torch.LongTensor:
+    """[Tp*Fp] flat time-major index into the teacher's Tt*Ft tokens, one per student patch.
+
+    teacher_grid: (Tt, Ft); teacher_mel: the store's `teacher_mel` attrs (sr, n_mels, fmin, fmax,
+    window_seconds, htk); patch_grid: (Tp, Fp) with Fp*patch == n_mels; clip_seconds: length of
+    the clips the teacher saw (None: they fill its window)."""
+    tt, ft = (int(v) for v in teacher_grid)
+    tp, fp = (int(v) for v in patch_grid)
+    if fp * patch != n_mels:
+        raise ValueError(f"patch grid {patch_grid} with patch {patch} does not cover {n_mels} mel bins")
+    if int(teacher_mel["n_mels"]) % ft:
+        raise ValueError(f"teacher n_mels {teacher_mel['n_mels']} does not split into {ft} frequency groups")
+    c = patch_centre_seconds(tp, patch, frame_shift_s, frame_length_s, device)  # [Tp]
+    rows = teacher_time_row(c, tt, float(teacher_mel.get("window_seconds", 10.0)), clip_seconds)  # [Tp]
+    groups = teacher_freq_group(patch_centre_hz(fp, patch, n_mels, fmin, fmax, True, device), teacher_mel, ft)  # [Fp]
+    return (rows[:, None] * ft + groups[None, :]).reshape(-1)  # [Tp, Fp] -> [Tp*Fp], token n = t*Fp + f
+
+
+def map_targets(targets: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
+    """targets [B, Tt, Ft, D], index [Tp*Fp] -> [B, Tp*Fp, D] (a gather along the token axis)."""
+    b, tt, ft, d = targets.shape
+    flat = targets.reshape(b, tt * ft, d)  # [B, Tt*Ft, D], token r*Ft + g
+    return flat.index_select(1, index.to(flat.device))  # [B, Tp*Fp, D]

@@ -1,0 +1,80 @@
+"""`supmam store inspect / verify`: describe a clip store (HDF5) or target store (Zarr), check it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cache_tools.target_store import (ARRAY, FORMAT, StoreError, ShardWriter, file_sha256, read_attrs,
+                                      shard_file)
+
+
+def is_target_store(path) -> bool:
+    return (Path(path) / ARRAY / "zarr.json").is_file()
+
+
+def inspect_store(path) -> str:
+    """A few lines describing the store at `path` (either kind)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(path, "no such file or directory")
+    if not is_target_store(path):
+        from cache_tools.clip_store import ClipStore
+
+        return ClipStore(path).summary()
+    a = read_attrs(path)
+    meta = json.loads((path / ARRAY / "zarr.json").read_text())
+    n, tt, ft, d = meta["shape"]
+    writer = ShardWriter(path)
+    done = sum(writer.is_complete(k) for k in range(writer.num_shards))
+    return "\n".join([
+        f"target store {path} ({a.get('format')}, {'complete' if a.get('complete') else 'INCOMPLETE'})",
+        f"  targets {meta['data_type']} [{n}, {tt}, {ft}, {d}]: grid {tt} time x {ft} freq, dim {d}; "
+        f"{2 * tt * ft * d} bytes per clip; compression {a.get('compression')}",
+        f"  teacher {a.get('teacher')}  checkpoint {a.get('checkpoint')}  id {a.get('checkpoint_sha256')}",
+        f"  teacher mel {a.get('teacher_mel')}; clips of {a.get('clip_seconds')} s",
+        f"  clip fingerprint {a.get('clip_fingerprint')}",
+        f"  shards {done}/{writer.num_shards} complete, {writer.k} clips per shard",
+    ])
+
+
+def verify_store(path, clips=None) -> list[str]:
+    """Problems found (empty list: all good). Target store: every shard's record and sha256;
+    with `clips`, the clip store's fingerprint against the one the targets were made from."""
+    path = Path(path)
+    if not path.exists():
+        return [f"{path}: no such file or directory"]
+    if not is_target_store(path):
+        from cache_tools.clip_store import ClipStore
+
+        try:
+            ClipStore(path)
+        except StoreError as e:
+            return [str(e)]
+        return []
+    try:
+        a = read_attrs(path)
+        writer = ShardWriter(path)
+    except (StoreError, ValueError, KeyError) as e:
+        return [f"{path}: cannot open as a target store ({e})"]
+    problems = []
+    if a.get("format") != FORMAT:
+        problems.append(f"{path}: format {a.get('format')!r}, expected {FORMAT!r}")
+    if not a.get("complete"):
+        problems.append(f"{path}: not finalized (complete=false); rerun `supmam targets`")
+    for k in range(writer.num_shards):
+        rec, f = writer.record(k), shard_file(path, k)
+        if not rec or not rec.get("complete"):
+            problems.append(f"{f}: shard {k} incomplete (no completion record)")
+        elif file_sha256(f) != rec.get("sha256"):
+            problems.append(f"{f}: shard {k} corrupt (sha256 {file_sha256(f)} != recorded {rec.get('sha256')})")
+    if clips is not None:
+        from cache_tools.clip_store import ClipStore
+
+        try:
+            fp = ClipStore(clips).fingerprint
+        except StoreError as e:
+            return problems + [str(e)]
+        if fp != a.get("clip_fingerprint"):
+            problems.append(f"{path}: made from clip store fingerprint {a.get('clip_fingerprint')}, "
+                            f"but {clips} has fingerprint {fp}")
+    return problems

@@ -1,0 +1,188 @@
+"""Records -> HDF5 clip store: parallel, resumable, crash-safe (see cache_tools/clip_store.py).
+
+Clips are decoded and featurised in fixed blocks by worker processes; each finished block becomes
+a part file, so a rerun after a crash or `kill -9` redoes only unfinished blocks and yields the same
+store as an uninterrupted run. Bad files (corrupt, empty, truncated, non-finite, silent) are
+skipped and listed with their reason in `F.h5.report.json`.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache_tools import clip_store
+from cache_tools.fingerprint import json_fingerprint
+from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
+from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
+from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
+
+BLOCK_SIZE = 64
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class _Geometry:            # what a worker needs to turn a record into arrays
+    clip_seconds: float
+    target_length: int
+    multilabel: bool
+    num_classes: int
+    with_folds: bool
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.clip_seconds * SAMPLE_RATE))
+
+
+def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray] | str:
+    """(fbank [T,128] float16, wave [S] int16), or the reason the clip is unusable."""
+    seconds = g.clip_seconds if rec.duration is None else min(rec.duration, g.clip_seconds)
+    wave, reason = load_clip(rec.path, seconds, rec.start)       # [n], n <= S
+    if wave is None:
+        return reason
+    w16 = to_int16(wave)                                          # [n]; fbank from the stored samples
+    fb = fbank(w16.astype(np.float32) / 32768.0, g.target_length)  # [T,128]
+    if not torch.isfinite(fb).all():
+        return "non-finite features"
+    return fb.numpy().astype(np.float16), pad_to(w16, g.samples)
+
+
+def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: Path) -> tuple[int, int, int]:
+    """Featurise one block and write its part file. Returns (block, clips in it, skipped)."""
+    ids, fbanks, waves, labels, folds, skipped = [], [], [], [], [], []
+    for rec in records:
+        try:
+            out = featurise(rec, g)
+        except Exception as e:  # noqa: BLE001 - one odd file must not end the run
+            out = f"error: {type(e).__name__}: {e}"
+        if isinstance(out, str):
+            skipped.append({"clip_id": rec.clip_id, "path": str(rec.path), "start": rec.start, "reason": out})
+            continue
+        ids.append(rec.clip_id)
+        fbanks.append(out[0])
+        waves.append(out[1])
+        if g.multilabel:
+            hot = np.zeros(g.num_classes, np.uint8)               # [C]
+            hot[list(rec.label)] = 1
+            labels.append(hot)
+        else:
+            labels.append(np.int64(rec.label))
+        folds.append(rec.fold or 0)
+    n = len(ids)
+    fb = np.stack(fbanks) if n else np.zeros((0, g.target_length, FBANK_PARAMS["num_mel_bins"]), np.float16)
+    wv = np.stack(waves) if n else np.zeros((0, g.samples), np.int16)
+    lab = np.array(labels, dtype=np.uint8 if g.multilabel else np.int64)
+    if g.multilabel and not n:
+        lab = lab.reshape(0, g.num_classes)                      # [0,C]
+    clip_store.write_part(parts, block, ids, fb, wv, lab, np.array(folds, np.int8) if g.with_folds else None,
+                          skipped)
+    return block, len(records), len(skipped)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_block(args) -> tuple[int, int, int]:
+    return _process_block(*args)
+
+
+def store_attrs(spec: DatasetSpec, source: str) -> dict:
+    mean, std = NORM_STATS[spec.dataset]
+    return dict(dataset=spec.dataset, split=spec.split, multilabel=spec.multilabel,
+                class_names=list(spec.class_names), class_ids=list(spec.class_ids),
+                target_length=spec.target_length, clip_seconds=spec.clip_seconds,
+                feature_params=dict(FBANK_PARAMS), norm_mean=mean, norm_std=std, source_fingerprint=source)
+
+
+def source_fingerprint(spec: DatasetSpec, block_size: int) -> str:
+    """Hash of everything that decides the store's contents (records, geometry, features, blocks).
+
+    File names, not full paths: the same dataset reached through another path is the same input."""
+    recs = [(r.clip_id, r.path.name, r.label, r.fold, r.start, r.duration, r.kind) for r in spec.records]
+    return json_fingerprint([spec.dataset, spec.split, spec.class_ids, spec.target_length, spec.clip_seconds,
+                             FBANK_PARAMS, block_size, recs])
+
+
+def prepare(spec: DatasetSpec, out: Path | str, workers: int | None = None, block_size: int = BLOCK_SIZE,
+            progress: bool = True) -> dict:
+    """Write `spec` to the clip store `out`; returns the report. Skips a complete store of the same input."""
+    out = Path(out)
+    source = source_fingerprint(spec, block_size)
+    if out.exists():
+        attrs = clip_store.check_store(out)
+        if attrs.get("source_fingerprint") != source:
+            raise PrepareError(f"{out}: exists but was made from other input or settings; delete it to rebuild")
+        shutil.rmtree(clip_store.parts_dir(out), ignore_errors=True)   # left by a kill after the rename
+        clip_store.tmp_path(out).unlink(missing_ok=True)
+        return {"store": str(out), "status": "already complete", "written": None}
+    if not spec.records:
+        raise PrepareError(f"{out}: {spec.dataset}/{spec.split} lists no clips with audio "
+                           f"({len(spec.missing)} listed clips have no file)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records)})
+    g = _Geometry(spec.clip_seconds, spec.target_length, spec.multilabel, spec.num_classes,
+                  with_folds=any(r.fold is not None for r in spec.records))
+    blocks = [spec.records[i:i + block_size] for i in range(0, len(spec.records), block_size)]
+    done = clip_store.finished_blocks(parts)
+    todo = [(b, recs, g, parts) for b, recs in enumerate(blocks) if b not in done]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    t0 = time.time()
+    bar = tqdm(total=len(spec.records), initial=sum(len(blocks[b]) for b in done if b < len(blocks)),
+               unit="clip", desc=out.name, disable=not progress, dynamic_ncols=True)
+    if workers == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)                                 # one clip at a time: threads only contend
+        try:
+            for task in todo:
+                bar.update(_run_block(task)[1])
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        # fork where there is one (no re-import of torch per worker); workers only open their own files
+        # and run torch single-threaded, as DataLoader workers do
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            for fut in as_completed([pool.submit(_run_block, task) for task in todo]):
+                bar.update(fut.result()[1])
+    bar.close()
+    report = clip_store.assemble(out, len(blocks), store_attrs(spec, source), {
+        "store": str(out), "dataset": spec.dataset, "split": spec.split,
+        "listed": len(spec.records) + len(spec.missing), "missing": list(spec.missing)})
+    report["seconds"] = round(time.time() - t0, 3)   # only in the returned dict, not in the files
+    return report
+
+
+def summary_line(report: dict) -> str:
+    if report.get("status") == "already complete":
+        return f"{report['store']}: already complete, skipped"
+    secs = report["seconds"]
+    done = report["written"] + len(report["skipped"])
+    return (f"{report['store']}: {report['written']} clips written, {len(report['skipped'])} skipped, "
+            f"{len(report['missing'])} missing ({secs:.1f} s, {done / max(secs, 1e-9):.1f} clips/s); "
+            f"report {clip_store.report_path(report['store'])}")
+
+
+def mini_jobs(root: Path | str) -> list[tuple[str, callable]]:
+    """(store file name, reader thunk) for every store of the built-in mini datasets under `root`."""
+    root = Path(root)
+    jobs = [(f"audioset_{s}.h5", lambda s=s: read_audioset(root / "audioset", split=s))
+            for s in ("balanced_train", "unbalanced_train", "eval")]
+    jobs.append(("esc50.h5", lambda: read_esc50(root / "esc50")))
+    jobs += [(f"spc2_{s}.h5", lambda s=s: read_spc2(root / "speech_commands_v0.02", s))
+             for s in ("train", "valid", "test")]
+    jobs += [(f"spc1_{s}.h5", lambda s=s: read_spc1(root / "speech_commands_v0.01",
+                                                   root / "speech_commands_test_set_v0.01", s))
+             for s in ("train", "valid", "test")]
+    return jobs

@@ -1,0 +1,66 @@
+"""Dataset readers: each dataset's own on-disk layout -> a DatasetSpec (a list of ClipRecords).
+
+Readers only look at metadata and file names; decoding happens in `pipeline.prepare`.
+A root that is missing or laid out wrongly raises LayoutError, whose message names the root and
+shows the layout that was expected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    clip_id: str                 # unique in the split (AudioSet: YTID_start, ESC-50: stem, SPC: word/stem)
+    path: Path
+    label: int | list[int]       # class index (single-label) or list of class indices (multi-label)
+    fold: int | None = None      # ESC-50 only (1..5)
+    start: float = 0.0           # seconds into the file
+    duration: float | None = None
+    kind: str = "file"           # "file", or "silence" (SPC-1 silence cut from background noise)
+
+
+@dataclass
+class DatasetSpec:
+    dataset: str                 # "audioset" | "esc50" | "spc1" | "spc2"
+    split: str
+    class_names: list[str]
+    class_ids: list[str]         # AudioSet MIDs where they exist, else names
+    multilabel: bool
+    target_length: int           # fbank frames: AudioSet 1024, ESC-50 512, SPC 128
+    clip_seconds: float          # 10, 5, 1
+    records: list[ClipRecord]
+    missing: list[str] = field(default_factory=list)   # listed clips without an audio file
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class LayoutError(ValueError):
+    """A dataset root that is missing or not laid out as the reader expects."""
+
+    def __init__(self, root: Path | str, problem: str, expected: str):
+        self.root = Path(root)
+        super().__init__(f"{root}: {problem}\nExpected layout:\n{expected.rstrip()}")
+
+
+def require(cond: bool, root: Path | str, problem: str, expected: str) -> None:
+    if not cond:
+        raise LayoutError(root, problem, expected)
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """Audio files under `folder` (recursive), sorted for a deterministic order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+from pipeline.readers.audioset import read_audioset  # noqa: E402
+from pipeline.readers.esc50 import read_esc50  # noqa: E402
+from pipeline.readers.speech_commands import read_spc1, read_spc2  # noqa: E402
+
+__all__ = ["ClipRecord", "DatasetSpec", "LayoutError", "read_audioset", "read_esc50", "read_spc1",
+           "read_spc2", "AUDIO_EXTENSIONS", "audio_files"]

@@ -1,0 +1,149 @@
+"""Stage one: clip store -> target store. The teacher runs once over every clip.
+
+Batches never cross a shard, so every clip is computed in the same batch however the shards are
+split across ranks or runs: a resumed run, or one under `torchrun --nproc-per-node K` (rank r
+takes shards r, r+K, ...), writes the same bytes as a single uninterrupted process.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cache_tools.target_store import ShardWriter, finalize, init_store
+
+HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
+
+
+class WaveDataset(Dataset):
+    """Clip i of a clip store as (i, float32 wave [S] in [-1, 1))."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        return i, torch.from_numpy(np.asarray(self.clips.wave(i), dtype=np.float32) / 32768.0)
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _shard_batches(writer: ShardWriter, shards: list[int], batch_size: int) -> list[list[int]]:
+    """Clip-index batches, each inside one shard, shards in the given order."""
+    return [list(r[j:j + batch_size]) for k in shards for r in [writer.clips(k)] for j in range(0, len(r), batch_size)]
+
+
+def _init_distributed(device: str) -> tuple[int, int, bool]:
+    """(rank, world, whether we started the process group). WORLD_SIZE>1 comes from torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
+    """The attrs that tie a target store to its clips and its teacher (teacher.describe() when it has one)."""
+    cid = str(teacher.checkpoint_id)
+    ident = {"teacher": str(teacher.name), "checkpoint": str(checkpoint) if checkpoint else None,
+             "checkpoint_sha256": cid.removeprefix("sha256:"), "checkpoint_id": cid,
+             "teacher_mel": dict(getattr(teacher, "mel", None) or HTSAT_MEL)}
+    if hasattr(teacher, "describe"):
+        ident.update({k: v for k, v in teacher.describe().items() if k != "dim"})
+    ident["clip_fingerprint"] = str(clips.fingerprint)
+    ident["clip_seconds"] = len(clips.wave(0)) / float(getattr(clips, "sample_rate", 16000))
+    return ident
+
+
+@torch.no_grad()
+def _token_grid(teacher, wave: torch.Tensor, device: str) -> np.ndarray:
+    """wave [B, S] float -> fp16 numpy [B, Tt, Ft, D] (teacher gives [B, D, Ft, Tt])."""
+    wave = wave.to(device, non_blocking=True)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=str(device).startswith("cuda")):
+        grid = teacher.token_grid(wave)  # [B, D, Ft, Tt]
+    return grid.permute(0, 3, 2, 1).to(torch.float16).cpu().numpy()  # [B, Tt, Ft, D]
+
+
+def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_size: int = 8,
+                  device: str = "cpu", clips_per_shard: int | None = None, workers: int = 0,
+                  compression: str | None = None, progress: bool = True) -> dict:
+    """Run `teacher` over every clip of `clips` (a ClipStore or the same interface) into the target
+    store `out`, skipping complete shards. Returns a summary dict (rank 0's view)."""
+    rank, world, started = _init_distributed(device)
+    t0 = time.perf_counter()
+    n, s = len(clips), len(clips.wave(0))
+    identity = teacher_identity(teacher, clips, checkpoint)
+    if "grid" in identity and hasattr(teacher, "dim"):  # ClapTeacher.describe(): grid in (Tt, Ft) order
+        (tt, ft), d = identity.pop("grid"), int(teacher.dim)
+    else:  # any other teacher: one forward on silence tells the geometry
+        _, tt, ft, d = _token_grid(teacher, torch.zeros(1, s), device).shape  # [1, Tt, Ft, D]
+    error = None
+    if rank == 0:  # rank 0 creates the array (or checks the existing one) before anyone writes
+        try:
+            init_store(out, n, (tt, ft), d, identity, clips_per_shard, compression)
+        except Exception as e:  # noqa: BLE001 - re-raised after the barrier so no rank hangs
+            error = e
+    _barrier(world)
+    if error is not None:
+        raise error
+    writer = ShardWriter(out)
+    mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
+    loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),
+                        num_workers=workers, worker_init_fn=_one_thread if workers else None,
+                        pin_memory=str(device).startswith("cuda"))
+    todo = sum(len(writer.clips(k)) for k in mine)
+    bar = tqdm(total=todo, unit="clip", desc=f"targets[{rank}/{world}]", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    shard, buf = None, None
+    for idx, wave in loader:
+        k = int(idx[0]) // writer.k
+        if k != shard:
+            shard, buf = k, np.zeros((len(writer.clips(k)), tt, ft, d), dtype=np.float16)  # [n_k, Tt, Ft, D]
+        rows = idx.numpy() - k * writer.k
+        buf[rows] = _token_grid(teacher, wave, device)
+        if rows[-1] == len(buf) - 1:  # shard full: write it whole, then its record
+            writer.write(k, buf)
+        bar.update(len(idx))
+    bar.close()
+    _barrier(world)
+    complete = finalize(out) if rank == 0 else None
+    _barrier(world)
+    if started:
+        dist.destroy_process_group()
+    seconds = time.perf_counter() - t0
+    summary = {"out": str(out), "clips": n, "computed": todo, "shards": writer.num_shards,
+               "complete": complete, "teacher": identity["teacher"], "checkpoint": identity["checkpoint_sha256"],
+               "grid": [tt, ft], "dim": d, "seconds": seconds, "rank": rank, "world": world}
+    if rank == 0 and progress:
+        print(summary_line(summary), flush=True)
+    return summary
+
+
+def summary_line(s: dict) -> str:
+    line = (f"targets: {s['out']}: {s['clips']} clips, grid {s['grid'][0]}x{s['grid'][1]}x{s['dim']}, "
+            f"{s['computed']} computed here in {s['seconds']:.1f} s "
+            f"({s['computed'] / max(s['seconds'], 1e-9):.1f} clips/s), {s['shards']} shards, "
+            f"complete={s['complete']}; teacher {s['teacher']} ({s['checkpoint']})")
+    if str(s["checkpoint"]).startswith("untrained"):
+        line += ("\nWARNING: the teacher has untrained (seeded random) weights: these targets carry no CLAP "
+                 "semantics. Pass --clap-ckpt with a laion-clap checkpoint for real targets.")
+    return line

@@ -1,0 +1,218 @@
+"""Encoder, masking, losses and the masked audio model (tiny sizes)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from timm.optim import param_groups_layer_decay
+
+from train.config import ConfigError, load_config
+from train.losses import clap_loss, cls_loss, rec_loss
+from train.masking import random_masking, random_masking_2d
+from train.models_mam import MAMConfig, MaskedAudioModel
+from train.models_vit import sincos_pos_embed, vit_base, vit_small, vit_tiny
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(**kw) -> MAMConfig:
+    base = dict(encoder="tiny", encoder_depth=1, target_length=128, decoder_depth=2, decoder_dim=64,
+                decoder_heads=2, cls_hidden=16, lambda_cls=0.5)
+    return MAMConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("T", [1024, 512, 128, 320])
+def test_encoder_shapes(T):
+    enc = vit_tiny(depth=1, target_length=T).eval()
+    Tp, Fp = T // 16, 128 // 16
+    assert enc.patch_grid == (Tp, Fp) and enc.num_patches == Tp * Fp and enc.embed_dim == 192
+    x = torch.randn(2, 1, T, 128)
+    with torch.no_grad():
+        assert enc.forward_tokens(x).shape == (2, Tp * Fp, 192)
+        ids = torch.arange(5).expand(2, 5)
+        assert enc.forward_visible(x, ids).shape == (2, 5, 192)
+        enc.reset_head(5)
+        assert enc.forward_pooled(x).shape == (2, 5)
+
+
+def test_sizes_and_depth_override():
+    assert (vit_small(depth=2).embed_dim, len(vit_small(depth=2).blocks)) == (384, 2)
+    b = vit_base(depth=1, target_length=256)
+    assert b.embed_dim == 768 and b.blocks[0].attn.num_heads == 12 and b.patch_grid == (16, 8)
+    with pytest.raises(ValueError, match="multiple of the patch|multiple of 16"):
+        vit_tiny(depth=1).forward_tokens(torch.randn(1, 1, 100, 128))
+
+
+def test_visible_path_equals_full_path_and_positions_are_time_major():
+    torch.manual_seed(0)
+    enc = vit_tiny(depth=2, target_length=128).eval()
+    x = torch.randn(2, 1, 128, 128)
+    perm = torch.stack([torch.randperm(64) for _ in range(2)])               # [B,N]
+    with torch.no_grad():
+        full = enc.forward_tokens(x)
+        vis = enc.forward_visible(x, perm)
+    torch.testing.assert_close(vis, torch.gather(full, 1, perm[..., None].expand(-1, -1, 192)), atol=1e-5, rtol=1e-5)
+    table = sincos_pos_embed(192, (8, 8))                                   # row t*8+f: [time | freq]
+    torch.testing.assert_close(table[3 * 8 + 5, :96], table[3 * 8 + 0, :96])  # same t, other f
+    torch.testing.assert_close(table[3 * 8 + 5, 96:], table[6 * 8 + 5, 96:])  # same f, other t
+    assert not torch.allclose(table[3 * 8 + 5, :96], table[4 * 8 + 5, :96])
+
+
+def test_other_lengths_reuse_a_prefix_or_extend_the_table():
+    short, long = vit_tiny(depth=1, target_length=128), vit_tiny(depth=1, target_length=1024)
+    torch.testing.assert_close(long.pos_table(8), short.pos_embed)
+    torch.testing.assert_close(short.pos_table(64), long.pos_embed)
+    with torch.no_grad():                                                    # a 128-wide model reads 1024 frames
+        assert short.forward_tokens(torch.randn(1, 1, 1024, 128)).shape == (1, 512, 192)
+
+
+def test_random_masking_counts_uniqueness_and_restore():
+    B, N, ratio = 4, 50, 0.3
+    ids_keep, ids_masked, ids_restore, mask = random_masking(B, N, ratio)
+    K = int(N * (1 - ratio))
+    assert ids_keep.shape == (B, K) and ids_masked.shape == (B, N - K) and mask.shape == (B, N)
+    both = torch.cat([ids_keep, ids_masked], 1)
+    assert torch.equal(both.sort(1).values, torch.arange(N).expand(B, N))    # a permutation per sample
+    assert torch.equal(torch.gather(both, 1, ids_restore), torch.arange(N).expand(B, N))
+    assert torch.all(mask.sum(1) == N - K)
+    assert torch.all(torch.gather(mask, 1, ids_keep) == 0) and torch.all(torch.gather(mask, 1, ids_masked) == 1)
+    assert not torch.equal(ids_keep[0].sort().values, ids_keep[1].sort().values)   # per-sample
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(random_masking(B, N, ratio, generator=g1)[0], random_masking(B, N, ratio, generator=g2)[0])
+    assert random_masking(2, 10, 0.0)[0].shape == (2, 10) and random_masking(2, 10, 1.0)[0].shape == (2, 0)
+    with pytest.raises(ValueError, match="mask ratio"):
+        random_masking(2, 10, 1.5)
+
+
+def test_random_masking_2d_drops_whole_rows_and_columns():
+    B, Tp, Fp = 3, 16, 8
+    ids_keep, mask = random_masking_2d(B, (Tp, Fp), 0.25, 0.5, generator=torch.Generator().manual_seed(0))
+    assert ids_keep.shape == (B, 12 * 4) and torch.all(mask.sum(1) == Tp * Fp - 48)
+    keep = (1 - mask).reshape(B, Tp, Fp)                                    # [B,Tp,Fp]
+    kt, kf = keep.amax(2), keep.amax(1)                                     # kept columns / rows
+    assert torch.all(kt.sum(1) == 12) and torch.all(kf.sum(1) == 4)
+    assert torch.equal(keep, kt[:, :, None] * kf[:, None, :])               # outer product: whole lines
+    assert torch.all(ids_keep.diff(dim=1) > 0)                              # time-major order
+
+
+def test_clap_loss_matches_hand_computation():
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]]])            # [1,3,2]
+    target = torch.tensor([[[0.0, 2.0], [1.0, 1.0], [1.0, 1.0]]])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    total, vis, msk = clap_loss(pred, target, mask)
+    want_vis = ((1 - 0) ** 2 + 0) / 2                                        # token 0
+    want_msk = (((0 - 1) ** 2 + (0 - 1) ** 2) / 2 + ((3 - 1) ** 2 + (-1 - 1) ** 2) / 2) / 2  # tokens 1, 2
+    assert vis.item() == pytest.approx(want_vis) and msk.item() == pytest.approx(want_msk)
+    assert total.item() == pytest.approx(want_vis + want_msk)
+    none_masked = clap_loss(pred, target, torch.zeros(1, 3))                # ratio 0: masked term is 0
+    assert none_masked[2].item() == 0.0 and none_masked[0].item() == pytest.approx(none_masked[1].item())
+
+
+def test_rec_and_cls_losses_match_hand_computation():
+    target = torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])
+    pred = torch.zeros(1, 2, 2)
+    mask = torch.tensor([[1.0, 0.0]])
+    norm = (torch.tensor([1.0, 3.0]) - 2.0) / (2.0 + 1e-6) ** 0.5            # unbiased var of (1, 3) is 2
+    assert rec_loss(pred, target, mask).item() == pytest.approx((norm ** 2).mean().item())
+    assert rec_loss(pred, target, mask, norm_pix=False).item() == pytest.approx(5.0)
+    logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    assert cls_loss(logits, y, tau=2.0).item() == pytest.approx(-torch.log_softmax(logits / 2, 1)[0, 0].item())
+    multi = torch.tensor([[1.0, 0.0]])
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits / 0.5, multi).item()
+    assert cls_loss(logits, multi, tau=0.5, multilabel=True).item() == pytest.approx(want)
+    with pytest.raises(ValueError, match="multi-label labels"):
+        cls_loss(logits, y, multilabel=True)
+
+
+OBJECTIVE_SETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(("rec", "clap", "cls"), r)]
+
+
+@pytest.mark.parametrize("objectives", OBJECTIVE_SETS, ids="+".join)
+def test_each_objective_subset_trains(objectives):
+    torch.manual_seed(0)
+    multilabel = "rec" in objectives
+    model = MaskedAudioModel(tiny_cfg(objectives=objectives), target_dim=32, num_classes=5, multilabel=multilabel)
+    x, t = torch.randn(3, 1, 128, 128), torch.randn(3, 64, 32)
+    y = (torch.rand(3, 5) > 0.5).float() if multilabel else torch.randint(0, 5, (3,))
+    loss, parts, mask = model(x, t, y)
+    loss.backward()
+    want = {"rec": {"rec"}, "clap": {"clap", "clap_vis", "clap_mask"}, "cls": {"cls"}}
+    assert set(parts) == set().union(*(want[o] for o in objectives))
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    target = sum(parts[k] for k in ("rec", "clap") if k in parts)
+    expect = parts["cls"] if objectives == ["cls"] else target + (0.5 * parts["cls"] if "cls" in parts else 0)
+    assert loss.item() == pytest.approx(float(expect.detach() if torch.is_tensor(expect) else expect))
+    assert mask.shape == (3, 64) and torch.all(mask.sum(1) == 64 - int(64 * 0.8))
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_deterministic_for_a_seed():
+    def run():
+        torch.manual_seed(3)
+        model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap", "cls"]), target_dim=32, num_classes=5)
+        x, t, y = torch.randn(2, 1, 128, 128), torch.randn(2, 64, 32), torch.randint(0, 5, (2,))
+        return model(x, t, y, generator=torch.Generator().manual_seed(11))
+    (l1, p1, m1), (l2, p2, m2) = run(), run()
+    assert l1.item() == l2.item() and torch.equal(m1, m2) and p1.keys() == p2.keys()
+
+
+def test_decoder_geometry_shift_and_patchify():
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec"], target_length=256, decoder_depth=2), target_dim=None)
+    even, odd = model.decoder_blocks
+    assert tuple(even.shift_size) == (0, 0) and tuple(odd.shift_size) == (2, 0)   # AudioMAE's (2, 0)
+    assert tuple(odd.window_size) == (4, 4) and odd.feat_size == (16, 8) and odd.attn_mask is not None
+    x = torch.randn(2, 1, 256, 128)
+    patches = model.patchify(x)
+    assert patches.shape == (2, 128, 256) and torch.equal(model.unpatchify(patches), x)
+    torch.testing.assert_close(patches[0, 1 * 8 + 2], x[0, 0, 16:32, 32:48].reshape(-1))  # token (t=1, f=2)
+    latent, ids_keep, ids_restore, mask = model.forward_encoder(x, 0.5)
+    assert latent.shape == (2, 64, 192) and model.forward_decoder(latent, ids_restore).shape == (2, 128, 64)
+
+
+def test_bad_model_inputs_are_rejected():
+    with pytest.raises(ValueError, match="non-empty subset"):
+        MAMConfig(objectives=[])
+    with pytest.raises(ValueError, match="target_dim"):
+        MaskedAudioModel(tiny_cfg(objectives=["clap"]))
+    model = MaskedAudioModel(tiny_cfg(objectives=["clap"]), target_dim=32)
+    with pytest.raises(ValueError, match="per-patch"):
+        model(torch.randn(1, 1, 128, 128), torch.randn(1, 8, 2, 32))
+    with pytest.raises(ValueError, match=r"\[B,1,128,F\]"):
+        model(torch.randn(1, 1, 256, 128), torch.randn(1, 64, 32))
+
+
+def test_config_loader_builds_mam_config():
+    cfg = load_config(MAMConfig, None, ["objectives=rec,clap", "encoder_depth=2", "decoder_window=[4,2]"])
+    assert cfg.objectives == ["rec", "clap"] and cfg.encoder_depth == 2 and cfg.decoder_window == [4, 2]
+    with pytest.raises((ConfigError, ValueError)):
+        load_config(MAMConfig, None, ["objectives=rec,foo"])
+
+
+def test_finetuning_hooks():
+    torch.manual_seed(0)
+    enc = vit_tiny(depth=3, target_length=128, num_classes=4, drop_path_rate=0.1)
+    groups = param_groups_layer_decay(enc, 0.05, enc.no_weight_decay(), layer_decay=0.75)
+    scales = sorted({g["lr_scale"] for g in groups})
+    assert len(scales) == 3 + 2                                              # stem, 3 blocks, head/norm
+    names = [n for n, p in enc.named_parameters() if p.requires_grad]
+    assert "pos_embed" not in names and "cls_token" in enc.no_weight_decay()  # frozen table
+    assert [round(b.drop_path2.drop_prob, 3) for b in enc.blocks[1:]] == [0.05, 0.1]
+    enc.reset_head(7)
+    assert enc.head.out_features == 7 and isinstance(enc.norm, torch.nn.Identity)
+
+
+def test_token_specaugment_only_in_training():
+    torch.manual_seed(0)
+    enc = vit_tiny(depth=1, target_length=128, num_classes=4)
+    x = torch.randn(2, 1, 128, 128)
+    g = lambda: torch.Generator().manual_seed(5)                            # noqa: E731
+    enc.train()
+    with torch.no_grad():
+        a, b = enc.forward_pooled(x, 0.25, 0.25, generator=g()), enc.forward_pooled(x, 0.25, 0.25, generator=g())
+        plain = enc.forward_pooled(x)
+    assert torch.equal(a, b) and not torch.allclose(a, plain)               # seeded, and it masks
+    enc.eval()
+    with torch.no_grad():
+        assert torch.equal(enc.forward_pooled(x, 0.5, 0.5), enc.forward_pooled(x))   # no masking in eval

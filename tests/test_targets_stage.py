@@ -1,0 +1,175 @@
+"""Stage one: clip store -> target store (fake and real teachers, resume after kill -9, torchrun ranks).
+
+Run as a script (`python tests/test_targets_stage.py CLIPS OUT K [DELAY]`) it writes targets with
+the fake teacher; the tests start it in subprocesses (SIGKILL, torchrun).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cache_tools import clip_store  # noqa: E402
+from cache_tools.clip_store import ClipStore  # noqa: E402
+from cache_tools.target_store import StoreError, TargetStore, shard_file  # noqa: E402
+from pipeline.targets import build_targets  # noqa: E402
+
+S = 16000  # 1 s clips
+
+
+class FakeTeacher:
+    """Seeded conv net with the ClapTeacher interface: wave [B, S] -> [B, D, 2, 32]."""
+
+    name, checkpoint_id, dim = "fake conv teacher", "untrained:seed=3", 16
+    mel = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
+
+    def __init__(self, delay: float = 0.0):
+        self.w = torch.randn(self.dim, 1, 64, generator=torch.Generator().manual_seed(3))  # [D, 1, 64]
+        self.delay = delay
+
+    def token_grid(self, wave):
+        b = wave.shape[0]
+        x = torch.tanh(F.conv1d(wave[:, None], self.w, stride=16))  # [B, D, L]
+        time.sleep(self.delay)
+        return F.adaptive_avg_pool1d(x, 64).reshape(b, self.dim, 2, 32)  # [B, D, 2, 32]
+
+
+def write_clips(path, n=10, seed=0):
+    """A real clip store of n one-second clips (noise bursts at seeded places; ids depend on the seed)."""
+    rng = np.random.default_rng(seed)
+    d = clip_store.open_parts(path, {"job": 1})
+    ids = [f"s{seed}c{i}" for i in range(n)]
+    wv = np.zeros((n, S), np.int16)
+    for i in range(n):
+        start = rng.integers(0, S // 2)
+        wv[i, start:start + S // 4] = rng.integers(-8000, 8000, S // 4)
+    fb = rng.normal(-5, 3, size=(n, 100, 128)).astype(np.float16)
+    clip_store.write_part(d, 0, ids, fb, wv, rng.integers(0, 3, n).astype(np.int64), np.zeros(n, np.int8), [])
+    clip_store.assemble(path, 1, dict(dataset="spc2", split="train", multilabel=False, class_names=["a", "b", "c"],
+                                      class_ids=["a", "b", "c"], target_length=100, clip_seconds=1.0,
+                                      feature_params={"num_mel_bins": 128}, norm_mean=-6.8, norm_std=5.6), {})
+    return ClipStore(path)
+
+
+def shard_bytes(out):
+    files = sorted((Path(out) / "targets" / "c").rglob("*"))
+    return {str(f.relative_to(out)): f.read_bytes() for f in files if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    return write_clips(tmp_path_factory.mktemp("clips") / "c.h5")
+
+
+@pytest.fixture(scope="module")
+def reference(clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "t.zarr"
+    build_targets(clips, out, FakeTeacher(), batch_size=3, clips_per_shard=4, progress=False)
+    return out
+
+
+def test_targets_match_the_teacher(clips, reference, capsys):
+    s = TargetStore(reference)
+    assert s.shape == (10, 32, 2, 16) and s.clip_fingerprint == clips.fingerprint
+    assert s.teacher_name == "fake conv teacher" and s.attrs["checkpoint_sha256"] == "untrained:seed=3"
+    assert s.attrs["teacher_mel"]["n_mels"] == 64 and s.attrs["clip_seconds"] == 1.0
+    wave = torch.from_numpy(np.stack([clips.wave(i) for i in range(10)]).astype(np.float32) / 32768)
+    want = FakeTeacher().token_grid(wave).permute(0, 3, 2, 1).half().numpy()  # [B, Tt, Ft, D]
+    assert np.abs(s.read(range(10)).astype(np.float32) - want).max() < 1e-3
+    assert np.abs(want).max() > 0.05  # not trivially zero
+    build_targets(clips, reference, FakeTeacher(), batch_size=3, clips_per_shard=4)  # all shards done: no work
+    out = capsys.readouterr().out
+    assert "0 computed" in out and "complete=True" in out and "WARNING: the teacher has untrained" in out
+
+
+def test_refuses_other_clips_or_teacher(clips, reference, tmp_path):
+    other = write_clips(tmp_path / "other.h5", n=10, seed=1)
+    with pytest.raises(StoreError, match=f"store has '{clips.fingerprint}', this run has '{other.fingerprint}'"):
+        build_targets(other, reference, FakeTeacher(), clips_per_shard=4, progress=False)
+    t = FakeTeacher()
+    t.checkpoint_id = "untrained:seed=4"
+    with pytest.raises(StoreError, match="untrained:seed=3.*untrained:seed=4"):
+        build_targets(clips, reference, t, clips_per_shard=4, progress=False)
+
+
+def test_rerun_after_losing_a_shard_is_identical(clips, reference, tmp_path):
+    out = tmp_path / "t.zarr"
+    build_targets(clips, out, FakeTeacher(), batch_size=3, clips_per_shard=4, progress=False)
+    shard_file(out, 1).unlink()
+    with pytest.raises(StoreError):
+        TargetStore(out)[4]
+    summary = build_targets(clips, out, FakeTeacher(), batch_size=3, clips_per_shard=4, progress=False)
+    assert summary["computed"] == 4 and shard_bytes(out) == shard_bytes(reference)
+
+
+def run_script(clips, out, k, delay=0.0, torchrun=0):
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
+                               "--master-port", "29533"] if torchrun else [])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen(cmd + [__file__, str(clips.path), str(out), str(k), str(delay)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill_9_then_rerun_is_bit_identical(clips, reference, tmp_path):
+    out = tmp_path / "t.zarr"
+    p = run_script(clips, out, 4, delay=0.4)  # 3 batches a shard: ~1.2 s per shard
+    deadline = time.time() + 60
+    while not (out / "progress" / "shard-000000.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    with pytest.raises(StoreError, match="incomplete"):
+        TargetStore(out)
+    p = run_script(clips, out, 4)
+    assert p.wait(timeout=120) == 0, p.stdout.read()
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert "computed" in p.stdout.read()
+
+
+def test_torchrun_two_ranks_same_bytes(clips, reference, tmp_path):
+    out = tmp_path / "t.zarr"
+    p = run_script(clips, out, 4, torchrun=2)
+    assert p.wait(timeout=180) == 0, p.stdout.read()
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert TargetStore(out).attrs["complete"]
+
+
+@pytest.mark.slow
+def test_cli_with_real_teacher(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    clips = write_clips(tmp_path / "c.h5", n=5)
+    out = tmp_path / "t.zarr"
+    r = CliRunner().invoke(app, ["targets", "--clips", str(clips.path), "--out", str(out), "--batch-size", "3",
+                                 "--clips-per-shard", "3", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    s = TargetStore(out)
+    assert s.shape == (5, 32, 2, 768) and s.teacher_name == "laion-clap HTSAT-tiny"
+    assert s.attrs["checkpoint_sha256"] == "untrained:seed=0" and s.attrs["teacher_mel"]["n_mels"] == 64
+    got = s.read(range(5)).astype(np.float32)  # [5, Tt, Ft, D]
+    assert np.isfinite(got).all() and got.std() > 0 and not np.allclose(got[0], got[1])
+    assert "no CLAP semantics" in r.output
+    r = CliRunner().invoke(app, ["store", "verify", str(out), "--clips", str(clips.path)])
+    assert r.exit_code == 0, r.output
+    other = write_clips(tmp_path / "o.h5", n=5, seed=5)
+    r = CliRunner().invoke(app, ["store", "verify", str(out), "--clips", str(other.path)])
+    assert r.exit_code == 1 and other.fingerprint in r.output
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    clips_path, out_path, k, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    build_targets(ClipStore(clips_path), out_path, FakeTeacher(delay), batch_size=3, clips_per_shard=k,
+                  workers=1, progress=True)

@@ -1,0 +1,155 @@
+"""Fine-tuning data over clip stores: normalised fbank datasets, samplers, AudioMAE-style mixup.
+
+A clip store holds raw Kaldi fbank; the loader applies AudioMAE's `(x - mean) / (2 * std)` with the
+store's per-dataset constants. AS-2M uses AudioMAE's class-balancing sampler: each clip weighs
+the sum over its labels of 1000 / (label count + 0.01), and an epoch draws `epoch_len` clips.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Sampler
+
+from cache_tools.clip_store import ClipStore
+
+
+class DataError(ValueError):
+    pass
+
+
+def open_stores(stores_dir: str | Path, names: Sequence[str]) -> list[ClipStore]:
+    """Open `stores_dir/name` for each name; a missing file names itself and how to make it."""
+    out = []
+    for name in names:
+        path = Path(stores_dir) / name
+        if not path.exists():
+            raise DataError(f"{path}: clip store not found (build the stores with `make prepare`, "
+                            f"or point --stores at the folder that holds {name})")
+        out.append(ClipStore(path))
+    return out
+
+
+def check_compatible(stores: Sequence[ClipStore]) -> None:
+    """Stores trained or evaluated together must share classes, label kind and input length."""
+    ref = stores[0]
+    for s in stores[1:]:
+        for attr in ("multilabel", "num_classes", "class_names", "target_length"):
+            if getattr(s, attr) != getattr(ref, attr):
+                raise DataError(f"{s.path}: {attr} = {getattr(s, attr)!r} differs from "
+                                f"{ref.path} ({getattr(ref, attr)!r}); these stores cannot be used together")
+
+
+class ClipDataset(Dataset):
+    """(fbank, label) pairs of a clip store, optionally a subset of its clips.
+
+    item k -> x float32 [1, T, 128] normalised; y float32 [C] multi-hot, or int64 class id.
+    """
+
+    def __init__(self, store: ClipStore, indices: Sequence[int] | None = None,
+                 norm: tuple[float, float] | None = None):
+        self.store = store
+        self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.mean, self.std = norm if norm is not None else (store.norm_mean, store.norm_std)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        fb = torch.from_numpy(self.store.fbank(i).astype(np.float32))    # [T, 128]
+        x = ((fb - self.mean) / (2 * self.std)).unsqueeze(0)             # [1, T, 128]
+        y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
+        return x, y
+
+    def labels(self) -> np.ndarray:
+        """Labels of this subset: [n, C] multi-hot or [n] class ids."""
+        return np.asarray(self.store.labels)[self.indices]
+
+
+def concat(datasets: Sequence[ClipDataset]) -> Dataset:
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(list(datasets))
+
+
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """Labels of a ClipDataset or a ConcatDataset of them, in item order."""
+    if isinstance(ds, ConcatDataset):
+        return np.concatenate([d.labels() for d in ds.datasets])
+    return ds.labels()
+
+
+def class_balance_weights(labels: np.ndarray) -> np.ndarray:
+    """AudioMAE's gen_weight.py: labels [N, C] multi-hot -> clip weights [N] = sum of 1000/(count+0.01)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.ndim == 1:                                                   # class ids -> one-hot [N, C]
+        labels = np.eye(int(labels.max()) + 1)[labels.astype(np.int64)]
+    label_weight = 1000.0 / (labels.sum(0) + 0.01)                         # [C]
+    return labels @ label_weight                                           # [N]
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Draws `num_samples` indices per epoch with probability proportional to `weights`, split over ranks.
+
+    Every rank draws the same permutation from (seed, epoch) and keeps its own stride, the
+    distributed equivalent of `torch.utils.data.WeightedRandomSampler` (AudioMAE wraps that one).
+    """
+
+    def __init__(self, weights: np.ndarray, num_samples: int, replacement: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not replacement and num_samples > len(weights):
+            raise DataError(f"weighted sampler: epoch_len {num_samples} exceeds the {len(weights)} clips "
+                            "(sampling without replacement); lower epoch_len or set replacement")
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_samples, self.replacement = num_samples, replacement
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world_size, 0
+        self.per_rank = math.ceil(num_samples / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = torch.multinomial(self.weights, self.num_samples, self.replacement, generator=g)  # [num_samples]
+        idx = torch.cat([idx, idx[: self.per_rank * self.world - len(idx)]])  # pad to a multiple of world
+        return iter(idx[self.rank::self.world].tolist())                     # [per_rank]
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def train_sampler(ds: Dataset, weighted: bool, epoch_len: int, seed: int, rank: int, world: int) -> Sampler:
+    """The training sampler: class-balanced (AS-2M) or a seeded shuffle, both split over ranks."""
+    if weighted:
+        w = class_balance_weights(dataset_labels(ds))
+        return WeightedEpochSampler(w, epoch_len or len(ds), replacement=False, seed=seed, rank=rank, world_size=world)
+    return DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+
+
+def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """y: [B] class ids or [B, C] multi-hot -> float [B, C]."""
+    if y.ndim == 1:
+        return torch.nn.functional.one_hot(y.long(), num_classes).float()  # [B, C]
+    return y.float()
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, beta: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """AudioMAE/AST mixup on a batch: each clip, with probability `prob`, is mixed with a random
+    other clip of the batch with lambda ~ Beta(beta, beta); labels mixed with the same lambda.
+
+    x: [B, 1, T, F] normalised fbank; y: [B, C] float targets -> (x_mix, y_mix), same shapes.
+    """
+    B = x.shape[0]
+    if prob <= 0 or B < 2:
+        return x, y
+    mixed = rng.random(B) < prob                                          # [B]
+    partner = (np.arange(B) + rng.integers(1, B, size=B)) % B             # [B], never itself
+    lam = np.where(mixed, rng.beta(beta, beta, size=B), 1.0)              # [B]
+    lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    p = torch.as_tensor(partner, device=x.device)
+    x_mix = lam_t.view(B, 1, 1, 1) * x + (1 - lam_t.view(B, 1, 1, 1)) * x[p]   # [B, 1, T, F]
+    y_mix = lam_t.view(B, 1).to(y.dtype) * y + (1 - lam_t.view(B, 1).to(y.dtype)) * y[p]  # [B, C]
+    return x_mix, y_mix

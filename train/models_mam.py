@@ -1,0 +1,199 @@
+"""Masked audio model for pretraining: AudioMAE / MAM-CLAP / SupMAM / SupMAM-CLAP in one class.
+
+Public API
+----------
+@dataclass MAMConfig  (nested in the pretraining config; see fields below)
+MaskedAudioModel(cfg, target_dim=None, num_classes=None, multilabel=False)
+  .encoder                    AudioViT (train.models_vit), keys stored under the `encoder.` prefix
+  .patchify(x [B,1,T,F]) -> [B,N,p*p]      .unpatchify([B,N,p*p]) -> [B,1,T,F]   (grid derived)
+  .forward_encoder(x, ratio, generator=None) -> (latent [B,K,D], ids_keep [B,K], ids_restore [B,N], mask [B,N])
+  .forward_decoder(latent, ids_restore) -> [B,N,Dd]  (mask tokens, positions, Swin blocks, norm)
+  .forward(fbank [B,1,T,F], targets=None [B,N,Dt], labels=None ([B,C] multi-hot | [B] int), generator=None)
+        -> (loss, parts: dict[str, Tensor], mask [B,N], 1 = masked)
+        parts: "rec"; "clap", "clap_vis", "clap_mask"; "cls" -- the terms of the enabled objectives.
+        loss = L_target (rec + clap, those enabled) + lambda_cls * L_cls; cls alone: L_cls.
+  .encoder_state_dict() -> the encoder's state dict in AudioMAE's layout (what load_encoder reads)
+Checkpoints: `model` = MaskedAudioModel.state_dict(); train.checkpoint.load_encoder takes the
+`encoder.*` keys (prefix stripped) and ignores decoder_* / mask_token / heads.
+
+Decoder: decoder_embed (Linear D->Dd), mask tokens at masked positions, fixed sin-cos decoder
+positions (time/frequency layout), timm SwinTransformerV2CrBlock x decoder_depth over the FULL
+(Tp, Fp) grid, window decoder_window, shift decoder_shift on odd blocks (AudioMAE: 4x4, (2, 0)),
+decoder_norm. One decoder feeds both heads when rec and clap are on. Heads: decoder_pred
+(Linear -> p*p pixels, rec), target_head (Linear + LayerNorm -> Dt, clap), cls_head
+(Linear-BatchNorm1d-ReLU-Linear on the mean of the visible encoder tokens, cls).
+Note: timm >= 1.0 resets any non-zero Swin shift to half the window on both axes, so odd blocks
+get shift_size set back to decoder_shift and their masks rebuilt (init_non_persistent_buffers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
+
+from train.losses import clap_loss, cls_loss, rec_loss
+from train.masking import gather_tokens, random_masking
+from train.models_vit import build_encoder, sincos_pos_embed
+
+OBJECTIVES = ("rec", "clap", "cls")
+
+
+@dataclass
+class MAMConfig:
+    encoder: str = "base"                  # tiny | small | base
+    encoder_depth: int | None = None       # None: the size's 12 blocks
+    target_length: int = 1024              # fbank frames
+    objectives: list[str] = field(default_factory=lambda: ["clap", "cls"])  # subset of rec, clap, cls
+    mask_ratio: float = 0.2
+    decoder_depth: int = 1                 # CLAP presets 1; AudioMAE / SupMAM 16
+    decoder_dim: int = 512
+    decoder_heads: int = 16
+    decoder_window: list[int] = field(default_factory=lambda: [4, 4])
+    decoder_shift: list[int] = field(default_factory=lambda: [2, 0])
+    lambda_cls: float = 1.0e-4
+    tau: float = 1.0                       # cls temperature (the paper gives no value)
+    norm_pix_loss: bool = True
+    cls_hidden: int = 512                  # hidden width of the cls head (not given in the paper)
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if not self.objectives or bad or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:
+            raise ValueError("decoder_window and decoder_shift are [time, frequency] pairs")
+
+
+class MaskedAudioModel(nn.Module):
+    def __init__(self, cfg: MAMConfig, target_dim: int | None = None, num_classes: int | None = None,
+                 multilabel: bool = False):
+        super().__init__()
+        self.cfg, self.multilabel = cfg, multilabel
+        self.objectives = set(cfg.objectives)
+        if "clap" in self.objectives and not target_dim:
+            raise ValueError("the clap objective needs target_dim (the teacher's token dim)")
+        if "cls" in self.objectives and not num_classes:
+            raise ValueError("the cls objective needs num_classes")
+        self.encoder = build_encoder(cfg.encoder, cfg.encoder_depth, cfg.target_length)
+        D, grid, p = self.encoder.embed_dim, self.encoder.patch_grid, self.encoder.patch
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        if self.objectives & {"rec", "clap"}:
+            Dd = cfg.decoder_dim
+            self.decoder_embed = nn.Linear(D, Dd)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+            self.register_buffer("decoder_pos_embed", sincos_pos_embed(Dd, grid)[None], persistent=False)
+            self.decoder_blocks = nn.ModuleList([self._swin_block(i, Dd, grid, norm_layer)
+                                                 for i in range(cfg.decoder_depth)])
+            self.decoder_norm = norm_layer(Dd)
+        if "rec" in self.objectives:
+            self.decoder_pred = nn.Linear(cfg.decoder_dim, p * p)
+        if "clap" in self.objectives:
+            self.target_head = nn.Sequential(nn.Linear(cfg.decoder_dim, target_dim), nn.LayerNorm(target_dim))
+        if "cls" in self.objectives:
+            self.cls_head = nn.Sequential(nn.Linear(D, cfg.cls_hidden), nn.BatchNorm1d(cfg.cls_hidden),
+                                          nn.ReLU(inplace=True), nn.Linear(cfg.cls_hidden, num_classes))
+        self._init_weights()
+
+    def _swin_block(self, i: int, dim: int, grid: tuple[int, int], norm_layer) -> SwinTransformerV2CrBlock:
+        shift = (0, 0) if i % 2 == 0 else tuple(self.cfg.decoder_shift)
+        blk = SwinTransformerV2CrBlock(dim=dim, num_heads=self.cfg.decoder_heads, feat_size=grid,
+                                       window_size=tuple(self.cfg.decoder_window), shift_size=shift,
+                                       norm_layer=norm_layer)
+        # the block clamps the window to the grid; a side no longer than its window is not shifted
+        want = tuple(0 if g <= w else s for g, w, s in zip(grid, blk.window_size, shift))
+        if tuple(blk.shift_size) != want:
+            blk.shift_size = want
+            blk.init_non_persistent_buffers()                  # rebuild the shifted-window mask
+        return blk
+
+    def _init_weights(self) -> None:
+        """mae's init for the new parts (the encoder initialises itself)."""
+        for name, m in self.named_modules():
+            if name.startswith("encoder"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if hasattr(self, "mask_token"):
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    # ---- patches ---------------------------------------------------------------------------------
+    def patchify(self, x: Tensor) -> Tensor:
+        """x: [B,1,T,F] -> [B,N,p*p], patch pixels in (time, freq) order."""
+        p = self.encoder.patch
+        B, _, T, F = x.shape
+        x = x.reshape(B, T // p, p, F // p, p)                 # [B,Tp,p,Fp,p]
+        x = x.permute(0, 1, 3, 2, 4)                           # [B,Tp,Fp,p,p]
+        return x.reshape(B, (T // p) * (F // p), p * p)        # [B,N,p*p]
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """x: [B,N,p*p] -> [B,1,T,F] on the encoder's grid."""
+        p = self.encoder.patch
+        Tp, Fp = self.encoder.patch_grid
+        x = x.reshape(x.shape[0], Tp, Fp, p, p)                # [B,Tp,Fp,p,p]
+        x = x.permute(0, 1, 3, 2, 4)                           # [B,Tp,p,Fp,p]
+        return x.reshape(x.shape[0], 1, Tp * p, Fp * p)        # [B,1,T,F]
+
+    # ---- stages -----------------------------------------------------------------------------------
+    def forward_encoder(self, x: Tensor, ratio: float, generator: torch.Generator | None = None):
+        B, N = x.shape[0], self.encoder.num_patches
+        ids_keep, _, ids_restore, mask = random_masking(B, N, ratio, x.device, generator)
+        latent = self.encoder.forward_visible(x, ids_keep)     # [B,K,D]
+        return latent, ids_keep, ids_restore, mask
+
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        B, K, _ = latent.shape
+        Tp, Fp = self.encoder.patch_grid
+        x = self.decoder_embed(latent)                                   # [B,K,Dd]
+        Dd = x.shape[-1]
+        masks = self.mask_token.expand(B, Tp * Fp - K, Dd)               # [B,N-K,Dd]
+        x = gather_tokens(torch.cat([x, masks], dim=1), ids_restore)     # [B,N,Dd] token order
+        x = x + self.decoder_pos_embed
+        x = x.reshape(B, Tp, Fp, Dd)                                     # [B,Tp,Fp,Dd] as the block expects
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_norm(x.reshape(B, Tp * Fp, Dd))              # [B,N,Dd]
+
+    def forward(self, fbank: Tensor, targets: Tensor | None = None, labels: Tensor | None = None,
+                generator: torch.Generator | None = None):
+        T = self.cfg.target_length
+        if fbank.dim() != 4 or fbank.shape[2] != T:
+            raise ValueError(f"MaskedAudioModel expects fbank [B,1,{T},F], got {tuple(fbank.shape)}")
+        latent, _, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)
+        parts: dict[str, Tensor] = {}
+        if self.objectives & {"rec", "clap"}:
+            h = self.forward_decoder(latent, ids_restore)                # [B,N,Dd]
+            if "rec" in self.objectives:
+                parts["rec"] = rec_loss(self.decoder_pred(h), self.patchify(fbank), mask,
+                                        self.cfg.norm_pix_loss)
+            if "clap" in self.objectives:
+                if targets is None:
+                    raise ValueError("the clap objective needs per-patch targets [B,N,Dt]")
+                parts["clap"], parts["clap_vis"], parts["clap_mask"] = clap_loss(
+                    self.target_head(h), targets, mask)
+        if "cls" in self.objectives:
+            if labels is None:
+                raise ValueError("the cls objective needs labels")
+            if latent.shape[1] == 0:
+                raise ValueError("the cls objective needs visible tokens (mask_ratio leaves none)")
+            logits = self.cls_head(latent.mean(dim=1))                    # [B,D] -> [B,C]
+            parts["cls"] = cls_loss(logits, labels, self.cfg.tau, self.multilabel)
+        target_terms = [parts[k] for k in ("rec", "clap") if k in parts]
+        if target_terms:
+            loss = sum(target_terms)
+            if "cls" in parts:
+                loss = loss + self.cfg.lambda_cls * parts["cls"]
+        else:
+            loss = parts["cls"]
+        return loss, parts, mask
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        return self.encoder.state_dict()
