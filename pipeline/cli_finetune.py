@@ -24,7 +24,8 @@ class TaskName(str, Enum):
 def finetune(
     task: TaskName = typer.Option(..., "--task", help="as2m | as20k | esc50 | spc1 | spc2"),
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value (e.g. epochs=3)"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="configs/finetune/NAME.toml or a .toml path (default: the task)"),
+    preset: Optional[str] = typer.Option(None, "--preset",
+                                         help="configs/finetune/NAME.toml or a .toml path (default: the task)"),
     init: str = typer.Option("latest", "--init", help="encoder checkpoint (ours or AudioMAE's .pth), `latest` "
                                                       "(runs/latest-pretrain) or `none` (random init)"),
     stores: Path = typer.Option(Path("data/stores"), "--stores", help="folder of clip stores"),

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cache_tools.target_store import ShardWriter, finalize, init_store
+from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
 
 HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
 
@@ -100,11 +100,15 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     if rank == 0:  # rank 0 creates the array (or checks the existing one) before anyone writes
         try:
             init_store(out, n, (tt, ft), d, identity, clips_per_shard, compression)
-        except Exception as e:  # noqa: BLE001 - re-raised after the barrier so no rank hangs
+        except Exception as e:  # noqa: BLE001 - every rank learns of it below, so none writes or hangs
             error = e
-    _barrier(world)
+    verdict = [None if error is None else str(error)]
+    if world > 1:  # also orders creation before any other rank opens the store
+        dist.broadcast_object_list(verdict, src=0)
     if error is not None:
         raise error
+    if verdict[0] is not None:
+        raise StoreError(out, f"rank 0 refused the store: {verdict[0]}")
     writer = ShardWriter(out)
     mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
     loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),

@@ -171,6 +171,14 @@ def test_decoder_geometry_shift_and_patchify():
     assert latent.shape == (2, 64, 192) and model.forward_decoder(latent, ids_restore).shape == (2, 128, 64)
 
 
+def test_decoder_pads_a_grid_that_is_not_a_window_multiple():
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap"], target_length=336), target_dim=16)
+    assert model.encoder.patch_grid == (21, 8) and tuple(model.decoder_blocks[1].shift_size) == (2, 0)
+    loss, parts, mask = model(torch.randn(2, 1, 336, 128), torch.randn(2, 168, 16))
+    loss.backward()
+    assert mask.shape == (2, 168) and torch.isfinite(loss)
+
+
 def test_bad_model_inputs_are_rejected():
     with pytest.raises(ValueError, match="non-empty subset"):
         MAMConfig(objectives=[])

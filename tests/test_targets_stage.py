@@ -112,8 +112,8 @@ def test_rerun_after_losing_a_shard_is_identical(clips, reference, tmp_path):
 
 
 def run_script(clips, out, k, delay=0.0, torchrun=0):
-    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
-                               "--master-port", "29533"] if torchrun else [])
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
+                              if torchrun else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.Popen(cmd + [__file__, str(clips.path), str(out), str(k), str(delay)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

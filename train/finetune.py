@@ -165,8 +165,8 @@ def fit(cfg: FinetuneConfig, vit: torch.nn.Module, train_ds, valid_ds, test_ds, 
     loss_kind, criterion = _loss_fn(cfg, multilabel)
     amp = cfg.amp and device.type == "cuda"
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "a") if dist.is_main else None           # training steps
-    evlog = open(out / "eval.jsonl", "a") if dist.is_main else None        # evaluations
+    log = open(out / "log.jsonl", "w") if dist.is_main else None           # training steps
+    evlog = open(out / "eval.jsonl", "w") if dist.is_main else None        # evaluations
     if dist.is_main:
         print(f"[finetune] {cfg.task}: {len(train_ds)} training clips, lr {lr:.3g} (blr {cfg.blr} x batch "
               f"{cfg.batch_size} / 256), {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, init {meta['init']}",
@@ -210,9 +210,10 @@ def fit(cfg: FinetuneConfig, vit: torch.nn.Module, train_ds, valid_ds, test_ds, 
             if improved:
                 best, best_epoch = m[metric], epoch + 1
                 best_state = copy.deepcopy({k: v.cpu() for k, v in vit.state_dict().items()})
-            state = {"model": vit.state_dict(), "model_args": describe(vit), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "step": step, "config": to_dict(cfg), "kind": "finetune", "rng": _rng_state(rng),
-                     "fingerprints": meta.get("fingerprints", {}), "metric": {metric: m[metric]}, **_info(meta)}
+            state = {"model": vit.state_dict(), "model_args": describe(vit), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "step": step, "config": to_dict(cfg), "kind": "finetune",
+                     "rng": _rng_state(rng), "fingerprints": meta.get("fingerprints", {}),
+                     "metric": {metric: m[metric]}, **_info(meta)}
             if improved:
                 save_checkpoint(out / "checkpoint.pt", state)
             if epoch + 1 == cfg.epochs:
@@ -325,7 +326,8 @@ def _run_cv(cfg, init, stores, out, dist, meta) -> dict:
     folds = cfg.folds or sorted(int(f) for f in np.unique(folds_all))
     missing = [f for f in folds if not (folds_all == f).any()]
     if missing:
-        raise FinetuneError(f"{store.path}: folds {missing} hold no clips (stored folds: {sorted(set(folds_all.tolist()))})")
+        raise FinetuneError(f"{store.path}: folds {missing} hold no clips "
+                            f"(stored folds: {sorted(set(folds_all.tolist()))})")
     meta = {**meta, "class_names": store.class_names, "target_length": store.target_length,
             "fingerprints": {"clips": {store.path.name: store.fingerprint}}}
     per_fold, scores, targets = [], [], []

@@ -68,6 +68,8 @@ def silence_windows(root: Path, split: str) -> tuple[list[ClipRecord], list[str]
     """Deterministic 1 s windows cut from ROOT/_background_noise_/*.wav for train / valid."""
     records, missing = [], []
     label = SPC1_CLASSES.index("_silence_")
+    if not (root / NOISE).is_dir():
+        return [], [f"_silence_ (no {NOISE}/ folder in {root})"]
     for path in sorted((root / NOISE).glob("*.wav")):
         try:
             seconds = sf.info(str(path)).duration
