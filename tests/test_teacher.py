@@ -133,11 +133,27 @@ def test_untrained_teacher_is_seeded(caplog, untrained):
     assert a.describe()["checkpoint_sha256"] == "untrained:seed=0" and a.describe()["checkpoint"] is None
 
 
-def test_geometry_from_configs():
+@pytest.fixture(scope="module")
+def fused():
+    return ClapTeacher.from_checkpoint(None, fusion=True)
+
+
+def test_fusion_long_clip_under_autocast(fused, caplog):
+    """laion-clap's 2-D fusion fails under autocast (index_put dtypes) on a long clip: fp32 instead."""
+    wave = 0.3 * torch.randn(1, 200000, generator=torch.Generator().manual_seed(1))    # 12.5 s
+    ref = fused.token_grid(wave)
+    fused.amp_dtype = torch.bfloat16
+    try:
+        out = fused.token_grid(wave)
+    finally:
+        fused.amp_dtype = None
+    assert torch.equal(out, ref) and "runs it in fp32" in caplog.text
+
+
+def test_geometry_from_configs(fused):
     base = ClapTeacher.from_checkpoint(None, model="HTSAT-base")
     assert (base.dim, base.grid) == (1024, (2, 32))                      # derived, as documented
     assert base.mel == {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
-    fused = ClapTeacher.from_checkpoint(None, fusion=True)
     assert fused.mel["htk"] is True and fused.name == "laion-clap HTSAT-tiny fusion"
     d = fused.describe()
     assert d["grid"] == [32, 2] and d["dim"] == 768 and d["teacher_mel"] == fused.mel
