@@ -25,7 +25,8 @@ if [[ -z "$PY" ]]; then
   PY=python3
 fi
 
-have() { "$PY" -c "import $1" >/dev/null 2>&1; }
+# find_spec, not import: `import laion_clap` runs its __init__, which retries the network for minutes
+have() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" >/dev/null 2>&1; }
 install() {  # install <import-name> <pip specs...>
   local mod="$1"; shift
   have "$mod" && return 0
@@ -46,15 +47,16 @@ install laion_clap "laion-clap==1.1.7"
 
 echo "[gpu.sh] python: $(command -v "$PY")"
 "$PY" - <<'EOF'
-import importlib, platform
+import platform
 import torch
 print(f"[gpu.sh] python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}"
       f"  device {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
-for m in ["timm", "numpy", "h5py", "zarr", "laion_clap", "torchlibrosa", "librosa"]:
+from importlib import metadata
+for m in ["timm", "numpy", "h5py", "zarr", "laion-clap", "torchlibrosa", "librosa"]:
     try:
-        print(f"[gpu.sh]   {m} {getattr(importlib.import_module(m), '__version__', '?')}")
-    except Exception as e:
-        print(f"[gpu.sh]   {m} MISSING ({type(e).__name__})")
+        print(f"[gpu.sh]   {m} {metadata.version(m)}")
+    except metadata.PackageNotFoundError:
+        print(f"[gpu.sh]   {m} MISSING")
 EOF
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 

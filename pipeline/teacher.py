@@ -187,6 +187,9 @@ class ClapTeacher:
         if not isinstance(wave16k, torch.Tensor) or wave16k.dim() != 2 or wave16k.shape[1] == 0:
             shape = tuple(wave16k.shape) if isinstance(wave16k, torch.Tensor) else type(wave16k).__name__
             raise ValueError(f"{self.name}: token_grid needs a (B, S) float wave tensor with S > 0, got {shape}")
+        if not wave16k.is_floating_point():
+            raise ValueError(f"{self.name}: token_grid needs float waves in [-1, 1], got {wave16k.dtype} "
+                             "(scale int16 clip-store waves by 1/32768)")
         wave = wave16k.to(self.device, torch.float32)
         if not torch.isfinite(wave).all():
             raise ValueError(f"{self.name}: the wave holds NaN or inf values")

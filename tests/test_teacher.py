@@ -161,6 +161,8 @@ def test_geometry_from_configs(fused):
         ClapTeacher.from_checkpoint(None, model="HTSAT-nano")
     with pytest.raises(ValueError, match=r"\(B, S\)"):
         fused.token_grid(torch.zeros(16000))
+    with pytest.raises(ValueError, match="int16"):
+        fused.token_grid(torch.zeros(1, 16000, dtype=torch.int16))
     with pytest.raises(ValueError, match="NaN"):
         fused.token_grid(torch.full((1, 16000), float("nan")))
 
