@@ -70,3 +70,29 @@ def evaluate(
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
     app.command("evaluate")(evaluate)
+    register_orchestration(app)
+
+
+def demo(data: Path = typer.Option(Path("data/mini"), help="mini-data root"),
+         stores: Path = typer.Option(Path("data/stores"), help="clip / target stores folder"),
+         runs: Path = typer.Option(Path("runs"), help="runs folder"),
+         seed: int = typer.Option(0), clap_ckpt: Optional[Path] = typer.Option(None, help="laion-clap checkpoint"),
+         device: str = typer.Option("cpu"), scale: float = typer.Option(1.0, help="mini-data scale")) -> None:
+    """The whole chain on the built-in mini data, ending in one summary table (runs/demo/summary.md)."""
+    from pipeline.demo import run_demo
+    run_demo(data, stores, runs, seed=seed, clap_ckpt=clap_ckpt, device=device, scale=scale)
+
+
+def ablate(stores: Path = typer.Option(Path("data/stores"), help="clip / target stores folder"),
+           runs: Path = typer.Option(Path("runs/ablate"), help="runs folder for the sweep"),
+           seed: int = typer.Option(0), device: str = typer.Option("cpu"),
+           tables: str = typer.Option("all", help="comma list of: mask, objectives, lambda (or all)"),
+           steps: Optional[int] = typer.Option(None, help="pretraining updates per run (default: the preset's)")) -> None:
+    """Paper Tables 2-5 on the mini data: sweeps that reuse ONE target store (checksums checked)."""
+    from pipeline.ablate import run_ablation
+    run_ablation(stores, runs, seed=seed, device=device, tables=tables, steps=steps)
+
+
+def register_orchestration(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("ablate")(ablate)

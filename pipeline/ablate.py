@@ -1,0 +1,148 @@
+"""`supmam ablate`: the paper's ablations (Tables 2-5) on the mini data, from ONE target store.
+
+Every pretraining run reads the same cached target store; its files' sha256 are taken before the
+sweep and after it, and the sweep fails if a single byte changed. Each pretrained encoder is then
+fine-tuned on mini as20k (mAP) and mini esc50 (5-fold accuracy).
+
+    table "mask":       MAM-CLAP / SupMAM mask ratio (paper Tables 2 and 3)
+    table "objectives": rec / cls / rec+cls / clap / clap+cls (paper Table 4)
+    table "lambda":     SupMAM-CLAP lambda_cls (paper Table 5)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = ("as20k", "esc50")
+
+
+@dataclass(frozen=True)
+class Run:
+    preset: str            # mini pretraining preset the run starts from
+    objectives: tuple      # ("clap", "cls") ...
+    mask_ratio: float
+    lambda_cls: float
+
+    @property
+    def name(self) -> str:
+        return f"{'+'.join(self.objectives)}-m{self.mask_ratio:g}-l{self.lambda_cls:g}"
+
+
+def sweep(tables: set[str]) -> dict[str, list[Run]]:
+    """The runs of each table; the same configuration in two tables is trained once."""
+    t: dict[str, list[Run]] = {}
+    if "mask" in tables:
+        t["mask"] = [Run("mam-clap-mini", ("clap",), m, 0.0) for m in (0.2, 0.5, 0.8)] + \
+                    [Run("supmam-mini", ("rec", "cls"), m, 0.01) for m in (0.4, 0.8)]
+    if "objectives" in tables:
+        t["objectives"] = [Run("audiomae-mini", ("rec",), 0.8, 0.0), Run("supmam-mini", ("cls",), 0.4, 1.0),
+                           Run("supmam-mini", ("rec", "cls"), 0.4, 0.01), Run("mam-clap-mini", ("clap",), 0.2, 0.0),
+                           Run("supmam-clap-mini", ("clap", "cls"), 0.2, 1e-4)]
+    if "lambda" in tables:
+        t["lambda"] = [Run("supmam-clap-mini", ("clap", "cls"), 0.2, lam) for lam in (1e-4, 1e-2, 1.0)]
+    return t
+
+
+def store_checksums(path: Path) -> dict[str, str]:
+    """sha256 of every file under a store directory (data, shard index, attrs)."""
+    out = {}
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        out[str(f.relative_to(path))] = h.hexdigest()
+    return out
+
+
+def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
+                 steps: int | None) -> Path:
+    from train.pretrain import load_pretrain_config, main
+    ovs = [f"clips={clips}", f"targets={targets}", f"run_dir={runs}", f"name=pretrain-{run.name}",
+           f"device={device}", f"seed={seed}", f"model.objectives={','.join(run.objectives)}",
+           f"model.mask_ratio={run.mask_ratio}", f"model.lambda_cls={run.lambda_cls}"]
+    if steps:
+        ovs.append(f"max_steps={steps}")
+    return main(load_pretrain_config(run.preset, ovs), resume=True)
+
+
+def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", tables: str = "all",
+                 steps: int | None = None, finetune_overrides: dict[str, list[str]] | None = None,
+                 tasks: tuple[str, ...] = TASKS) -> dict:
+    from train.finetune import run_finetune
+
+    stores, runs = Path(stores), Path(runs)
+    clips = stores / "audioset_unbalanced_train.h5"
+    targets = stores / "audioset_unbalanced_train.targets.zarr"
+    if not targets.exists():
+        raise FileNotFoundError(f"{targets}: no target store; run `make targets` first")
+    chosen = {"mask", "objectives", "lambda"} if tables == "all" else set(tables.split(","))
+    before = store_checksums(targets)
+    t0, results = time.time(), {}
+    for table, table_runs in sweep(chosen).items():
+        for run in table_runs:
+            if run.name in results:
+                continue
+            ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps)
+            scores = {}
+            for task in tasks:
+                m = run_finetune(task, preset=f"{task}-mini", init=str(ckpt), stores=stores, runs=runs,
+                                 name=f"ft-{task}-{run.name}", device=device,
+                                 overrides=[f"seed={seed}", *(finetune_overrides or {}).get(task, [])])
+                scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
+            results[run.name] = {"run": run.__dict__ | {"objectives": list(run.objectives)}, "scores": scores}
+    after = store_checksums(targets)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    summary = {"tables": {t: [r.name for r in rs] for t, rs in sweep(chosen).items()}, "results": results,
+               "store": str(targets), "store_files": len(before), "store_unchanged": not changed,
+               "changed_files": changed, "seconds": round(time.time() - t0, 1), "seed": seed}
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (runs / "ablation.md").write_text(ablation_tables(summary) + "\n")
+    plot_ablation(summary, runs / "ablation.png")
+    print(ablation_tables(summary), flush=True)
+    if changed:
+        raise RuntimeError(f"{targets}: the sweep changed the target store ({changed[:5]}...)")
+    return summary
+
+
+_TITLES = {"mask": "Tables 2-3: mask ratio", "objectives": "Table 4: objectives", "lambda": "Table 5: lambda_cls"}
+
+
+def ablation_tables(s: dict) -> str:
+    out = [f"# Ablations on the mini data (one target store: {s['store']}, unchanged: {s['store_unchanged']})"]
+    for table, names in s["tables"].items():
+        tasks = list(s["results"][names[0]]["scores"])
+        out += ["", f"## {_TITLES[table]}", "",
+                "| objectives | mask ratio | lambda_cls | " + " | ".join(
+                    f"{t} {s['results'][names[0]]['scores'][t]['metric']}" for t in tasks) + " |",
+                "|---|---|---|" + "---|" * len(tasks)]
+        for n in names:
+            r = s["results"][n]
+            cells = [f"{r['scores'][t]['score']:.3f}" + (f" ± {r['scores'][t]['std']:.3f}"
+                                                         if r["scores"][t]["std"] is not None else "") for t in tasks]
+            out.append(f"| {'+'.join(r['run']['objectives'])} | {r['run']['mask_ratio']:g} | "
+                       f"{r['run']['lambda_cls']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot_ablation(s: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tables = list(s["tables"].items())
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.6), squeeze=False)
+    for ax, (table, names) in zip(axes[0], tables):
+        tasks = list(s["results"][names[0]]["scores"])
+        x = range(len(names))
+        for j, t in enumerate(tasks):
+            ax.bar([i + 0.4 * j for i in x], [s["results"][n]["scores"][t]["score"] for n in names], 0.4, label=t)
+        ax.set_xticks([i + 0.2 for i in x], names, rotation=30, ha="right", fontsize=7)
+        ax.set_title(_TITLES[table], fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
