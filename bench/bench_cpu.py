@@ -58,6 +58,7 @@ def prepare(tmp: Path, sz: dict) -> dict:
     it = iter(range(10**9))
     bare = common.rate(lambda: torchaudio.compliance.kaldi.fbank(w - w.mean(), **FBANK_PARAMS), 1, sz["min_time"])
     feat = common.rate(lambda: prep.featurise(recs[next(it) % len(recs)], g), 1, sz["min_time"])
+    breakdown = featurise_breakdown(paths[0], sz["T"], sz["min_time"])
     t0 = time.perf_counter()
     report = prep.prepare(spec, tmp / "prep.h5", workers=1, block_size=max(1, len(recs) // 2), progress=False)
     whole = len(recs) / (time.perf_counter() - t0)
@@ -65,8 +66,26 @@ def prepare(tmp: Path, sz: dict) -> dict:
             "written": report.get("written"),
             "clips_per_s_per_core": {"bare_fbank": round(bare, 1), "featurise": round(feat, 1),
                                      "prepare_1_worker": round(whole, 1)},
+            "ms_per_clip_breakdown": breakdown,
             "ratio_featurise_vs_bare_fbank": common.ratio(feat, bare),
             "ratio_prepare_vs_bare_fbank": common.ratio(whole, bare)}
+
+
+def featurise_breakdown(path: Path, target_length: int, min_time: float) -> dict:
+    """ms per clip of each step featurise takes, done the way pipeline.audio_io does them."""
+    import soundfile as sf
+    import torchaudio
+
+    from pipeline.features import fbank
+    x, sr = sf.read(path, dtype="float32", always_2d=True)                    # [S, ch]
+    mono = np.ascontiguousarray(x.mean(axis=1), dtype=np.float32)            # [S]
+    w16 = torchaudio.functional.resample(torch.from_numpy(mono), sr, 16000)  # [S']
+    ms = lambda fn: round(1e3 / common.rate(fn, 1, min_time), 3)  # noqa: E731
+    return {"decode": ms(lambda: sf.read(path, dtype="float32", always_2d=True)),
+            "downmix_np_mean": ms(lambda: x.mean(axis=1)),
+            "downmix_matvec": ms(lambda: x @ np.full(x.shape[1], 1 / x.shape[1], np.float32)),
+            "resample": ms(lambda: torchaudio.functional.resample(torch.from_numpy(mono), sr, 16000)),
+            "fbank": ms(lambda: fbank(w16, target_length))}
 
 
 def stage_stores(tmp: Path, sz: dict) -> dict:
@@ -113,9 +132,8 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
     for mode, kw in (("cached", dict(targets_path=stage["targets"])), ("online", dict(with_wave=True))):
         ds = PretrainDataset(stage["clips"], **kw)
         dl = build_loader(ds, StepBatchSampler(len(ds), b, 1, 0, 1, 0), num_workers=0, pin_memory=False, seed=0)
-        batches, t0 = list(dl), time.perf_counter()
-        batches = list(dl)  # second pass timed: the stores' handles and page cache are warm
-        loaders[mode] = (batches, len(batches) * b / (time.perf_counter() - t0))
+        batches = list(dl)  # first pass untimed: the stores' handles and page cache warm up
+        loaders[mode] = (batches, common.rate(lambda: list(dl), len(batches) * b, sz["min_time"], warmup=0))
     tstore, clips = TargetStore(stage["targets"]), ClipStore(stage["clips"])
     out = {"preset": "supmam-clap", "batch": b, "target_length": sz["T"], "threads": torch.get_num_threads(),
            "loader_clips_per_s_one_process": {k: round(v[1], 1) for k, v in loaders.items()}}

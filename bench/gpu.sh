@@ -33,7 +33,7 @@ install() {  # install <import-name> <pip specs...>
   if [[ -n "${BENCH_WHEELS:-}" && -d "${BENCH_WHEELS}" ]]; then
     "$PY" -m pip install -q --no-index --find-links "$BENCH_WHEELS" --no-deps "$@" && return 0
   fi
-  if [[ $DRY -eq 0 ]]; then
+  if [[ $DRY -eq 0 && -z "${BENCH_OFFLINE:-}" ]]; then   # BENCH_OFFLINE=1: do not try the network
     echo "[gpu.sh] $mod missing; trying pip (short timeout)"
     "$PY" -m pip install -q --timeout 5 --retries 0 --no-deps "$@" >/dev/null 2>&1 && return 0
     echo "[gpu.sh] $mod: not installed (offline?); configurations that need it will record the error"

@@ -146,14 +146,22 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
     fl = step_flops(model, cfg, b)
     peak = peak_flops(torch.cuda.get_device_name(0)) if cuda else None
     out = {"clips_per_s": round(b / dt, 2), "step_ms": round(dt * 1e3, 2), "warmup_s": round(warm_s, 1),
-           "final_loss": float(loss.detach()), "tflops_per_step": round(fl["train_step"] / 1e12, 4),
-           "achieved_tflops": round(fl["train_step"] / dt / 1e12, 2),
+           "final_loss": float(loss.detach()), "tflops_per_step": sig(fl["train_step"] / 1e12),
+           "achieved_tflops": sig(fl["train_step"] / dt / 1e12),
            "mfu": round(fl["train_step"] / dt / peak, 4) if peak else None,
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
            "mask_ratio": cfg.mask_ratio, "objectives": list(cfg.objectives), "config_source": source}
-    if not c["compile"] and c["teacher"] == "cached":
-        out["flop_counter_ratio"] = flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl)
+    if not c["compile"] and c["teacher"] == "cached":  # a failure here must not lose the timings above
+        try:
+            out["flop_counter_ratio"] = flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl)
+        except Exception as e:  # noqa: BLE001
+            out["flop_counter_error"] = f"{type(e).__name__}: {e}"
     return out
+
+
+def sig(x: float, digits: int = 4) -> float:
+    """x rounded to `digits` significant digits (toy dry-run sizes give tiny TFLOP counts)."""
+    return float(f"{x:.{digits}g}")
 
 
 def flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl) -> float:
@@ -164,7 +172,7 @@ def flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
         loss, _, _ = model(fbank, targets=targets, labels=labels if "cls" in cfg.objectives else None,
-                           generator=torch.Generator().manual_seed(2))
+                           generator=torch.Generator(device=fbank.device).manual_seed(2))
         loss.backward()
     model.zero_grad(set_to_none=True)
     return round(counter.get_total_flops() / fl["train_step"], 4)
@@ -181,12 +189,10 @@ def plan(dry: bool) -> list[dict]:
         return ([dict(preset=p, batch=2, compile=False, teacher="cached") for p in PRESETS]
                 + [dict(preset="supmam-clap", batch=2, compile=False, teacher="online"),
                    dict(preset="mam-clap", batch=2, compile=True, teacher="cached")])
-    c = [dict(preset=p, batch=64, compile=False, teacher="cached") for p in PRESETS]
-    c += [dict(preset="supmam-clap", batch=64, compile=False, teacher="online")]
+    c = [dict(preset=p, batch=bs, compile=False, teacher="cached") for bs in (64, 128, 32) for p in PRESETS]
+    c.insert(4, dict(preset="supmam-clap", batch=64, compile=False, teacher="online"))
     c += [dict(preset=p, batch=64, compile=True, teacher="cached") for p in ["supmam-clap", "audiomae"]]
-    c += [dict(preset=p, batch=bs, compile=False, teacher="cached") for bs in (128, 32) for p in PRESETS]
-    c += [dict(preset=p, batch=bs, compile=True, teacher="cached")
-          for bs in (128, 32) for p in ["supmam-clap", "audiomae"]]
+    c += [dict(preset=p, batch=128, compile=True, teacher="cached") for p in ["supmam-clap", "audiomae"]]
     c += [dict(preset=p, batch=64, compile=True, teacher="cached") for p in ["mam-clap", "supmam"]]
     return c
 
@@ -211,14 +217,16 @@ def main(argv=None) -> int:
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else common.REPO / "bench"
     out_path = Path(args.out) if args.out else out_dir / ("gpu-results-dry.json" if args.dry_run else "gpu-results.json")
     t_start = time.perf_counter()
-    results = {"machine": common.machine_info(), "dry_run": args.dry_run, "budget_s": args.budget,
+    results = {"machine": common.machine_info(), "timm_fused_attn": fused_attn(), "dry_run": args.dry_run, "budget_s": args.budget,
                "steps": args.steps, "warmup": args.warmup, "flops_formula": "bench/flops.py docstring",
                "peak_bf16_flops": peak_flops(results_dev_name(dev)), "configs": []}
     teacher_cache: dict = {}
     for c in plan(args.dry_run):
         name = f"{c['preset']} b{c['batch']} {'compile' if c['compile'] else 'eager'} {c['teacher']}"
         left = args.budget - (time.perf_counter() - t_start)
-        need = (90 if c["compile"] else 20) if not args.dry_run else 1
+        # measured on an H200: eager ~6 s a config; compile ~50 s (1 decoder block), ~120 s (16 blocks)
+        need = (130 if c["preset"] in ("audiomae", "supmam") else 60) if c["compile"] else 10
+        need = 1 if args.dry_run else need
         if left < need:
             rec = {**c, "status": "skipped", "error": f"time budget: {left:.0f}s left, needs ~{need}s"}
         else:
@@ -233,6 +241,15 @@ def main(argv=None) -> int:
     common.write_json(out_path, results)
     print(f"[gpu_bench] wrote {out_path} in {results['wall_s']} s", flush=True)
     return 0
+
+
+def fused_attn() -> bool | str:
+    """Whether timm's Attention takes the fused F.scaled_dot_product_attention path."""
+    try:
+        from timm.layers import use_fused_attn
+        return use_fused_attn()
+    except ImportError as e:
+        return f"unknown ({e})"
 
 
 def results_dev_name(dev) -> str:

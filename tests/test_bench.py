@@ -45,7 +45,7 @@ def test_gpu_script_dry_run(tmp_path):
         assert {"mfu", "peak_mem_gib", "final_loss", "warmup_s"} <= set(c)
         assert math.isfinite(c["final_loss"])
         if not c["compile"] and c["teacher"] == "cached":  # shapes formula vs torch's own count
-            assert 0.85 < c["flop_counter_ratio"] < 1.15, c
+            assert 0.9 < c["flop_counter_ratio"] < 1.1, c
     assert "clips/s" in res["table"] and "MFU" in res["table"]
     assert "preset" in proc.stdout and "wrote" in proc.stdout
 

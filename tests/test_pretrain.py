@@ -15,7 +15,7 @@ import torch
 from cache_tools import clip_store as cs
 from cache_tools import target_store as tgs
 from train.config import ConfigError
-from train.data import StepBatchSampler, StoreMismatch
+from train.data import StepBatchSampler, StoreMismatch, check_stores
 from train.lr_sched import build_scheduler
 from train.pretrain import OnlineTeacher, PretrainConfig, load_pretrain_config, main
 
@@ -109,10 +109,11 @@ def test_preset_objectives_learn(preset, stores, tmp_path):
     assert set(cfg.model.objectives) <= set(first) and {"lr", "clips_per_s", "data_wait"} <= set(first)
 
 
-def test_resume_gives_the_same_losses(stores, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_gives_the_same_losses(stores, tmp_path, workers):
     torch.set_num_threads(1)
     # 4 clips per update over 8 clips: the interruption (update 3) falls mid-epoch
-    extra = ("batch_size=4", "max_steps=6", "ckpt_every=2", "lr=1e-3")
+    extra = ("batch_size=4", "max_steps=6", "ckpt_every=2", "lr=1e-3", f"num_workers={workers}")
     full = main(cfg_for("supmam-clap", stores, tmp_path / "a", *extra))
     main(cfg_for("supmam-clap", stores, tmp_path / "b", *extra), stop_after=3)
     assert len(losses(tmp_path / "b" / "supmam-clap")) == 3
@@ -147,17 +148,25 @@ def test_mismatched_target_store_is_refused(stores, tmp_path):
         main(cfg_for("mam-clap", stores, tmp_path, f"clips={fewer}", "batch_size=4", "max_steps=1"))
 
 
+def test_store_count_mismatch_is_refused(stores):
+    clips = cs.ClipStore(stores["clips"])
+    short = type("Short", (), {"clip_fingerprint": clips.fingerprint, "__len__": lambda self: len(clips) - 1})()
+    with pytest.raises(StoreMismatch, match=f"holds {len(clips) - 1} clips but the clip store"):
+        check_stores(clips, short, "t.zarr")
+
+
 def test_ddp_two_processes_gloo(stores, tmp_path):
     script = tmp_path / "ddp_run.py"
     args = [f"clips={stores['clips']}", f"targets={stores['targets']}", f"run_dir={tmp_path}", "name=ddp",
             *TINY, "batch_size=8", "max_steps=3", "accum_steps=2"]
     script.write_text(
-        "import torch, sys\ntorch.set_num_threads(1)\n"
+        "import faulthandler, torch\nfaulthandler.dump_traceback_later(120, exit=True)  # a hang fails with stacks\n"
+        "torch.set_num_threads(1)\n"
         "from train.pretrain import load_pretrain_config, main\n"
         f"main(load_pretrain_config('supmam-clap', {args!r}))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+                        str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoint-final.pt", weights_only=False)
     assert state["step"] == 3 and state["derived"]["world_size"] == 2 and state["derived"]["micro_batch"] == 2

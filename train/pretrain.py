@@ -27,7 +27,7 @@ from cache_tools.fingerprint import json_fingerprint
 from cache_tools.grid_map import map_targets, teacher_to_patch_index
 from train import distributed as D
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import to_dict
+from train.config import load_config, to_dict
 from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_batches
 from train.lr_sched import build_scheduler
 from train.models_mam import MAMConfig, MaskedAudioModel
@@ -119,6 +119,35 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+@dataclass
+class TargetInfo:
+    """The teacher behind the targets: its token grid (Tt, Ft), dim, mel bank, id and the store's fingerprint."""
+    grid: tuple[int, int]
+    dim: int
+    teacher_mel: dict
+    name: str
+    fingerprint: str | None
+
+
+def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> TargetInfo:
+    if online_teacher is not None:
+        t = online_teacher
+        return TargetInfo(tuple(t.grid), int(t.dim), dict(t.teacher_mel), t.name, None)
+    ts = ds.targets
+    name = f"{ts.teacher_name} ({ts.attrs.get('checkpoint_sha256', ts.attrs.get('checkpoint', '?'))})"
+    return TargetInfo(tuple(ts.grid), ts.dim, ts.attrs["teacher_mel"], name,
+                      json_fingerprint({k: ts.attrs.get(k) for k in TARGET_IDENTITY}))
+
+
+def patch_index(clips, encoder, tinfo: TargetInfo) -> torch.Tensor:
+    """[Tp*Fp] flat index into the teacher's Tt*Ft tokens, from the clip store's feature parameters."""
+    fp = clips.attrs.get("feature_params", {})
+    return teacher_to_patch_index(
+        tinfo.grid, tinfo.teacher_mel, tuple(encoder.patch_grid), frame_shift_s=fp.get("frame_shift", 10) / 1000,
+        patch=encoder.patch, n_mels=fp.get("num_mel_bins", 128), fmin=fp.get("low_freq", 20.0),
+        fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2, clip_seconds=len(clips.wave(0)) / clips.sample_rate)
+
+
 def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
          stop_after: int | None = None) -> Path:
     """Pretrain; returns the final checkpoint's path. `stop_after` ends the run after that many updates
@@ -138,17 +167,9 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     if clips.target_length != cfg.model.target_length:
         raise ValueError(f"clip store {cfg.clips} has target_length {clips.target_length} frames but "
                          f"model.target_length={cfg.model.target_length}; set model.target_length={clips.target_length}")
-    if use_targets and online:
-        teacher_grid, target_dim, teacher_mel, teacher = online_teacher.grid, online_teacher.dim, online_teacher.teacher_mel, online_teacher.name
-        target_fp = None
-    elif use_targets:
-        ts = ds.targets
-        teacher_grid, target_dim, teacher_mel = tuple(ts.grid), ts.dim, ts.attrs["teacher_mel"]
-        teacher = f"{ts.teacher_name} ({ts.attrs.get('checkpoint_sha256', ts.attrs.get('checkpoint', '?'))})"
-        target_fp = json_fingerprint({k: ts.attrs.get(k) for k in TARGET_IDENTITY})
-    else:
-        teacher_grid, target_dim, teacher_mel, teacher, target_fp = None, 0, None, None, None
-    fingerprints = {"clips": clips.fingerprint, "targets": target_fp}
+    tinfo = target_info(ds, online_teacher if online else None) if use_targets else None
+    fingerprints = {"clips": clips.fingerprint, "targets": tinfo.fingerprint if tinfo else None}
+    teacher = tinfo.name if tinfo else None
     sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed)
     if use_cls and sampler.micro_batch < 2:
         raise ValueError(f"the cls head's BatchNorm needs >= 2 clips per micro-batch; batch_size={cfg.batch_size} "
@@ -156,23 +177,16 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     loader = build_loader(ds, sampler, cfg.num_workers, pin_memory=dev.type == "cuda", seed=cfg.seed)
 
     # ---- model, patch index, derived values
-    model = MaskedAudioModel(cfg.model, target_dim=target_dim, num_classes=clips.num_classes,
+    model = MaskedAudioModel(cfg.model, target_dim=tinfo.dim if tinfo else 0, num_classes=clips.num_classes,
                              multilabel=clips.multilabel).to(dev)
     patch_grid = tuple(model.encoder.patch_grid)                     # (Tp, Fp)
-    index = None
-    if use_targets:
-        fp = clips.attrs.get("feature_params", {})
-        index = teacher_to_patch_index(                              # [Tp*Fp] flat index into Tt*Ft
-            teacher_grid, teacher_mel, patch_grid, frame_shift_s=fp.get("frame_shift", 10) / 1000,
-            patch=model.encoder.patch, n_mels=fp.get("num_mel_bins", 128), fmin=fp.get("low_freq", 20.0),
-            fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2,
-            clip_seconds=len(clips.wave(0)) / clips.sample_rate).to(dev)
+    index = patch_index(clips, model.encoder, tinfo).to(dev) if tinfo else None   # [Tp*Fp] into Tt*Ft
     spe = sampler.steps_per_epoch
     total = min(cfg.epochs * spe, cfg.max_steps) if cfg.max_steps > 0 else cfg.epochs * spe
     warmup = min(cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * spe), total)
     amp = cfg.amp if dev.type == "cuda" else "off"
     derived = Derived(dist.world_size, sampler.micro_batch, len(ds), spe, total, warmup, list(patch_grid),
-                      patch_grid[0] * patch_grid[1], list(teacher_grid) if teacher_grid else None, target_dim,
+                      patch_grid[0] * patch_grid[1], list(tinfo.grid) if tinfo else None, tinfo.dim if tinfo else 0,
                       clips.num_classes, clips.multilabel, teacher, amp)
     out = Path(cfg.run_dir) / cfg.name
     meta = {"config": to_dict(cfg), "derived": dataclasses.asdict(derived), "fingerprints": fingerprints}
@@ -193,8 +207,13 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
         model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"]); step = state["step"]
+        changed = {k: (v, getattr(derived, k)) for k, v in state["derived"].items() if v != getattr(derived, k, v)}
+        if changed and main_rank:
+            print(f"[pretrain] warning: resuming with changed derived values (was, now): {changed}", flush=True)
         if main_rank:
             print(f"[pretrain] resumed from {ckpt_path} at update {step}", flush=True)
+    elif resume and main_rank:
+        print(f"[pretrain] --resume: no checkpoint at {ckpt_path}; starting from update 0", flush=True)
     ddp_model = D.wrap_ddp(model, dist)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
                               enabled=amp != "off")
@@ -258,6 +277,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
                     f"The last good checkpoint is {ckpt_path}.")
             dt = time.perf_counter() - t_win
             rec = {"step": step, "epoch": step / spe, "lr": opt.param_groups[0]["lr"], "loss": loss_v,
+                   **({"teacher": teacher} if teacher else {}),
                    **{k: D.all_reduce_mean(v / win_n).item() for k, v in win_parts.items()},
                    "clips_per_s": win_n * cfg.batch_size / dt, "data_wait": wait / dt}
             if main_rank:
@@ -266,7 +286,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
                 bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{rec['lr']:.2e}")
             win_loss.zero_(); win_parts, win_n, wait, t_win = {}, 0, 0.0, time.perf_counter()
         if step % cfg.ckpt_every == 0 or step == end:
-            if not torch.isfinite(loss.detach()).item():               # never checkpoint a diverged model
+            if not torch.isfinite(D.all_reduce_mean(loss.detach())).item():   # never checkpoint a diverged model
                 raise FloatingPointError(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
                                          f"not overwriting {ckpt_path}. Lower lr or enable grad_clip.")
             if main_rank:
@@ -280,6 +300,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
         (Path(cfg.run_dir) / "latest-pretrain").write_text(str(final.resolve()) + "\n")
         plot_curves(log_path, out / "curves.png")
         print(f"[pretrain] done: {final}", flush=True)
+    del ddp_model, batches, loader       # free DDP's reducer before its process group (else gloo can hang at exit)
     D.barrier()
     D.cleanup()
     return final if step == total else ckpt_path
@@ -294,6 +315,6 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def load_pretrain_config(preset: str | None, overrides: list[str] | None = None) -> PretrainConfig:
-    from train.config import load_config
+    """PretrainConfig from configs/pretrain/<preset>.toml (or a .toml path) and key=value overrides."""
     return load_config(PretrainConfig, preset, overrides, kind="pretrain")
 
