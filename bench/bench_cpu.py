@@ -36,7 +36,7 @@ from bench import bench_stores, common, synthetic  # noqa: E402
 
 SIZES = {  # full vs --quick
     "full": dict(target_clips=2000, clip_clips=256, wavs=12, stage_clips=8, seconds=10.0, T=1024,
-                 batch=4, depth=None, steps=2, min_time=0.6),
+                 batch=4, depth=None, steps=3, min_time=0.6),
     "quick": dict(target_clips=64, clip_clips=8, wavs=2, stage_clips=2, seconds=1.0, T=128,
                   batch=2, depth=1, steps=1, min_time=0.05),
 }
@@ -144,23 +144,27 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.05)
         index = teacher_to_patch_index(tstore.grid, tstore.attrs["teacher_mel"], model.encoder.patch_grid,
                                        clip_seconds=sz["seconds"])  # [N]
-        rates = {}
-        for mode, (batches, _) in loaders.items():
-            it = iter(range(10**9))
+        it = iter(range(10**9))
 
-            def step():
-                batch = batches[next(it) % len(batches)]
-                if mode == "online":
-                    grid = teach.token_grid(batch["wave"]).permute(0, 3, 2, 1).half()  # [B,D,Ft,Tt] -> [B,Tt,Ft,D]
-                else:
-                    grid = batch["targets"]                                           # [B,Tt,Ft,D] f16
-                targets = map_targets(grid, index).float()                            # [B,N,D]
-                loss, _, _ = model(batch["fbank"], targets=targets, labels=batch["label"],
-                                   generator=torch.Generator().manual_seed(1))
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            rates[mode] = common.rate(step, b, 0.0, max_calls=sz["steps"])
+        def step(mode: str) -> None:
+            batch = loaders[mode][0][next(it) % len(loaders[mode][0])]
+            if mode == "online":
+                grid = teach.token_grid(batch["wave"]).permute(0, 3, 2, 1).half()  # [B,D,Ft,Tt] -> [B,Tt,Ft,D]
+            else:
+                grid = batch["targets"]                                           # [B,Tt,Ft,D] f16
+            targets = map_targets(grid, index).float()                            # [B,N,D]
+            loss, _, _ = model(batch["fbank"], targets=targets, labels=batch["label"],
+                               generator=torch.Generator().manual_seed(1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        spent = {"cached": 0.0, "online": 0.0}
+        for i in range(1 + sz["steps"]):       # interleaved, so load drifts hit both modes alike
+            for mode in spent:
+                t0 = time.perf_counter()
+                step(mode)
+                spent[mode] += (time.perf_counter() - t0) if i else 0.0  # first round: warm-up
+        rates = {m: sz["steps"] * b / t for m, t in spent.items()}
         lc, lo = loaders["cached"][1], loaders["online"][1]
         out[enc] = {"encoder_depth": len(model.encoder.blocks), "embed_dim": model.encoder.embed_dim,
                     "step_clips_per_s": {k: round(v, 3) for k, v in rates.items()},

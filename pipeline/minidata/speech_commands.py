@@ -77,10 +77,10 @@ def _utterances(seed: int, tag: str, speakers, words) -> list[tuple[str, str, in
 def write_speech_commands(out: Path, words: tuple[str, ...], seed: int, scale: float, workers: int) -> dict:
     """One Speech Commands release (v0.01: WORDS_V1, v0.02: WORDS_V2) into `out`. Returns counts."""
     tag = f"spc{len(words)}"
-    n_speakers = max(4, round(12 * scale))
+    n_speakers = max(4, round(16 * scale))          # 12 train, 2 valid, 2 test at scale 1
     speakers = _speakers(rng_for(seed, tag, "speakers"), n_speakers, set())
     order = rng_for(seed, tag, "split").permutation(n_speakers)
-    n_hold = max(1, round(0.1 * n_speakers))
+    n_hold = max(1, round(0.125 * n_speakers))
     split_of = {speakers[i][0]: ("valid" if k < n_hold else "test" if k < 2 * n_hold else "train")
                 for k, i in enumerate(order)}
     bank = _noise_bank(seed, tag, seconds=max(5.0, 30.0 * min(scale, 1.0)))
