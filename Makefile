@@ -53,7 +53,8 @@ targets: install
 		$(if $(CLAP_CKPT),--clap-ckpt $(CLAP_CKPT),)
 
 pretrain: install
-	@test -d $(TARGETS) || $(MAKE) targets
+	@test -f $(CLIPS) || $(MAKE) prepare
+	@case "$(PRESET)" in *clap*) test -d $(TARGETS) || $(MAKE) targets ;; esac
 	$(SUPMAM) pretrain --preset $(PRESET)$(VARIANT) --clips $(CLIPS) --targets $(TARGETS) --runs $(RUNS) $(ARGS)
 
 finetune: install

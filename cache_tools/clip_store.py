@@ -218,24 +218,31 @@ class ClipStore:
         self.num_classes = len(self.class_names)
         self.target_length, self.sample_rate = int(a["target_length"]), int(a["sample_rate"])
         self.norm_mean, self.norm_std = float(a["norm_mean"]), float(a["norm_std"])
-        self._file, self._pid = None, None
+        self._file, self._pid, self._dsets = None, None, {}
 
     def _h5(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        if self._file is None or self._pid != os.getpid():    # one handle per process (fork-safe)
+            self._file, self._pid, self._dsets = h5py.File(self.path, "r"), os.getpid(), {}
         return self._file
 
+    def _dset(self, name: str) -> h5py.Dataset:
+        """Cached dataset handle: looking a dataset up by name costs ~3x a one-chunk read."""
+        f = self._h5()
+        if name not in self._dsets:
+            self._dsets[name] = f[name]
+        return self._dsets[name]
+
     def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_dsets": {}}
 
     def __len__(self) -> int:
         return self._n
 
     def fbank(self, i: int) -> np.ndarray:
-        return self._h5()["fbank"][i]                            # [T,128] float16
+        return self._dset("fbank")[i]                            # [T,128] float16
 
     def wave(self, i: int) -> np.ndarray:
-        return self._h5()["wave"][i]                             # [S] int16
+        return self._dset("wave")[i]                             # [S] int16
 
     def label(self, i: int) -> np.ndarray:
         if self.multilabel:
@@ -245,7 +252,7 @@ class ClipStore:
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
-        self._file = None
+        self._file, self._dsets = None, {}
 
     def summary(self) -> str:
         a = self.attrs

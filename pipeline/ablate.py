@@ -59,24 +59,27 @@ def store_checksums(path: Path) -> dict[str, str]:
 
 
 def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
-                 steps: int | None) -> Path:
+                 steps: int | None, extra: list[str]) -> Path:
     from train.pretrain import load_pretrain_config, main
     ovs = [f"clips={clips}", f"targets={targets}", f"run_dir={runs}", f"name=pretrain-{run.name}",
            f"device={device}", f"seed={seed}", f"model.objectives={','.join(run.objectives)}",
            f"model.mask_ratio={run.mask_ratio}", f"model.lambda_cls={run.lambda_cls}"]
     if steps:
         ovs.append(f"max_steps={steps}")
-    return main(load_pretrain_config(run.preset, ovs), resume=True)
+    return main(load_pretrain_config(run.preset, ovs + list(extra)), resume=True)
 
 
 def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", tables: str = "all",
-                 steps: int | None = None, finetune_overrides: dict[str, list[str]] | None = None,
-                 tasks: tuple[str, ...] = TASKS) -> dict:
+                 steps: int | None = None, tasks: tuple[str, ...] = TASKS,
+                 pretrain_overrides: list[str] = (), finetune_overrides: dict[str, list[str]] | None = None,
+                 clips: Path | None = None, targets: Path | None = None) -> dict:
+    """Pretrain every configuration of the chosen tables from the one target store, fine-tune each
+    on `tasks`, write runs/ablation.{json,md,png}; raise if the store changed by a byte."""
     from train.finetune import run_finetune
 
     stores, runs = Path(stores), Path(runs)
-    clips = stores / "audioset_unbalanced_train.h5"
-    targets = stores / "audioset_unbalanced_train.targets.zarr"
+    clips = Path(clips or stores / "audioset_unbalanced_train.h5")
+    targets = Path(targets or stores / "audioset_unbalanced_train.targets.zarr")
     if not targets.exists():
         raise FileNotFoundError(f"{targets}: no target store; run `make targets` first")
     chosen = {"mask", "objectives", "lambda"} if tables == "all" else set(tables.split(","))
@@ -86,7 +89,7 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
         for run in table_runs:
             if run.name in results:
                 continue
-            ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps)
+            ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps, list(pretrain_overrides))
             scores = {}
             for task in tasks:
                 m = run_finetune(task, preset=f"{task}-mini", init=str(ckpt), stores=stores, runs=runs,

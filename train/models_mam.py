@@ -36,7 +36,7 @@ from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 
 from train.losses import clap_loss, cls_loss, rec_loss
 from train.masking import gather_tokens, random_masking
-from train.models_vit import build_encoder, sincos_pos_embed
+from train.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
 
 OBJECTIVES = ("rec", "clap", "cls")
 
@@ -113,15 +113,8 @@ class MaskedAudioModel(nn.Module):
     def _init_weights(self) -> None:
         """mae's init for the new parts (the encoder initialises itself)."""
         for name, m in self.named_modules():
-            if name.startswith("encoder"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            if not name.startswith("encoder"):
+                init_mae_linear_norm(m)
         if hasattr(self, "mask_token"):
             nn.init.normal_(self.mask_token, std=0.02)
 

@@ -72,6 +72,17 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], layout: str = "timefreq",
     return torch.cat([sincos_1d(dim // 2, a), sincos_1d(dim // 2, b)], dim=1).float()  # [N, dim]
 
 
+def init_mae_linear_norm(m: nn.Module) -> None:
+    """mae's init for one module: xavier-uniform Linear with zero bias, unit LayerNorm."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class AudioViT(nn.Module):
     def __init__(self, target_length: int = 1024, n_mels: int = 128, patch: int = 16, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, num_classes: int = 0,
@@ -104,13 +115,7 @@ class AudioViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))                     # like nn.Linear (mae)
         nn.init.normal_(self.cls_token, std=0.02)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_mae_linear_norm(m)
         if isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=2e-5)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 MARKER = ".supmam-minidata.json"
-VERSION = 2
+VERSION = 3
 DATASETS = ("audioset", "esc50", "spc")  # "spc" = v0.02, v0.01 and the v0.01 test set
 FOLDERS = {"audioset": ("audioset",), "esc50": ("esc50",),
            "spc": ("speech_commands_v0.02", "speech_commands_v0.01", "speech_commands_test_set_v0.01")}

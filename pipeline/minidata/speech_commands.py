@@ -36,12 +36,13 @@ def _speakers(rng: np.random.Generator, n: int, taken: set[str]) -> list[tuple[s
 
 
 def _word_clip(rng: np.random.Generator, wave22k: np.ndarray, noise_bank: list[np.ndarray]) -> np.ndarray:
-    """A spoken word (22.05 kHz) -> float32 [16000]: trimmed, fitted into 1 s at a random offset, noisy."""
+    """A spoken word (22.05 kHz) -> float32 [16000]: trimmed, centred in 1 s (jittered), noisy."""
     x = trim_silence(resample(wave22k, ESPEAK_SR, SR))
     if len(x) > int(0.95 * SR):  # too slow: squeeze (pitch rises a little, like a fast talker)
         x = speed(x, int(np.ceil(20 * len(x) / (0.95 * SR))))[: int(0.95 * SR)]
     clip = np.zeros(SR, np.float32)
-    offset = int(rng.integers(0, SR - len(x) + 1))
+    slack = SR - len(x)                                # centred like most real recordings, +-60 ms jitter
+    offset = int(np.clip(slack // 2 + rng.integers(-int(0.06 * SR), int(0.06 * SR) + 1), 0, slack))
     clip[offset: offset + len(x)] = fade(x, SR, 0.005)
     clip = clip / (np.sqrt(np.mean(clip ** 2)) + 1e-9)
     bank = noise_bank[int(rng.integers(len(noise_bank)))]

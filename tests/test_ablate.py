@@ -1,0 +1,73 @@
+"""`supmam ablate`: a sweep over ONE target store leaves every byte of it unchanged, and its tables
+hold one row per configuration with the fine-tuned score. Tiny models and stores (T=128)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.ablate import Run, ablation_tables, run_ablation, store_checksums, sweep
+from tests.test_finetune import spc_stores
+from tests.test_pretrain import TINY, write_clips, write_targets
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ablate")
+    clips = write_clips(d / "pretrain.h5", 8)
+    targets = write_targets(d / "pretrain.targets.zarr", clips)
+    spc_stores(d, "spc2", 35, per_class=(2, 1, 1))
+    return d, clips, targets
+
+
+def test_store_checksums_see_a_one_byte_change(stores, tmp_path):
+    import shutil
+    _, _, targets = stores
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(targets, copy)
+    before = store_checksums(copy)
+    shard = max((p for p in copy.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)   # a shard
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    after = store_checksums(copy)
+    assert set(before) == set(after)
+    assert [k for k in before if before[k] != after[k]] == [str(shard.relative_to(copy))]
+
+
+def test_lambda_sweep_reuses_one_store_unchanged(stores, tmp_path):
+    torch.set_num_threads(1)
+    d, clips, targets = stores
+    before = store_checksums(targets)
+    pre = [o for o in TINY if not o.startswith("log_every")] + ["batch_size=4", "log_every=1"]
+    summary = run_ablation(d, tmp_path / "runs", tables="lambda", steps=2, tasks=("spc2",),
+                           pretrain_overrides=pre, clips=clips, targets=targets,
+                           finetune_overrides={"spc2": ["epochs=1", "batch_size=8", "eval_batch_size=16"]})
+    assert store_checksums(targets) == before
+    assert summary["store_unchanged"] and summary["changed_files"] == []
+    names = [r.name for r in sweep({"lambda"})["lambda"]]
+    assert summary["tables"] == {"lambda": names} and set(summary["results"]) == set(names)
+    lambdas = sorted(summary["results"][n]["run"]["lambda_cls"] for n in names)
+    assert lambdas == sorted(r.lambda_cls for r in sweep({"lambda"})["lambda"])
+    for n in names:   # each configuration trained its own checkpoint with its own lambda
+        cfg = json.loads((tmp_path / "runs" / f"pretrain-{n}" / "config.json").read_text())
+        assert cfg["model"]["lambda_cls"] == summary["results"][n]["run"]["lambda_cls"]
+        score = summary["results"][n]["scores"]["spc2"]
+        assert score["metric"] == "accuracy" and 0.0 <= score["score"] <= 1.0
+    table = (tmp_path / "runs" / "ablation.md").read_text()
+    assert table == ablation_tables(summary) + "\n"
+    assert table.count("| clap+cls | 0.2 |") == len(names)
+    assert (tmp_path / "runs" / "ablation.png").stat().st_size > 1000
+
+
+def test_sweep_tables_cover_the_paper_ablations():
+    t = sweep({"mask", "objectives", "lambda"})
+    assert {tuple(r.objectives) for r in t["objectives"]} == {("rec",), ("cls",), ("rec", "cls"), ("clap",),
+                                                              ("clap", "cls")}
+    assert len({r.mask_ratio for r in t["mask"] if r.objectives == ("clap",)}) >= 3
+    assert len({r.lambda_cls for r in t["lambda"]}) >= 3
+    assert len({r.name for rs in t.values() for r in rs}) == len({r for rs in t.values() for r in rs})
+    assert Run("x", ("clap",), 0.2, 0.0).name == "clap-m0.2-l0"
+    assert np.isclose(min(r.mask_ratio for r in t["mask"]), 0.2)
