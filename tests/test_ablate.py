@@ -52,7 +52,7 @@ def test_lambda_sweep_reuses_one_store_unchanged(stores, tmp_path):
     lambdas = sorted(summary["results"][n]["run"]["lambda_cls"] for n in names)
     assert lambdas == sorted(r.lambda_cls for r in sweep({"lambda"})["lambda"])
     for n in names:   # each configuration trained its own checkpoint with its own lambda
-        cfg = json.loads((tmp_path / "runs" / f"pretrain-{n}" / "config.json").read_text())
+        cfg = json.loads((tmp_path / "runs" / f"pretrain-{n}" / "config.json").read_text())["config"]
         assert cfg["model"]["lambda_cls"] == summary["results"][n]["run"]["lambda_cls"]
         score = summary["results"][n]["scores"]["spc2"]
         assert score["metric"] == "accuracy" and 0.0 <= score["score"] <= 1.0
