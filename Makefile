@@ -20,6 +20,9 @@ CLIPS   ?= $(STORES)/audioset_unbalanced_train.h5
 TARGETS ?= $(STORES)/audioset_unbalanced_train.targets.zarr
 INIT    ?= latest
 ARGS    ?=
+# nothing may reach for a model hub at run time (laion-clap's imports otherwise retry for minutes)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install test data prepare targets pretrain finetune demo ablate bench clean help
 
@@ -39,7 +42,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 data: install
 	$(SUPMAM) data mini --root $(DATA) --seed $(SEED)

@@ -46,6 +46,10 @@ def clap_package_dir() -> Path:
 def import_clap_module():
     """laion-clap's `clap_module.htsat` and `clap_module.model`, without laion_clap's __init__."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if "huggingface_hub" in sys.modules:              # already imported (timm does): its flag is read at import
+        import huggingface_hub.constants as hf_constants
+        hf_constants.HF_HUB_OFFLINE = True
     pkg = str(clap_package_dir())
     if pkg not in sys.path:
         sys.path.insert(0, pkg)
