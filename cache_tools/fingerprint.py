@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_length: int) -> str:
@@ -20,3 +21,15 @@ def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_lengt
 def json_fingerprint(obj) -> str:
     """sha256 of a JSON-able object (sorted keys); 16 hex chars."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def file_sha256(path) -> str | None:
+    """sha256 hex of a file's bytes (read in 4 MiB blocks); None if it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

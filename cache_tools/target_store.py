@@ -21,7 +21,6 @@ are all empty has no file (record sha256 null). Readers return zeros for such cl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,13 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # one StoreError for both stores once the clip store module exists
-    from cache_tools.clip_store import StoreError
-except ImportError:  # pragma: no cover - only before cache_tools/clip_store.py lands
-    class StoreError(Exception):
-        def __init__(self, path, why):
-            super().__init__(f"{path}: {why}")
-            self.path, self.why = Path(path), why
+from cache_tools.fingerprint import file_sha256
+
+from cache_tools.clip_store import StoreError   # one error class for both stores
 
 FORMAT = "supmam-targets/1"
 ARRAY = "targets"
@@ -66,16 +61,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_attrs(path) -> dict:

@@ -10,11 +10,12 @@ fine-tuned on mini as20k (mAP) and mini esc50 (5-fold accuracy).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cache_tools.fingerprint import file_sha256
 
 TASKS = ("as20k", "esc50")
 
@@ -48,14 +49,8 @@ def sweep(tables: set[str]) -> dict[str, list[Run]]:
 
 def store_checksums(path: Path) -> dict[str, str]:
     """sha256 of every file under a store directory (data, shard index, attrs)."""
-    out = {}
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        out[str(f.relative_to(path))] = h.hexdigest()
-    return out
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return {str(f.relative_to(path)): file_sha256(f) for f in files}
 
 
 def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,

@@ -19,7 +19,8 @@ def online_teacher(clap_ckpt: Path | None, clap_model: str, seed: int, device: s
     from train.pretrain import OnlineTeacher
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    t = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=False, seed=seed, device=dev)
+    t = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=False, seed=seed, device=dev,
+                                    amp_dtype="fp16" if dev.startswith("cuda") else None)   # as `supmam targets`
     d = t.describe()
 
     def fn(wave16k: torch.Tensor) -> torch.Tensor:          # [B,S] -> [B,Tt,Ft,D] f16, as stage one stores it
@@ -60,8 +61,16 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        fn = None
-        if cfg.teacher == "online" and "clap" in cfg.model.objectives:
-            fn = online_teacher(clap_ckpt, clap_model, teacher_seed, cfg.device)
-        final = main(cfg, online_teacher=fn, resume=resume)
+        from cache_tools.clip_store import StoreError
+        from train.checkpoint import CheckpointError
+        from pipeline.teacher import TeacherError
+        from train.data import StoreMismatch
+        try:
+            fn = None
+            if cfg.teacher == "online" and "clap" in cfg.model.objectives:
+                fn = online_teacher(clap_ckpt, clap_model, teacher_seed, cfg.device)
+            final = main(cfg, online_teacher=fn, resume=resume)
+        except (StoreError, StoreMismatch, CheckpointError, TeacherError, FileNotFoundError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)          # the message names the file and the problem
+            raise typer.Exit(1) from None
         typer.echo(str(final))

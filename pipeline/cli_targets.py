@@ -51,19 +51,20 @@ def targets(clips: Path = typer.Option(..., help="Clip store (HDF5) to run the t
     from cache_tools.clip_store import ClipStore
     from cache_tools.target_store import StoreError
     from pipeline.targets import build_targets
-    from pipeline.teacher import ClapTeacher
+    from pipeline.teacher import ClapTeacher, TeacherError
 
     if device.startswith("cuda"):
         import os
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
     try:
         store = ClipStore(clips)
-        teacher = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=fusion, seed=seed, device=device)
+        teacher = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=fusion, seed=seed, device=device,
+                                              amp_dtype="fp16" if device.startswith("cuda") else None)
         build_targets(store, out, teacher, checkpoint=str(clap_ckpt) if clap_ckpt else None, batch_size=batch_size,
                       device=device, clips_per_shard=clips_per_shard, workers=workers, compression=compression)
-    except StoreError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    except (StoreError, TeacherError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)      # names the file and the problem
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,6 @@ frames is laion-clap's `fine_grained_embedding`; its mean is `embedding`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cache_tools.fingerprint import file_sha256
 from pipeline.teacher_input import FusionMel, layout_batch, quantize_int16, resample
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def model_config(model: str) -> dict:
         raise TeacherError(f"{path}: audio model_type is {cfg.get('audio_cfg', {}).get('model_type')!r}, "
                            "the teacher supports HTSAT only")
     return cfg
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -170,7 +162,7 @@ class ClapTeacher:
             if not path.is_file():
                 raise TeacherError(f"{path}: CLAP checkpoint not found")
             load_strict(net, load_audio_state_dict(path), path)
-            checkpoint_id = f"sha256:{sha256_file(path)}"
+            checkpoint_id = f"sha256:{file_sha256(path)}"
         return cls(net, cfg, model, fusion, path, checkpoint_id, device, amp_dtype, quantize)
 
     @staticmethod

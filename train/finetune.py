@@ -20,7 +20,6 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
-from timm.layers import DropPath
 from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 
@@ -124,12 +123,8 @@ def build_model(cfg: FinetuneConfig, init: Path | None, target_length: int, num_
                       drop_path_rate=cfg.drop_path)
         vit.reset_head(num_classes)                          # also drops the unused final norm (DDP)
     else:
-        vit = load_encoder(init, target_length=target_length)
+        vit = load_encoder(init, target_length=target_length, drop_path_rate=cfg.drop_path)
         vit.reset_head(num_classes)
-        rates = torch.linspace(0, cfg.drop_path, len(vit.blocks)).tolist()   # stochastic depth as timm's ViT
-        for blk, r in zip(vit.blocks, rates):
-            blk.drop_path1 = DropPath(r) if r > 0 else torch.nn.Identity()
-            blk.drop_path2 = DropPath(r) if r > 0 else torch.nn.Identity()
     return vit                                               # reset_head: trunc-normal std 2e-5 head
 
 

@@ -12,7 +12,6 @@ MaskedAudioModel(cfg, target_dim=None, num_classes=None, multilabel=False)
         -> (loss, parts: dict[str, Tensor], mask [B,N], 1 = masked)
         parts: "rec"; "clap", "clap_vis", "clap_mask"; "cls" -- the terms of the enabled objectives.
         loss = L_target (rec + clap, those enabled) + lambda_cls * L_cls; cls alone: L_cls.
-  .encoder_state_dict() -> the encoder's state dict in AudioMAE's layout (what load_encoder reads)
 Checkpoints: `model` = MaskedAudioModel.state_dict(); train.checkpoint.load_encoder takes the
 `encoder.*` keys (prefix stripped) and ignores decoder_* / mask_token / heads.
 
@@ -187,6 +186,3 @@ class MaskedAudioModel(nn.Module):
         else:
             loss = parts["cls"]
         return loss, parts, mask
-
-    def encoder_state_dict(self) -> dict[str, Tensor]:
-        return self.encoder.state_dict()
