@@ -135,7 +135,8 @@ class StepBatchSampler(Sampler[list[int]]):
         return (self.steps_per_epoch - self.start) * self.accum
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker set-up: one torch thread (workers fight otherwise); reopen stores if the dataset can."""
     torch.set_num_threads(1)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reopen"):
@@ -150,7 +151,7 @@ def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, 
     the loader (at the start or on resume) does not shift the training RNG stream.
     """
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init,
                       generator=torch.Generator().manual_seed(seed),
                       prefetch_factor=4 if num_workers > 0 else None)
 

@@ -99,15 +99,6 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / get_world_size()
 
 
-def broadcast_object(obj, src: int = 0):
-    """Send a picklable object from `src` to every rank (returns it unchanged when single-process)."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def wrap_ddp(model: torch.nn.Module, dist: DistInfo, find_unused_parameters: bool = False) -> torch.nn.Module:
     """DistributedDataParallel around `model` when world_size > 1, else `model` itself."""
     if not dist.enabled:

@@ -24,6 +24,7 @@ from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 
 from train import distributed, finetune_data as fd, report
+from train.data import worker_init
 from train.checkpoint import load_encoder, save_checkpoint
 from train.config import ConfigError, load_config, to_dict
 from train.evaluate import describe, evaluate_dataset
@@ -146,7 +147,7 @@ def fit(cfg: FinetuneConfig, vit: torch.nn.Module, train_ds, valid_ds, test_ds, 
     sampler = fd.train_sampler(train_ds, cfg.weighted_sampler, cfg.epoch_len, cfg.seed, dist.rank, dist.world_size)
     per_rank = max(1, cfg.batch_size // dist.world_size)
     loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=_worker_init,
+                        drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=worker_init,
                         persistent_workers=cfg.num_workers > 0)
     vit.to(device)
     model = distributed.wrap_ddp(PooledClassifier(vit), dist)
@@ -229,10 +230,6 @@ def fit(cfg: FinetuneConfig, vit: torch.nn.Module, train_ds, valid_ds, test_ds, 
         evlog.close()
     distributed.barrier()
     return result
-
-
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
