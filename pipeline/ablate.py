@@ -7,6 +7,9 @@ fine-tuned on mini as20k (mAP) and mini esc50 (5-fold accuracy).
     table "mask":       MAM-CLAP / SupMAM mask ratio (paper Tables 2 and 3)
     table "objectives": rec / cls / rec+cls / clap / clap+cls (paper Table 4)
     table "lambda":     SupMAM-CLAP lambda_cls (paper Table 5)
+
+On a multi-core CPU two configurations run side by side (pipeline.side_by_side), each with half
+the cores; a configuration's log is runs/<ablate>/logs/<name>.log.
 """
 from __future__ import annotations
 
@@ -64,13 +67,28 @@ def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, de
     return main(load_pretrain_config(run.preset, ovs + list(extra)), resume=True)
 
 
+def config_job(run: Run, clips: Path, targets: Path, stores: Path, runs: Path, seed: int, device: str,
+               steps: int | None, tasks: tuple[str, ...], pretrain_overrides: list[str],
+               finetune_overrides: dict[str, list[str]]) -> dict:
+    """One configuration: pretrain from the shared target store, fine-tune on each task."""
+    from train.finetune import run_finetune
+    ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps, pretrain_overrides)
+    scores = {}
+    for task in tasks:
+        m = run_finetune(task, preset=f"{task}-mini", init=str(ckpt), stores=stores, runs=runs,
+                         name=f"ft-{task}-{run.name}", device=device,
+                         overrides=[f"seed={seed}", *finetune_overrides.get(task, [])])
+        scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
+    return {"run": run.__dict__ | {"objectives": list(run.objectives)}, "scores": scores}
+
+
 def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", tables: str = "all",
                  steps: int | None = None, tasks: tuple[str, ...] = TASKS,
                  pretrain_overrides: list[str] = (), finetune_overrides: dict[str, list[str]] | None = None,
                  clips: Path | None = None, targets: Path | None = None) -> dict:
     """Pretrain every configuration of the chosen tables from the one target store, fine-tune each
     on `tasks`, write runs/ablation.{json,md,png}; raise if the store changed by a byte."""
-    from train.finetune import run_finetune
+    from pipeline.side_by_side import run_jobs
 
     stores, runs = Path(stores), Path(runs)
     clips = Path(clips or stores / "audioset_unbalanced_train.h5")
@@ -79,19 +97,13 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
         raise FileNotFoundError(f"{targets}: no target store; run `make targets` first")
     chosen = {"mask", "objectives", "lambda"} if tables == "all" else set(tables.split(","))
     before = store_checksums(targets)
-    t0, results = time.time(), {}
-    for table, table_runs in sweep(chosen).items():
-        for run in table_runs:
-            if run.name in results:
-                continue
-            ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps, list(pretrain_overrides))
-            scores = {}
-            for task in tasks:
-                m = run_finetune(task, preset=f"{task}-mini", init=str(ckpt), stores=stores, runs=runs,
-                                 name=f"ft-{task}-{run.name}", device=device,
-                                 overrides=[f"seed={seed}", *(finetune_overrides or {}).get(task, [])])
-                scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
-            results[run.name] = {"run": run.__dict__ | {"objectives": list(run.objectives)}, "scores": scores}
+    t0 = time.time()
+    unique = {run.name: run for table_runs in sweep(chosen).values() for run in table_runs}
+    jobs = {name: dict(run=run, clips=clips, targets=targets, stores=stores, runs=runs, seed=seed, device=device,
+                       steps=steps, tasks=tuple(tasks), pretrain_overrides=list(pretrain_overrides),
+                       finetune_overrides=dict(finetune_overrides or {}))
+            for name, run in unique.items()}
+    results = run_jobs(config_job, jobs, {name: runs / "logs" / f"{name}.log" for name in jobs}, device)
     after = store_checksums(targets)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     summary = {"tables": {t: [r.name for r in rs] for t, rs in sweep(chosen).items()}, "results": results,

@@ -232,3 +232,51 @@ def test_lr_schedule_warmup_then_cosine():
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[0] == 0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[10] == pytest.approx(1e-5)
+
+
+def offset_teacher(wave: torch.Tensor) -> torch.Tensor:
+    """fake_teacher plus a large per-dim constant, as a real (or random) CLAP token map has."""
+    offset = torch.linspace(-3, 3, DIM, device=wave.device)
+    return (fake_teacher(wave).float() + offset).to(torch.float16)
+
+
+def test_target_stats_are_the_stores_per_dim_mean_and_std(stores):
+    from train.data import PretrainDataset
+    from train.pretrain import target_stats
+    ds = PretrainDataset(stores["clips"], stores["targets"])
+    mean, std = target_stats(ds, None, seed=0, n=100, batch=3)            # n > clips: every clip
+    every = ds.targets.read(np.arange(len(ds))).astype(np.float64).reshape(-1, DIM)
+    np.testing.assert_allclose(mean.numpy(), every.mean(0), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), every.std(0), atol=1e-5)
+    m2, _ = target_stats(ds, None, seed=0, n=4)                            # a seeded sample: deterministic
+    m3, _ = target_stats(ds, None, seed=0, n=4)
+    assert torch.equal(m2, m3) and not torch.allclose(m2, mean)
+
+
+def test_target_head_starts_at_the_target_offset(tmp_path):
+    """With a large constant in the targets, the stats-initialised clap head starts near them; the
+    mae init must reach the offset through the encoder (the collapse seen with a random teacher)."""
+    torch.set_num_threads(1)
+    clips = write_clips(tmp_path / "c.h5", 8)
+    targets = write_targets(tmp_path / "c.targets.zarr", clips, teacher=offset_teacher)
+    first = {}
+    for init in ("stats", "zero"):
+        cfg = load_pretrain_config("mam-clap", [f"clips={clips}", f"targets={targets}", f"run_dir={tmp_path}",
+                                                f"name={init}", *TINY, "batch_size=4", "max_steps=1",
+                                                f"model.target_head_init={init}"])
+        main(cfg)
+        first[init] = losses(tmp_path / init)[0]
+    assert first["stats"] < 0.3 * first["zero"], first
+
+
+def test_init_target_head_checks_shapes():
+    from train.models_mam import MAMConfig, MaskedAudioModel
+    m = MaskedAudioModel(MAMConfig(encoder="tiny", encoder_depth=1, target_length=T, objectives=["clap"],
+                                   decoder_dim=32, decoder_heads=2), target_dim=DIM)
+    mean, std = torch.linspace(-1, 1, DIM), torch.linspace(0.5, 2, DIM)
+    m.init_target_head(mean, std)
+    assert torch.equal(m.target_head[1].bias, mean) and torch.equal(m.target_head[1].weight, std)
+    with pytest.raises(ValueError, match="do not match"):
+        m.init_target_head(mean[:-1], std[:-1])
+    with pytest.raises(ValueError, match="target_head_init"):
+        MAMConfig(target_head_init="mean")

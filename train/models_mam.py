@@ -54,6 +54,7 @@ class MAMConfig:
     decoder_shift: list[int] = field(default_factory=lambda: [2, 0])
     lambda_cls: float = 1.0e-4
     tau: float = 1.0                       # cls temperature (the paper gives no value)
+    target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; zero: mae init
     norm_pix_loss: bool = True
     cls_hidden: int = 512                  # hidden width of the cls head (not given in the paper)
 
@@ -63,6 +64,8 @@ class MAMConfig:
             raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.target_head_init not in ("stats", "zero"):
+            raise ValueError(f"target_head_init must be 'stats' or 'zero', got {self.target_head_init!r}")
         if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:
             raise ValueError("decoder_window and decoder_shift are [time, frequency] pairs")
 
@@ -116,6 +119,19 @@ class MaskedAudioModel(nn.Module):
                 init_mae_linear_norm(m)
         if hasattr(self, "mask_token"):
             nn.init.normal_(self.mask_token, std=0.02)
+
+    @torch.no_grad()
+    def init_target_head(self, mean: Tensor, std: Tensor) -> None:
+        """Start the clap head's output LayerNorm at the targets' per-dim statistics ([Dt] each):
+        bias = mean, weight = std. The loss is unchanged; without this the head can only reach a
+        large constant target offset through the encoder, which then collapses its tokens onto one
+        direction (measured with an untrained teacher: 91% of the target energy is that offset)."""
+        ln = self.target_head[1]
+        if mean.shape != ln.bias.shape or std.shape != ln.weight.shape:
+            raise ValueError(f"init_target_head: stats {tuple(mean.shape)}/{tuple(std.shape)} do not match "
+                             f"the head's {tuple(ln.bias.shape)}")
+        ln.bias.copy_(mean)
+        ln.weight.copy_(std)
 
     # ---- patches ---------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:

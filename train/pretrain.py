@@ -148,6 +148,30 @@ def patch_index(clips, encoder, tinfo: TargetInfo) -> torch.Tensor:
         fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2, clip_seconds=len(clips.wave(0)) / clips.sample_rate)
 
 
+def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed: int, n: int = 256,
+                 batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dim mean and std ([D] each, float32) of the targets over a seeded sample of `n` clips
+    (every clip when there are fewer): read from the target store, or computed by the online teacher."""
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    s1 = s2 = None
+    count = 0
+    for lo in range(0, len(idx), batch):
+        part = idx[lo:lo + batch]
+        if online_teacher is None:
+            g = torch.from_numpy(ds.targets.read(part))                               # f16 [b,Tt,Ft,D]
+        else:
+            wave = torch.stack([ds[int(i)]["wave"] for i in part])                    # [b,S]
+            with torch.no_grad():
+                g = online_teacher(wave).cpu()                                         # f16 [b,Tt,Ft,D]
+        g = g.double().reshape(-1, g.shape[-1])                                        # [b*Tt*Ft, D]
+        s1 = g.sum(0) if s1 is None else s1 + g.sum(0)
+        s2 = (g * g).sum(0) if s2 is None else s2 + (g * g).sum(0)
+        count += g.shape[0]
+    mean = s1 / count
+    std = (s2 / count - mean * mean).clamp(min=0).sqrt()
+    return mean.float(), std.float()
+
+
 def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
          stop_after: int | None = None) -> Path:
     """Pretrain; returns the final checkpoint's path. `stop_after` ends the run after that many updates
@@ -179,6 +203,8 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     # ---- model, patch index, derived values
     model = MaskedAudioModel(cfg.model, target_dim=tinfo.dim if tinfo else 0, num_classes=clips.num_classes,
                              multilabel=clips.multilabel).to(dev)
+    if tinfo and cfg.model.target_head_init == "stats":             # the head starts at the targets' offset
+        model.init_target_head(*(t.to(dev) for t in target_stats(ds, online_teacher if online else None, cfg.seed)))
     patch_grid = tuple(model.encoder.patch_grid)                     # (Tp, Fp)
     index = patch_index(clips, model.encoder, tinfo).to(dev) if tinfo else None   # [Tp*Fp] into Tt*Ft
     spe = sampler.steps_per_epoch

@@ -1,0 +1,45 @@
+"""Run independent jobs (fine-tunes, ablation configurations) side by side on a CPU's cores.
+
+    results = run_jobs(fn, {"scratch": kw1, "pretrained": kw2}, logs={...}, device="cpu")
+
+On a CPU with >= 2 cores, up to `parallel` spawned worker processes each take an equal share of
+the cores as torch threads, and each job's stdout / stderr goes to its log file. Measured on this
+project's 2-core VM: a tiny-ViT fine-tune runs only ~1.2-1.4x faster with a second thread, so the
+demo's two mini spc2 fine-tunes took 217 s side by side against 129 + 140 s one after the other.
+On a GPU (or one core) the jobs run one after the other in this process, output unchanged.
+
+`fn` must be importable by name (a module-level function): the workers are spawned, not forked.
+A job's numbers depend on its thread count (float reduction order), not on which jobs ran beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+
+def _call_logged(fn: Callable, threads: int, log: str, kw: dict):
+    import torch
+    torch.set_num_threads(threads)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        return fn(**kw)
+
+
+def run_jobs(fn: Callable, jobs: dict[str, dict], logs: dict[str, Path], device: str = "cpu",
+             parallel: int = 2, cores: int | None = None) -> dict:
+    """{label: fn(**kwargs)} for every job; side by side on a multi-core CPU (see module docstring).
+    `cores` defaults to os.cpu_count()."""
+    cores = cores or os.cpu_count() or 1
+    workers = min(parallel, len(jobs), cores)
+    if device != "cpu" or workers < 2:
+        return {label: fn(**kw) for label, kw in jobs.items()}
+    threads = max(1, cores // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {label: pool.submit(_call_logged, fn, threads, str(logs[label]), kw) for label, kw in jobs.items()}
+        for label in jobs:
+            print(f"[side-by-side] {label}: {threads} thread(s), {workers} at a time, log {logs[label]}", flush=True)
+        return {label: f.result() for label, f in futures.items()}
