@@ -1,5 +1,6 @@
 """The two on-disk caches: the HDF5 clip store and the sharded Zarr target store."""
-from cache_tools.target_store import StoreError, TargetStore
+from cache_tools.errors import StoreError
+from cache_tools.target_store import TargetStore
 
 __all__ = ["ClipStore", "StoreError", "TargetStore"]
 

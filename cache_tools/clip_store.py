@@ -16,18 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache_tools.atomic import atomic_write_text
+from cache_tools.errors import StoreError
 from cache_tools.fingerprint import clip_fingerprint
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
-
-
-class StoreError(Exception):
-    """A store that is missing, incomplete or not what it claims; the message names the file."""
-
-    def __init__(self, path: Path | str, why: str):
-        self.path, self.why = Path(path), why
-        super().__init__(f"{path}: {why}")
 
 
 def parts_dir(path: Path | str) -> Path:
@@ -43,9 +37,7 @@ def tmp_path(path: Path | str) -> Path:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _fsync(path: Path) -> None:

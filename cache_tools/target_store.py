@@ -22,7 +22,6 @@ are all empty has no file (record sha256 null). Readers return zeros for such cl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cache_tools.atomic import atomic_write_text
+from cache_tools.errors import StoreError   # one error class for both stores
 from cache_tools.fingerprint import file_sha256
-
-from cache_tools.clip_store import StoreError   # one error class for both stores
 
 FORMAT = "supmam-targets/1"
 ARRAY = "targets"
@@ -54,13 +53,6 @@ def shard_file(path, k: int) -> Path:
 
 def _record_file(path, k: int) -> Path:
     return Path(path) / "progress" / f"shard-{k:06d}.json"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_attrs(path) -> dict:
@@ -149,7 +141,7 @@ class ShardWriter:
         self.array[rng.start:rng.stop] = data
         rec = {"complete": True, "sha256": file_sha256(f), "bytes": f.stat().st_size if f.exists() else 0,
                "clips": len(rng)}
-        _atomic_write_text(_record_file(self.path, k), json.dumps(rec, sort_keys=True))
+        atomic_write_text(_record_file(self.path, k), json.dumps(rec, sort_keys=True))
         return rec
 
 

@@ -37,7 +37,7 @@ def finetune(
     from train.config import ConfigError
     from train.finetune import FinetuneError, run_finetune
     from train.finetune_data import DataError
-    from cache_tools.clip_store import StoreError
+    from cache_tools.errors import StoreError
     try:
         m = run_finetune(task.value, preset, init, stores, runs, name, overrides or [], device)
     except (FinetuneError, ConfigError, DataError, StoreError) as e:
@@ -58,7 +58,7 @@ def evaluate(
     from train.evaluate import EvaluateError, evaluate_checkpoint
     from train.checkpoint import CheckpointError
     from train.finetune_data import DataError
-    from cache_tools.clip_store import StoreError
+    from cache_tools.errors import StoreError
     try:
         m = evaluate_checkpoint(ckpt, task.value if task else None, stores, device)
     except (EvaluateError, CheckpointError, DataError, StoreError) as e:

@@ -15,7 +15,7 @@ OUT = typer.Option(..., "--out", help="clip store to write (F.h5)")
 
 
 def _run(read, out: Path, workers: int, block_size: int) -> None:
-    from cache_tools.clip_store import StoreError
+    from cache_tools.errors import StoreError
     from pipeline.prepare import PrepareError, prepare, summary_line
     from pipeline.readers import LayoutError
     try:

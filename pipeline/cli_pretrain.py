@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         except ConfigError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        from cache_tools.clip_store import StoreError
+        from cache_tools.errors import StoreError
         from train.checkpoint import CheckpointError
         from pipeline.teacher import TeacherError
         from train.data import StoreMismatch

@@ -13,7 +13,7 @@ store_app = typer.Typer(no_args_is_help=True)
 def inspect(path: Path = typer.Argument(..., help="A clip store (.h5) or target store (.zarr).")) -> None:
     """Describe a clip store or target store."""
     from cache_tools.inspect import inspect_store
-    from cache_tools.target_store import StoreError
+    from cache_tools.errors import StoreError
 
     try:
         typer.echo(inspect_store(path))
@@ -49,7 +49,7 @@ def targets(clips: Path = typer.Option(..., help="Clip store (HDF5) to run the t
             seed: int = typer.Option(0, help="Seed of the random teacher weights when there is no checkpoint.")) -> None:
     """Clip store -> target store: run the CLAP teacher once over every clip (resumable; torchrun shards)."""
     from cache_tools.clip_store import ClipStore
-    from cache_tools.target_store import StoreError
+    from cache_tools.errors import StoreError
     from pipeline.targets import build_targets
     from pipeline.teacher import ClapTeacher, TeacherError
 
