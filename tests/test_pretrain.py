@@ -280,3 +280,16 @@ def test_init_target_head_checks_shapes():
         m.init_target_head(mean[:-1], std[:-1])
     with pytest.raises(ValueError, match="target_head_init"):
         MAMConfig(target_head_init="mean")
+
+
+def test_compiled_step_gives_the_eager_losses(stores, tmp_path):
+    """`compile=<backend>` runs the step through torch.compile (the dynamo `eager` backend here: the
+    tracing path without a C++ toolchain); the losses are those of the plain loop."""
+    torch.set_num_threads(1)
+    extra = ("batch_size=4", "max_steps=2", "lr=1e-3")
+    main(cfg_for("supmam-clap", stores, tmp_path / "plain", *extra))
+    main(cfg_for("supmam-clap", stores, tmp_path / "compiled", *extra, "compile=eager"))
+    saved = json.loads((tmp_path / "compiled" / "supmam-clap" / "config.json").read_text())
+    assert saved["config"]["compile"] == "eager"
+    np.testing.assert_allclose(losses(tmp_path / "compiled" / "supmam-clap"),
+                               losses(tmp_path / "plain" / "supmam-clap"), rtol=1e-5)

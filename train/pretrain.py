@@ -56,6 +56,7 @@ class PretrainConfig:
     num_workers: int = 4
     seed: int = 0
     amp: Literal["bf16", "fp16", "off"] = "bf16"      # CUDA only; CPU runs in fp32
+    compile: str = ""             # torch.compile backend for the model step ("inductor" on GPUs; "" = eager)
     log_every: int = 20
     ckpt_every: int = 1000
     run_dir: str = "runs"         # runs go to <run_dir>/<name>/
@@ -241,6 +242,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     elif resume and main_rank:
         print(f"[pretrain] --resume: no checkpoint at {ckpt_path}; starting from update 0", flush=True)
     ddp_model = D.wrap_ddp(model, dist)
+    step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
                               enabled=amp != "off")
 
@@ -279,7 +281,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
             sync = ddp_model.no_sync() if dist.enabled and micro < cfg.accum_steps - 1 else contextlib.nullcontext()
             with sync:
                 with autocast:
-                    loss, parts, _ = ddp_model(x, targets=targets, labels=labels, generator=gen)
+                    loss, parts, _ = step_model(x, targets=targets, labels=labels, generator=gen)
                 scaler.scale(loss / cfg.accum_steps).backward()
             win_loss += loss.detach() / cfg.accum_steps
             for k, v in parts.items():
@@ -326,7 +328,7 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
         (Path(cfg.run_dir) / "latest-pretrain").write_text(str(final.resolve()) + "\n")
         plot_curves(log_path, out / "curves.png")
         print(f"[pretrain] done: {final}", flush=True)
-    del ddp_model, batches, loader       # free DDP's reducer before its process group (else gloo can hang at exit)
+    del step_model, ddp_model, batches, loader       # free DDP's reducer before its process group (else gloo can hang at exit)
     D.barrier()
     D.cleanup()
     return final if step == total else ckpt_path
