@@ -149,7 +149,10 @@ def patch_index(clips, encoder, tinfo: TargetInfo) -> torch.Tensor:
         fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2, clip_seconds=len(clips.wave(0)) / clips.sample_rate)
 
 
-def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed: int, n: int = 256,
+STATS_CLIPS = 256     # clips sampled for the clap head's initial statistics
+
+
+def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed: int, n: int = STATS_CLIPS,
                  batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dim mean and std ([D] each, float32) of the targets over a seeded sample of `n` clips
     (every clip when there are fewer): read from the target store, or computed by the online teacher."""
@@ -205,7 +208,11 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     model = MaskedAudioModel(cfg.model, target_dim=tinfo.dim if tinfo else 0, num_classes=clips.num_classes,
                              multilabel=clips.multilabel).to(dev)
     if tinfo and cfg.model.target_head_init == "stats":             # the head starts at the targets' offset
-        model.init_target_head(*(t.to(dev) for t in target_stats(ds, online_teacher if online else None, cfg.seed)))
+        t_mean, t_std = target_stats(ds, online_teacher if online else None, cfg.seed)
+        model.init_target_head(t_mean.to(dev), t_std.to(dev))
+        if main_rank:
+            print(f"[pretrain] clap head starts at the targets' per-dim stats ({min(STATS_CLIPS, len(ds))} clips): "
+                  f"offset energy {t_mean.square().mean():.4f}, spread {t_std.square().mean():.4f}", flush=True)
     patch_grid = tuple(model.encoder.patch_grid)                     # (Tp, Fp)
     index = patch_index(clips, model.encoder, tinfo).to(dev) if tinfo else None   # [Tp*Fp] into Tt*Ft
     spe = sampler.steps_per_epoch
