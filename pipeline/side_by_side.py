@@ -8,7 +8,9 @@ project's 2-core VM: a tiny-ViT fine-tune runs only ~1.2-1.4x faster with a seco
 demo's two mini spc2 fine-tunes took 217 s side by side against 129 + 140 s one after the other.
 On a GPU (or one core) the jobs run one after the other in this process, output unchanged.
 
-`fn` must be importable by name (a module-level function): the workers are spawned, not forked.
+`fn` must be importable by name (a module-level function): the workers are spawned, not forked
+(torch's threads do not survive a fork), so a script that calls run_jobs needs the usual
+`if __name__ == "__main__":` guard.
 A job's numbers depend on its thread count (float reduction order), not on which jobs ran beside it.
 """
 from __future__ import annotations
