@@ -68,7 +68,7 @@ def test_esc50_five_fold_cross_validation(tmp_path):
     folds = np.repeat(np.arange(1, 6), 6).astype(np.int8)              # 6 clips per fold
     make_store(tmp_path / "esc50.h5", labels, ["dog", "rain", "bell"], folds=folds, dataset="esc50")
     m = run_finetune("esc50", "esc50-mini", init="none", stores=tmp_path, runs=tmp_path / "runs",
-                     name="esc", overrides=TINY + ["epochs=1"])
+                     name="esc", overrides=TINY + ["epochs=1", "freqm=16", "timem=8"])
     assert [f["fold"] for f in m["folds"]] == [1, 2, 3, 4, 5]
     accs = np.array([f["accuracy"] for f in m["folds"]])
     assert m["score"] == pytest.approx(accs.mean()) and m["std"] == pytest.approx(accs.std())
@@ -86,11 +86,12 @@ def test_esc50_five_fold_cross_validation(tmp_path):
 def test_spc1_uses_twelve_classes(tmp_path):
     names = spc_stores(tmp_path, "spc1", 12, per_class=(2, 1, 1))
     m = run_finetune("spc1", "spc1-mini", init="none", stores=tmp_path, runs=tmp_path / "runs",
-                     name="k1", overrides=TINY + ["epochs=1"])
+                     name="k1", overrides=TINY + ["epochs=1", "freqm=16", "timem=8"])
     assert m["num_classes"] == 12 and m["class_names"] == names and m["num_test_clips"] == 12
     state = load_checkpoint(tmp_path / "runs" / "k1" / "checkpoint.pt")
     assert state["model"]["head.weight"].shape == (12, 192)
     assert state["config"]["valid_store"] == "spc1_valid.h5" and "valid" in m
+    assert (state["config"]["freqm"], state["config"]["timem"]) == (16, 8)
     spc_stores(tmp_path / "ten", "spc1", 10, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="12 classes"):
         run_finetune("spc1", "spc1-mini", init="none", stores=tmp_path / "ten", runs=tmp_path / "runs",
@@ -181,3 +182,27 @@ def test_class_balance_weights_sampler_and_mixup():
     assert torch.allclose(ym.sum(1), torch.ones(6)) and (ym.max(1).values < 1).all()   # every clip mixed
     x0, y0 = fd.mixup(x, y, prob=0.0, beta=10.0, rng=np.random.default_rng(0))
     assert torch.equal(x0, x) and torch.equal(y0, y)
+
+
+def test_fbank_masking_masks_raw_bins_of_training_items_only(tmp_path):
+    """spec_mask=(freqm, timem): torchaudio masking on the raw fbank (0 before normalisation), a
+    fresh draw per item from torch's seeded RNG; the presets put it on training data only."""
+    store = make_store(tmp_path / "s.h5", np.arange(4) % 2, ["a", "b"])
+    plain = fd.ClipDataset(store)
+    masked = fd.ClipDataset(store, spec_mask=(48, 60))
+    zero = (0.0 - store.norm_mean) / (2 * store.norm_std)              # a masked raw bin, normalised
+    torch.manual_seed(0)
+    a = [masked[k][0] for k in range(4)]
+    torch.manual_seed(0)
+    b = [masked[k][0] for k in range(4)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))               # deterministic for a seed
+    hit = [(x != plain[k][0]) for k, x in enumerate(a)]
+    assert any(h.any() for h in hit)
+    for k, x in enumerate(a):                                           # changed values are masked bins
+        assert torch.allclose(x[hit[k]], torch.full_like(x[hit[k]], zero))
+        rows = hit[k][0].all(dim=1)                                    # whole frames masked (time)
+        cols = hit[k][0].all(dim=0)                                    # whole mel bins masked (frequency)
+        assert (hit[k][0] == (rows[:, None] | cols[None, :])).all()
+        assert rows.sum() < 60 and cols.sum() < 48
+    with pytest.raises(ValueError, match="freqm=-1"):
+        fd.ClipDataset(store, spec_mask=(-1, 0))

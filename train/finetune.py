@@ -65,6 +65,8 @@ class FinetuneConfig:
     # augmentation / loss
     mask_t_prob: float = 0.2         # SpecAugment as token masking (the paper: 0.2 time, 0.2 frequency)
     mask_f_prob: float = 0.2
+    freqm: int = 0                   # torchaudio fbank masking on training clips, max widths in mel bins /
+    timem: int = 0                   # frames (AudioMAE's and AST's datasets: 48 / 192); 0 = off
     mixup: float = 0.0               # probability a clip is mixed with another (AudioMAE: 0.5 on AudioSet)
     mixup_beta: float = 10.0         # lambda ~ Beta(10, 10) as in AST / AudioMAE
     weighted_sampler: bool = False
@@ -299,7 +301,7 @@ def _run_split(cfg, init, stores, out, dist, meta) -> dict:
     if cfg.task == "spc1" and ref.num_classes != 12:
         raise FinetuneError(f"{ref.path}: SPC-1 (SUPERB split) has 12 classes, this store has {ref.num_classes}")
     norm = (ref.norm_mean, ref.norm_std)
-    train_ds = fd.concat([fd.ClipDataset(s, norm=norm) for s in train_s])
+    train_ds = fd.concat([fd.ClipDataset(s, norm=norm, spec_mask=(cfg.freqm, cfg.timem)) for s in train_s])
     valid_ds = fd.ClipDataset(valid_s, norm=norm) if valid_s else None
     test_ds = fd.ClipDataset(test_s, norm=norm)
     meta = {**meta, "class_names": ref.class_names, "target_length": ref.target_length,
@@ -324,7 +326,7 @@ def _run_cv(cfg, init, stores, out, dist, meta) -> dict:
             "fingerprints": {"clips": {store.path.name: store.fingerprint}}}
     per_fold, scores, targets = [], [], []
     for k in folds:
-        train_ds = fd.ClipDataset(store, np.flatnonzero(folds_all != k))
+        train_ds = fd.ClipDataset(store, np.flatnonzero(folds_all != k), spec_mask=(cfg.freqm, cfg.timem))
         test_ds = fd.ClipDataset(store, np.flatnonzero(folds_all == k))
         vit = build_model(cfg, init, store.target_length, store.num_classes)
         r = fit(cfg, vit, train_ds, None, test_ds, store.num_classes, store.multilabel,

@@ -47,13 +47,22 @@ class ClipDataset(Dataset):
     """(fbank, label) pairs of a clip store, optionally a subset of its clips.
 
     item k -> x float32 [1, T, 128] normalised; y float32 [C] multi-hot, or int64 class id.
+    `spec_mask=(freqm, timem)`: AudioMAE's / AST's training-set SpecAugment, torchaudio's
+    FrequencyMasking(freqm) and TimeMasking(timem) on the raw fbank (masked bins are 0 before
+    normalisation), one draw per item from torch's RNG (seeded per rank / DataLoader worker).
     """
 
     def __init__(self, store: ClipStore, indices: Sequence[int] | None = None,
-                 norm: tuple[float, float] | None = None):
+                 norm: tuple[float, float] | None = None, spec_mask: tuple[int, int] = (0, 0)):
+        import torchaudio
         self.store = store
         self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.mean, self.std = norm if norm is not None else (store.norm_mean, store.norm_std)
+        freqm, timem = spec_mask
+        if freqm < 0 or timem < 0:
+            raise ValueError(f"{store.path}: fbank masking widths must be >= 0, got freqm={freqm}, timem={timem}")
+        self.masks = ([torchaudio.transforms.FrequencyMasking(freqm)] if freqm > 0 else []) + \
+                     ([torchaudio.transforms.TimeMasking(timem)] if timem > 0 else [])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -61,6 +70,11 @@ class ClipDataset(Dataset):
     def __getitem__(self, k: int):
         i = int(self.indices[k])
         fb = torch.from_numpy(self.store.fbank(i).astype(np.float32))    # [T, 128]
+        if self.masks:
+            spec = fb.T.unsqueeze(0)                                      # [1, 128, T] as torchaudio wants
+            for mask in self.masks:
+                spec = mask(spec)
+            fb = spec.squeeze(0).T                                        # [T, 128]
         x = ((fb - self.mean) / (2 * self.std)).unsqueeze(0)             # [1, T, 128]
         y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
         return x, y
