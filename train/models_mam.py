@@ -12,6 +12,8 @@ MaskedAudioModel(cfg, target_dim=None, num_classes=None, multilabel=False)
         -> (loss, parts: dict[str, Tensor], mask [B,N], 1 = masked)
         parts: "rec"; "clap", "clap_vis", "clap_mask"; "cls" -- the terms of the enabled objectives.
         loss = L_target (rec + clap, those enabled) + lambda_cls * L_cls; cls alone: L_cls.
+  .init_target_head(mean [Dt], std [Dt])   the clap head's output LayerNorm starts at the targets'
+        per-dim statistics (bias = mean, weight = std); pretraining calls it when target_head_init="stats".
 Checkpoints: `model` = MaskedAudioModel.state_dict(); train.checkpoint.load_encoder takes the
 `encoder.*` keys (prefix stripped) and ignores decoder_* / mask_token / heads.
 
@@ -54,7 +56,7 @@ class MAMConfig:
     decoder_shift: list[int] = field(default_factory=lambda: [2, 0])
     lambda_cls: float = 1.0e-4
     tau: float = 1.0                       # cls temperature (the paper gives no value)
-    target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; zero: mae init
+    target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; mae: LayerNorm 1 / 0
     norm_pix_loss: bool = True
     cls_hidden: int = 512                  # hidden width of the cls head (not given in the paper)
 
@@ -64,8 +66,8 @@ class MAMConfig:
             raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.target_head_init not in ("stats", "zero"):
-            raise ValueError(f"target_head_init must be 'stats' or 'zero', got {self.target_head_init!r}")
+        if self.target_head_init not in ("stats", "mae"):
+            raise ValueError(f"target_head_init must be 'stats' or 'mae', got {self.target_head_init!r}")
         if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:
             raise ValueError("decoder_window and decoder_shift are [time, frequency] pairs")
 
