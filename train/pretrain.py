@@ -157,8 +157,7 @@ def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed
     """Per-dim mean and std ([D] each, float32) of the targets over a seeded sample of `n` clips
     (every clip when there are fewer): read from the target store, or computed by the online teacher."""
     idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-    s1 = s2 = None
-    count = 0
+    grids = []
     for lo in range(0, len(idx), batch):
         part = idx[lo:lo + batch]
         if online_teacher is None:
@@ -167,12 +166,8 @@ def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed
             wave = torch.stack([ds[int(i)]["wave"] for i in part])                    # [b,S]
             with torch.no_grad():
                 g = online_teacher(wave).cpu()                                         # f16 [b,Tt,Ft,D]
-        g = g.double().reshape(-1, g.shape[-1])                                        # [b*Tt*Ft, D]
-        s1 = g.sum(0) if s1 is None else s1 + g.sum(0)
-        s2 = (g * g).sum(0) if s2 is None else s2 + (g * g).sum(0)
-        count += g.shape[0]
-    mean = s1 / count
-    std = (s2 / count - mean * mean).clamp(min=0).sqrt()
+        grids.append(g.reshape(-1, g.shape[-1]))                                       # [b*Tt*Ft, D]
+    std, mean = torch.std_mean(torch.cat(grids).double(), dim=0, correction=0)       # [D], [D]
     return mean.float(), std.float()
 
 
