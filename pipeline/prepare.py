@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cache_tools import clip_store
+from cache_tools.errors import SupmamError
 from cache_tools.fingerprint import json_fingerprint
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
@@ -28,7 +29,7 @@ from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50,
 BLOCK_SIZE = 64
 
 
-class PrepareError(RuntimeError):
+class PrepareError(SupmamError):
     pass
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cache_tools.errors import SupmamError
 from cache_tools.fingerprint import file_sha256
 from pipeline.teacher_input import FusionMel, layout_batch, quantize_int16, resample
 
@@ -31,7 +32,7 @@ FUSION_TYPE = "aff_2d"        # what laion-clap's fusion checkpoints use (hook.p
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-class TeacherError(Exception):
+class TeacherError(SupmamError):
     """A checkpoint or model config that cannot make a teacher; the message names the file."""
 
 

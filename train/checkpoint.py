@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cache_tools.errors import SupmamError
 from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
 
 
-class CheckpointError(Exception):
+class CheckpointError(SupmamError):
     pass
 
 

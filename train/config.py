@@ -13,11 +13,13 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cache_tools.errors import SupmamError
+
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(SupmamError):
     pass
 
 

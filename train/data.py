@@ -20,10 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from cache_tools.clip_store import ClipStore
+from cache_tools.errors import SupmamError
 from cache_tools.target_store import TargetStore
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(SupmamError):
     """A target store that was not computed from the clip store it is paired with."""
 
 

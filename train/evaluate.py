@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cache_tools.errors import SupmamError
 from train import finetune_data as fd
 from train.metrics import primary_metric, task_metrics
 from train.models_vit import AudioViT
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(SupmamError):
     pass
 
 

@@ -23,6 +23,7 @@ import torch
 from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 
+from cache_tools.errors import SupmamError
 from train import distributed, finetune_data as fd, report
 from train.data import worker_init
 from train.checkpoint import load_encoder, save_checkpoint
@@ -35,7 +36,7 @@ Task = Literal["as2m", "as20k", "esc50", "spc1", "spc2"]
 TASKS = ("as2m", "as20k", "esc50", "spc1", "spc2")
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(SupmamError):
     pass
 
 

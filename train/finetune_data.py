@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Sampler
 
 from cache_tools.clip_store import ClipStore
+from cache_tools.errors import SupmamError
 
 
-class DataError(ValueError):
+class DataError(SupmamError):
     pass
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cache_tools.errors import SupmamError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
 
 
@@ -40,7 +42,7 @@ class DatasetSpec:
         return len(self.class_names)
 
 
-class LayoutError(ValueError):
+class LayoutError(SupmamError):
     """A dataset root that is missing or not laid out as the reader expects."""
 
     def __init__(self, root: Path | str, problem: str, expected: str):
