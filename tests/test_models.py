@@ -69,15 +69,18 @@ def test_other_lengths_reuse_a_prefix_or_extend_the_table():
 
 def test_random_masking_counts_uniqueness_and_restore():
     B, N, ratio = 4, 50, 0.3
-    ids_keep, ids_masked, ids_restore, mask = random_masking(B, N, ratio)
+    ids_keep, ids_restore, mask = random_masking(B, N, ratio)
     K = int(N * (1 - ratio))
-    assert ids_keep.shape == (B, K) and ids_masked.shape == (B, N - K) and mask.shape == (B, N)
-    both = torch.cat([ids_keep, ids_masked], 1)
-    assert torch.equal(both.sort(1).values, torch.arange(N).expand(B, N))    # a permutation per sample
-    assert torch.equal(torch.gather(both, 1, ids_restore), torch.arange(N).expand(B, N))
-    assert torch.all(mask.sum(1) == N - K)
-    assert torch.all(torch.gather(mask, 1, ids_keep) == 0) and torch.all(torch.gather(mask, 1, ids_masked) == 1)
-    assert not torch.equal(ids_keep[0].sort().values, ids_keep[1].sort().values)   # per-sample
+    assert ids_keep.shape == (B, K) and ids_restore.shape == (B, N) and mask.shape == (B, N)
+    kept = [torch.nonzero(row == 0).flatten() for row in mask]                   # token order, from the mask alone
+    assert all(len(k) == K for k in kept)
+    assert all(torch.equal(ids_keep[b].sort().values, kept[b]) for b in range(B))   # K distinct, unmasked
+    tokens = torch.arange(N).expand(B, N)                                    # token n holds the value n
+    x_keep = torch.gather(tokens, 1, ids_keep)                               # [B,K]
+    filled = torch.cat([x_keep, torch.full((B, N - K), -1)], 1)              # [B,N] -1 = mask token
+    expected = torch.where(mask == 0, tokens, torch.full_like(tokens, -1))  # kept tokens in place
+    assert torch.equal(torch.gather(filled, 1, ids_restore), expected)
+    assert not torch.equal(kept[0], kept[1])                                 # per-sample
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     assert torch.equal(random_masking(B, N, ratio, generator=g1)[0], random_masking(B, N, ratio, generator=g2)[0])
     assert random_masking(2, 10, 0.0)[0].shape == (2, 10) and random_masking(2, 10, 1.0)[0].shape == (2, 0)

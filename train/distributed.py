@@ -8,7 +8,6 @@ the collectives below become no-ops, so the same loop runs on a laptop and on a 
     dist = init_distributed("cuda")          # DistInfo(rank, world_size, local_rank, device)
     model = wrap_ddp(model, dist)            # DDP only when world_size > 1
     ...
-    unwrap(model).state_dict()               # checkpoints hold the bare module
     cleanup()
 """
 from __future__ import annotations
@@ -73,16 +72,8 @@ def is_dist() -> bool:
     return tdist.is_available() and tdist.is_initialized()
 
 
-def get_rank() -> int:
-    return tdist.get_rank() if is_dist() else 0
-
-
 def get_world_size() -> int:
     return tdist.get_world_size() if is_dist() else 1
-
-
-def is_main() -> bool:
-    return get_rank() == 0
 
 
 def barrier() -> None:
@@ -107,13 +98,3 @@ def wrap_ddp(model: torch.nn.Module, dist: DistInfo, find_unused_parameters: boo
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                      find_unused_parameters=find_unused_parameters)
 
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module inside DDP and/or torch.compile wrappers (what checkpoints store)."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

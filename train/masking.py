@@ -3,10 +3,10 @@
 Public API
 ----------
 random_masking(B, N, ratio, device=None, generator=None)
-    -> (ids_keep [B,K], ids_masked [B,N-K], ids_restore [B,N], mask [B,N] float, 1 = masked)
+    -> (ids_keep [B,K], ids_restore [B,N], mask [B,N] float, 1 = masked)
     Per-sample unstructured masking: argsort of uniform noise (mae / AudioMAE), K = int(N * (1 - ratio)).
-    ids_keep / ids_masked are in shuffled (noise) order; ids_restore undoes the shuffle:
-    cat([x_keep, x_masked], 1).gather(1, ids_restore) puts tokens back in their original order.
+    ids_keep is in shuffled (noise) order; ids_restore undoes the shuffle:
+    cat([x_keep, mask_tokens], 1).gather(1, ids_restore) puts tokens back in their original order.
 random_masking_2d(B, grid, t_prob, f_prob, device=None, generator=None) -> (ids_keep [B,Kt*Kf], mask [B,N])
     AudioMAE's fine-tuning SpecAugment at token level: drop whole time columns (prob t_prob) and whole
     frequency rows (prob f_prob); Kt = int(Tp * (1 - t_prob)), Kf = int(Fp * (1 - f_prob)).
@@ -38,11 +38,10 @@ def random_masking(B: int, N: int, ratio: float, device=None,
     ids_shuffle = torch.argsort(noise, dim=1)                      # [B,N] small noise = keep
     ids_restore = torch.argsort(ids_shuffle, dim=1)                # [B,N] inverse permutation
     ids_keep = ids_shuffle[:, :K]                                  # [B,K]
-    ids_masked = ids_shuffle[:, K:]                                # [B,N-K]
     mask = torch.ones(B, N, device=noise.device)
     mask[:, :K] = 0                                                # shuffled order: first K kept
     mask = torch.gather(mask, 1, ids_restore)                      # [B,N] back to token order
-    return ids_keep, ids_masked, ids_restore, mask
+    return ids_keep, ids_restore, mask
 
 
 def random_masking_2d(B: int, grid: tuple[int, int], t_prob: float, f_prob: float, device=None,

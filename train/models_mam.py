@@ -155,7 +155,7 @@ class MaskedAudioModel(nn.Module):
     # ---- stages -----------------------------------------------------------------------------------
     def forward_encoder(self, x: Tensor, ratio: float, generator: torch.Generator | None = None):
         B, N = x.shape[0], self.encoder.num_patches
-        ids_keep, _, ids_restore, mask = random_masking(B, N, ratio, x.device, generator)
+        ids_keep, ids_restore, mask = random_masking(B, N, ratio, x.device, generator)
         latent = self.encoder.forward_visible(x, ids_keep)     # [B,K,D]
         return latent, ids_keep, ids_restore, mask
 
