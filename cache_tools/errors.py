@@ -6,10 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _restore(cls: type, args: tuple, state: dict) -> "SupmamError":
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
 class SupmamError(Exception):
     """A user-facing error: the input, store, config or file named in the message is wrong.
 
-    Subclasses that know the file pass `<file>: <why>` as the message (or use StoreError's form)."""
+    Pickles without calling __init__ again, so a subclass with its own __init__ signature (StoreError,
+    LayoutError) raised in a worker process reaches the parent as the same class and message."""
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, self.__dict__)
 
 
 class StoreError(SupmamError):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cache_tools.errors import SupmamError
 from pipeline.minidata import MARKER, generate
 from pipeline.minidata.speech_commands import CORE_WORDS, WORDS_V1, WORDS_V2
 
@@ -60,7 +61,7 @@ def test_rerun_writes_nothing_and_partial_is_rebuilt(tmp_path):
 def test_refuses_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "esc50").mkdir()
     (tmp_path / "esc50" / "precious.txt").write_text("real data")
-    with pytest.raises(FileExistsError, match="esc50"):
+    with pytest.raises(SupmamError, match="esc50"):
         generate(tmp_path, seed=0, scale=SCALE, which=("esc50",), verbose=False)
     assert (tmp_path / "esc50" / "precious.txt").read_text() == "real data"
     with pytest.raises(ValueError, match="unknown mini datasets"):

@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from cache_tools.errors import SupmamError
+
 
 MARKER = ".supmam-minidata.json"
 VERSION = 3
@@ -36,8 +38,8 @@ def _build(root: Path, name: str, params: dict, write) -> tuple[dict, bool]:
     if marker is not None and marker.get("params") == params:
         return marker["counts"], False
     if final.exists() and marker is None and any(final.iterdir()):
-        raise FileExistsError(f"{final}: exists, is not empty and has no {MARKER}; it is not a mini dataset "
-                              f"written by `supmam data mini`, so it is left alone. Pick another --root.")
+        raise SupmamError(f"{final}: exists, is not empty and has no {MARKER}; it is not a mini dataset "
+                          f"written by `supmam data mini`, so it is left alone. Pick another --root.")
     tmp = root / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted run left
     tmp.mkdir(parents=True)
