@@ -22,9 +22,6 @@ are all empty has no file (record sha256 null). Readers return zeros for such cl
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -269,32 +266,3 @@ class TargetStore:
             self._zarr = zarr.open_array(str(self.path / ARRAY), mode="r")
         return self._zarr
 
-
-def bench_reads(path, n: int = 2000, seed: int = 0, max_clips: int = 2048) -> dict:
-    """Random single-clip reads (each copied out) from TargetStore, a raw .npy memmap holding the
-    same clips, and zarr-python. Page cache warmed first for both. Returns clips/s and ratios."""
-    store = TargetStore(path)
-    m = min(len(store), max_clips)
-    order = np.random.default_rng(seed).integers(0, m, size=n)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-npy-"))
-    try:
-        np.save(tmp / "t.npy", store.read(np.arange(m)))
-        raw = np.load(tmp / "t.npy", mmap_mode="r")
-
-        def rate(get, idx, warm=True) -> float:
-            for i in range(m if warm else 0):  # page cache and shard maps
-                get(i)
-            t0 = time.perf_counter()
-            for i in idx:
-                get(int(i))
-            return len(idx) / (time.perf_counter() - t0)
-
-        ours = rate(lambda i: store[i], order)
-        npy = rate(lambda i: np.array(raw[i]), order)
-        arr = store._zarr_array()
-        zarr_rate = rate(lambda i: arr[i], order[: max(1, n // 20)], warm=False)
-        return {"clips": m, "reads": n, "targetstore_clips_per_s": ours, "npy_memmap_clips_per_s": npy,
-                "ratio_vs_npy": ours / npy, "zarr_clips_per_s": zarr_rate,
-                "mappable": store._mappable}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

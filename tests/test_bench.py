@@ -73,6 +73,9 @@ def test_cpu_bench_quick(tmp_path):
             assert _positive(sec[name][k]), (name, k, sec[name][k])
     assert sec["target_reads"]["identical_to_npy"] and sec["clip_reads"]["identical_to_npy"]
     assert sec["target_reads"]["memmap_path"] is True
+    tr, clip_bytes = sec["target_reads"], 32 * 2 * 768 * 2             # one fp16 [Tt=32, Ft=2, D=768] grid
+    assert tr["npy_bytes"] == 128 + tr["clips"] * clip_bytes          # .npy: a 128-byte header, then raw
+    assert tr["store_bytes"] == pytest.approx(tr["clips"] * clip_bytes, rel=0.01)   # uncompressed shards
     step = sec["pretrain_step"]
     assert step["status"] == "ok", step
     for enc in ("tiny", "base"):

@@ -8,8 +8,7 @@ import zarr
 from typer.testing import CliRunner
 
 from cache_tools.inspect import inspect_store, verify_store
-from cache_tools.target_store import (ShardWriter, StoreError, TargetStore, bench_reads, finalize, init_store,
-                                      shard_file)
+from cache_tools.target_store import ShardWriter, StoreError, TargetStore, finalize, init_store, shard_file
 from pipeline.cli import app
 
 IDENT = {"teacher": "fake", "checkpoint": None, "checkpoint_sha256": "untrained:seed=0",
@@ -125,9 +124,3 @@ def test_inspect_verify_cli(tmp_path, data):
     r = runner.invoke(app, ["store", "inspect", str(tmp_path / "nope.zarr")])
     assert r.exit_code == 1 and "nope.zarr" in r.output
 
-
-def test_bench_reads_reports_rates(tmp_path, data):
-    make_store(tmp_path / "t.zarr", data)
-    r = bench_reads(tmp_path / "t.zarr", n=200)
-    assert r["mappable"] and r["clips"] == 11 and r["targetstore_clips_per_s"] > 0
-    assert r["ratio_vs_npy"] == pytest.approx(r["targetstore_clips_per_s"] / r["npy_memmap_clips_per_s"])
