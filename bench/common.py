@@ -90,12 +90,11 @@ def _cpu_model() -> str:
 
 
 def write_json(path: str | Path, data: dict) -> Path:
-    """Atomic JSON write (tmp + rename)."""
+    """Atomic JSON write (cache_tools.atomic)."""
+    from cache_tools.atomic import atomic_write_text
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache_tools.atomic import atomic_write_text
+from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import clip_fingerprint
 
@@ -38,11 +38,6 @@ def tmp_path(path: Path | str) -> Path:
 
 def _atomic_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------- writer: parts
@@ -74,8 +69,7 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
                labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict]) -> Path:
     """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n]."""
     out = part_path(d, block)
-    tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out, out.with_name(f"{out.name}.tmp.{os.getpid()}")) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("fbank", data=fbank.astype(np.float16))
         f.create_dataset("wave", data=wave.astype(np.int16))
         f.create_dataset("labels", data=labels)
@@ -83,8 +77,6 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
         if folds is not None:
             f.create_dataset("fold", data=folds.astype(np.int8))
         f.attrs["skipped"] = json.dumps(skipped)
-    _fsync(tmp)
-    os.replace(tmp, out)
     return out
 
 
@@ -102,6 +94,27 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     absent = [p.name for p in parts if not p.is_file()]
     if absent:
         raise StoreError(path, f"cannot assemble: {len(absent)} of {n_blocks} parts missing ({absent[:3]} ...)")
+    counts, skipped, shapes = _survey_parts(parts)
+    report = dict(report, written=sum(counts), skipped=skipped)
+    if not report["written"]:
+        _atomic_json(report_path(path), report)
+        raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
+    with atomic_path(path, tmp_path(path)) as tmp:
+        with h5py.File(tmp, "w") as out:
+            clip_ids, mean, std = _copy_parts(out, parts, counts, shapes)
+            computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped), stats_mean=mean, stats_std=std,
+                            fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"]))
+            for k, v in {**attrs, **computed}.items():
+                out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
+            out.attrs["complete"] = True                           # last: marks a finished file
+        report["fingerprint"] = computed["fingerprint"]
+        _atomic_json(report_path(path), report)
+    shutil.rmtree(d)
+    return report
+
+
+def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
+    """(clips per part, skipped records of all parts, {dataset: (per-clip shape, dtype)})."""
     counts, skipped, shapes = [], [], None
     for p in parts:
         with h5py.File(p, "r") as f:
@@ -109,44 +122,31 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
             skipped += json.loads(f.attrs["skipped"])
             if counts[-1] and shapes is None:
                 shapes = {k: (f[k].shape[1:], f[k].dtype) for k in f.keys() if k != "clip_id"}
+    return counts, skipped, shapes
+
+
+def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: dict) -> tuple[list[str], float, float]:
+    """Copy every part's clips into `out` in order; (clip ids, fbank mean, fbank std)."""
     n = sum(counts)
-    report = dict(report, written=n, skipped=skipped)
-    if n == 0:
-        _atomic_json(report_path(path), report)
-        raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
-    tmp = tmp_path(path)
+    dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
+                                   chunks=(1, *shape) if k in ("fbank", "wave") else None)
+             for k, (shape, dtype) in shapes.items()}              # fbank [N,T,F] chunk (1,T,F); wave [N,S]
+    ids = out.create_dataset("clip_id", shape=(n,), dtype=h5py.string_dtype("utf-8"))
     clip_ids: list[str] = []
-    total, total_sq, count = 0.0, 0.0, 0
-    with h5py.File(tmp, "w") as out:
-        dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
-                                       chunks=(1, *shape) if k in ("fbank", "wave") else None)
-                 for k, (shape, dtype) in shapes.items()}          # fbank [N,T,F] chunk (1,T,F); wave [N,S]
-        ids = out.create_dataset("clip_id", shape=(n,), dtype=h5py.string_dtype("utf-8"))
-        offset = 0
-        for p, c in zip(parts, counts):
-            if c == 0:
-                continue
-            with h5py.File(p, "r") as f:
-                for k, ds in dsets.items():
-                    ds[offset:offset + c] = f[k][:]
-                clip_ids += list(f["clip_id"].asstr()[:])
-                fb = f["fbank"][:].astype(np.float64)              # [c,T,F]
-                total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
-            offset += c
-        ids[:] = np.array(clip_ids, dtype=object)
-        mean = total / count
-        computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped),
-                        stats_mean=float(mean), stats_std=float(np.sqrt(max(total_sq / count - mean * mean, 0.0))),
-                        fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"]))
-        for k, v in {**attrs, **computed}.items():
-            out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
-        out.attrs["complete"] = True                               # last: marks a finished file
-    _fsync(tmp)
-    report["fingerprint"] = computed["fingerprint"]
-    _atomic_json(report_path(path), report)
-    os.replace(tmp, path)
-    shutil.rmtree(d)
-    return report
+    total, total_sq, count, offset = 0.0, 0.0, 0, 0
+    for p, c in zip(parts, counts):
+        if c == 0:
+            continue
+        with h5py.File(p, "r") as f:
+            for k, ds in dsets.items():
+                ds[offset:offset + c] = f[k][:]
+            clip_ids += list(f["clip_id"].asstr()[:])
+            fb = f["fbank"][:].astype(np.float64)                  # [c,T,F]
+            total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
+        offset += c
+    ids[:] = np.array(clip_ids, dtype=object)
+    mean = total / count
+    return clip_ids, float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
 # ---------------------------------------------------------------- reader

@@ -2,7 +2,7 @@
 
 Public API
 ----------
-save_checkpoint(path, state: dict) -> Path     atomic: tmp file in the same dir, fsync, os.replace
+save_checkpoint(path, state: dict) -> Path     atomic (cache_tools.atomic: tmp file beside it, fsync, rename)
 load_checkpoint(path, map_location="cpu") -> dict     CheckpointError naming the file on any problem
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
@@ -18,11 +18,10 @@ load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval m
 export_encoder(model: AudioViT | MaskedAudioModel) -> state_dict in AudioMAE's key layout (CPU copies):
     pretrained.pth's keys for an encoder without a classifier (no fc_norm / head), finetuned.pth's
     (fc_norm.*, head.*, and norm.* only if the model still has a final norm) for one with a head.
-class CheckpointError(Exception)
+class CheckpointError(SupmamError)
 """
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cache_tools.atomic import atomic_path
 from cache_tools.errors import SupmamError
 from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
@@ -45,21 +45,8 @@ class CheckpointError(SupmamError):
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)                                   # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
