@@ -74,17 +74,17 @@ def prepare(tmp: Path, sz: dict) -> dict:
 def featurise_breakdown(path: Path, target_length: int, min_time: float) -> dict:
     """ms per clip of each step featurise takes, done the way pipeline.audio_io does them."""
     import soundfile as sf
-    import torchaudio
 
+    from pipeline.audio_io import resample
     from pipeline.features import fbank
     x, sr = sf.read(path, dtype="float32", always_2d=True)                    # [S, ch]
     mono = np.ascontiguousarray(x.mean(axis=1), dtype=np.float32)            # [S]
-    w16 = torchaudio.functional.resample(torch.from_numpy(mono), sr, 16000)  # [S']
+    w16 = resample(torch.from_numpy(mono), sr, 16000)                        # [S']
     ms = lambda fn: round(1e3 / common.rate(fn, 1, min_time), 3)  # noqa: E731
     return {"decode": ms(lambda: sf.read(path, dtype="float32", always_2d=True)),
             "downmix_np_mean": ms(lambda: x.mean(axis=1)),
             "downmix_matvec": ms(lambda: x @ np.full(x.shape[1], 1 / x.shape[1], np.float32)),
-            "resample": ms(lambda: torchaudio.functional.resample(torch.from_numpy(mono), sr, 16000)),
+            "resample": ms(lambda: resample(torch.from_numpy(mono), sr, 16000)),
             "fbank": ms(lambda: fbank(w16, target_length))}
 
 

@@ -61,12 +61,18 @@ def _decode(path: Path, start: float, seconds: float | None) -> tuple[np.ndarray
         return w.T[first:last].numpy().astype(np.float32), sr
 
 
+def resample(wave: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
+    """wave [..., S] at sr_in -> [..., S * sr_out / sr_in] at sr_out (torchaudio's sinc resampler).
+    The one resampler of real audio: files to 16 kHz here, 16 kHz to the teacher's 48 kHz."""
+    if sr_in == sr_out:
+        return wave
+    return torchaudio.functional.resample(wave, sr_in, sr_out)
+
+
 def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
-    """[n, channels] at `sr` -> [m] float32 mono at 16 kHz (channel mean, torchaudio resample)."""
+    """[n, channels] at `sr` -> [m] float32 mono at 16 kHz (channel mean, then `resample`)."""
     mono = torch.from_numpy(np.ascontiguousarray(x.mean(axis=1), dtype=np.float32))  # [n]
-    if sr != SAMPLE_RATE:
-        mono = torchaudio.functional.resample(mono, sr, SAMPLE_RATE)  # [m]
-    return mono.numpy()
+    return resample(mono, sr, SAMPLE_RATE).numpy()                                     # [m]
 
 
 def load_clip(path: Path | str, seconds: float, start: float = 0.0) -> tuple[np.ndarray | None, str | None]:

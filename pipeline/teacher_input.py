@@ -17,12 +17,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-
-def resample(wave: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
-    """wave: (B, S) at sr_in -> (B, S * sr_out / sr_in) at sr_out (torchaudio's sinc resampler)."""
-    if sr_in == sr_out:
-        return wave
-    return torchaudio.functional.resample(wave, sr_in, sr_out)
+from pipeline.audio_io import resample  # noqa: F401  (teacher.py takes it from here)
 
 
 def quantize_int16(wave: torch.Tensor) -> torch.Tensor:
