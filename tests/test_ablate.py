@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.ablate import Run, ablation_tables, run_ablation, store_checksums, sweep
-from tests.test_finetune import spc_stores
-from tests.test_pretrain import TINY, write_clips, write_targets
+from tests.stores import TINY_PRETRAIN as TINY
+from tests.stores import spc_stores, write_clips, write_targets
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,10 @@ from typer.testing import CliRunner
 from cache_tools.inspect import inspect_store, verify_store
 from cache_tools.target_store import ShardWriter, StoreError, TargetStore, finalize, init_store, shard_file
 from pipeline.cli import app
+from tests.stores import write_target_store
 
 IDENT = {"teacher": "fake", "checkpoint": None, "checkpoint_sha256": "untrained:seed=0",
          "clip_fingerprint": "abc123", "teacher_mel": {"n_mels": 64}}
-
-
-def make_store(path, x, k=4, compression=None, finish=True):
-    init_store(path, len(x), x.shape[1:3], x.shape[3], IDENT, clips_per_shard=k, compression=compression)
-    w = ShardWriter(path)
-    for s in range(w.num_shards):
-        r = w.clips(s)
-        w.write(s, x[r.start:r.stop])
-    if finish:
-        assert finalize(path)
-    return w
 
 
 @pytest.fixture
@@ -34,7 +24,7 @@ def data():
 
 
 def test_roundtrip_matches_zarr_python(tmp_path, data):
-    make_store(tmp_path / "t.zarr", data)
+    write_target_store(tmp_path / "t.zarr", data, IDENT)
     s = TargetStore(tmp_path / "t.zarr")
     assert len(s) == 11 and s.shape == (11, 8, 2, 16) and s.grid == (8, 2) and s.dim == 16
     assert s.clip_fingerprint == "abc123" and s.teacher_name == "fake"
@@ -53,7 +43,7 @@ def test_roundtrip_matches_zarr_python(tmp_path, data):
 
 
 def test_zstd_store_reads_through_zarr(tmp_path, data):
-    make_store(tmp_path / "z.zarr", data, compression="zstd")
+    write_target_store(tmp_path / "z.zarr", data, IDENT, compression="zstd")
     s = TargetStore(tmp_path / "z.zarr")
     assert not s._mappable
     assert np.array_equal(s.read([0, 10, 5]), data[[0, 10, 5]]) and np.array_equal(s[7], data[7])
@@ -61,7 +51,7 @@ def test_zstd_store_reads_through_zarr(tmp_path, data):
 
 def test_incomplete_and_corrupt_stores_are_refused(tmp_path, data):
     p = tmp_path / "t.zarr"
-    make_store(p, data, finish=False)
+    write_target_store(p, data, IDENT, finish=False)
     with pytest.raises(StoreError, match="incomplete"):
         TargetStore(p)
     finalize(p)
@@ -76,7 +66,7 @@ def test_incomplete_and_corrupt_stores_are_refused(tmp_path, data):
 
 def test_rerun_requires_same_identity(tmp_path, data):
     p = tmp_path / "t.zarr"
-    make_store(p, data)
+    write_target_store(p, data, IDENT)
     init_store(p, 11, (8, 2), 16, IDENT, clips_per_shard=4)  # same identity: accepted
     with pytest.raises(StoreError, match="clip_fingerprint: store has 'abc123', this run has 'zzz'"):
         init_store(p, 11, (8, 2), 16, {**IDENT, "clip_fingerprint": "zzz"}, clips_per_shard=4)
@@ -102,7 +92,7 @@ def test_write_replaces_stale_shard_and_records(tmp_path, data):
 
 def test_inspect_verify_cli(tmp_path, data):
     p = tmp_path / "t.zarr"
-    make_store(p, data)
+    write_target_store(p, data, IDENT)
     text = inspect_store(p)
     assert "[11, 8, 2, 16]" in text and "shards 3/3 complete" in text and "abc123" in text and "512 bytes per clip" in text
     runner = CliRunner()
