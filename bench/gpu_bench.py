@@ -105,8 +105,8 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
     tgt = torch.randn(b, *TEACHER_GRID, TEACHER_DIM, device=dev, generator=g).half()  # [B,Tt,Ft,D]
     wave = (torch.rand(b, int(t * 160), device=dev, generator=g) - 0.5) * 0.2  # [B,S] 16 kHz
     gm = load_grid_map()
-    mel = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
-    index = gm.teacher_to_patch_index(TEACHER_GRID, mel, model.encoder.patch_grid).to(dev)  # [N]
+    from pipeline.teacher import HTSAT_MEL
+    index = gm.teacher_to_patch_index(TEACHER_GRID, HTSAT_MEL, model.encoder.patch_grid).to(dev)  # [N]
     teacher = None
     if c["teacher"] == "online":
         teacher = teacher_cache.get("t") or load_teacher(dev)
@@ -120,8 +120,7 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
             if use_t:
                 grid = tgt
                 if teacher is not None:
-                    with torch.no_grad():
-                        grid = teacher.token_grid(wave).permute(0, 3, 2, 1).half()  # [B,D,Ft,Tt] -> [B,Tt,Ft,D]
+                    grid = teacher(wave)  # [B,Tt,Ft,D] f16, as `--teacher online` computes it
                 targets = gm.map_targets(grid, index).float()  # [B,N,D]
             loss, parts, mask = fwd(fbank, targets=targets,
                                     labels=labels if "cls" in cfg.objectives else None, generator=mask_gen)
@@ -179,8 +178,9 @@ def flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl) -> float:
 
 
 def load_teacher(dev):
-    from pipeline.teacher import ClapTeacher
-    return ClapTeacher.from_checkpoint(None, model="HTSAT-tiny", fusion=False, seed=0, device=str(dev))
+    """The callable `supmam pretrain --teacher online` runs in the step (HTSAT-tiny, random weights)."""
+    from pipeline.online_teacher import online_teacher
+    return online_teacher(None, "HTSAT-tiny", seed=0, device=str(dev))
 
 
 def plan(dry: bool) -> list[dict]:
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     for c in plan(args.dry_run):
         name = f"{c['preset']} b{c['batch']} {'compile' if c['compile'] else 'eager'} {c['teacher']}"
         left = args.budget - (time.perf_counter() - t_start)
-        # measured on an H200: eager ~6 s a config; compile ~50 s (1 decoder block), ~120 s (16 blocks)
+        # seconds a config needs: eager vs compiled (H200 figures: BENCHMARKS.md, run times)
         need = (130 if c["preset"] in ("audiomae", "supmam") else 60) if c["compile"] else 10
         need = 1 if args.dry_run else need
         if left < need:

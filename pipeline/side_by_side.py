@@ -3,9 +3,9 @@
     results = run_jobs(fn, {"scratch": kw1, "pretrained": kw2}, logs={...}, device="cpu")
 
 On a CPU with >= 2 cores, up to `parallel` spawned worker processes each take an equal share of
-the cores as torch threads, and each job's stdout / stderr goes to its log file. Measured on this
-project's 2-core VM: a tiny-ViT fine-tune runs only ~1.2-1.4x faster with a second thread, so the
-demo's two mini spc2 fine-tunes took 217 s side by side against 129 + 140 s one after the other.
+the cores as torch threads, and each job's stdout / stderr goes to its log file. A tiny-ViT
+fine-tune gains little from a second thread, so two side by side finish sooner than one after the
+other (times on the 2-core VM: BENCHMARKS.md, "Run times quoted elsewhere").
 On a GPU (or one core) the jobs run one after the other in this process, output unchanged.
 
 `fn` must be importable by name (a module-level function): the workers are spawned, not forked
