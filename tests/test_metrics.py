@@ -57,9 +57,14 @@ def test_accuracy_and_confusion():
 
 
 def test_task_metrics_by_kind():
-    scores, targets = _random(seed=3)
+    """Worked by hand. Class 0: positives score .9 and .4, negatives .6 and .1; ranked
+    .9+ .6- .4+ .1-, so AP = (1/1 + 2/3) / 2 = 5/6 and AUC = 3 of 4 (pos, neg) pairs = 3/4.
+    Class 1: positives .8 and .3 above both negatives: AP = AUC = 1."""
+    scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.4, 0.3], [0.6, 0.1]])
+    targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     m = task_metrics(scores, targets, multilabel=True)
-    assert set(m) == {"mAP", "AUC"} and m["mAP"] == pytest.approx(mean_average_precision(scores, targets))
-    labels = targets.argmax(1)
-    assert task_metrics(scores, labels, multilabel=False) == {"accuracy": accuracy(scores, labels)}
+    assert set(m) == {"mAP", "AUC"}
+    assert m["mAP"] == pytest.approx((5 / 6 + 1) / 2) and m["AUC"] == pytest.approx((3 / 4 + 1) / 2)
+    labels = np.array([0, 1, 1, 0])                                   # argmax 0, 1, 0, 0: clip 2 wrong
+    assert task_metrics(scores, labels, multilabel=False) == {"accuracy": pytest.approx(3 / 4)}
     assert primary_metric(True) == "mAP" and primary_metric(False) == "accuracy"
