@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ablate import Run, ablation_tables, run_ablation, store_checksums, sweep
+from pipeline.ablate import Run, run_ablation, store_checksums, sweep
 from tests.stores import TINY_PRETRAIN as TINY
 from tests.stores import spc_stores, write_clips, write_targets
 
@@ -51,13 +51,15 @@ def test_lambda_sweep_reuses_one_store_unchanged(stores, tmp_path):
     assert summary["tables"] == {"lambda": names} and set(summary["results"]) == set(names)
     lambdas = sorted(summary["results"][n]["run"]["lambda_cls"] for n in names)
     assert lambdas == sorted(r.lambda_cls for r in sweep({"lambda"})["lambda"])
+    table = (tmp_path / "runs" / "ablation.md").read_text()
     for n in names:   # each configuration trained its own checkpoint with its own lambda
         cfg = json.loads((tmp_path / "runs" / f"pretrain-{n}" / "config.json").read_text())["config"]
-        assert cfg["model"]["lambda_cls"] == summary["results"][n]["run"]["lambda_cls"]
+        lam = summary["results"][n]["run"]["lambda_cls"]
+        assert cfg["model"]["lambda_cls"] == lam
+        ft = json.loads((tmp_path / "runs" / f"ft-spc2-{n}" / "metrics.json").read_text())  # the fine-tune's record
         score = summary["results"][n]["scores"]["spc2"]
-        assert score["metric"] == "accuracy" and 0.0 <= score["score"] <= 1.0
-    table = (tmp_path / "runs" / "ablation.md").read_text()
-    assert table == ablation_tables(summary) + "\n"
+        assert score["metric"] == ft["metric"] == "accuracy" and score["score"] == pytest.approx(ft["score"])
+        assert f"| clap+cls | 0.2 | {lam:g} | {ft['score']:.3f} |" in table.splitlines()   # its row
     assert table.count("| clap+cls | 0.2 |") == len(names)
     assert (tmp_path / "runs" / "ablation.png").stat().st_size > 1000
 
