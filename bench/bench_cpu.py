@@ -122,6 +122,7 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
     from cache_tools.clip_store import ClipStore
     from cache_tools.grid_map import map_targets, teacher_to_patch_index
     from cache_tools.target_store import TargetStore
+    from pipeline.targets import teacher_targets
     from train.config import load_config
     from train.data import PretrainDataset, StepBatchSampler, build_loader
     from train.models_mam import MaskedAudioModel
@@ -138,9 +139,10 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
     out = {"preset": "supmam-clap", "batch": b, "target_length": sz["T"], "threads": torch.get_num_threads(),
            "loader_clips_per_s_one_process": {k: round(v[1], 1) for k, v in loaders.items()}}
     for enc in ("tiny", "base"):
-        cfg = dataclasses.replace(base_cfg, encoder=enc, encoder_depth=sz["depth"], target_length=sz["T"])
+        cfg = dataclasses.replace(base_cfg, encoder=enc, encoder_depth=sz["depth"])
         torch.manual_seed(0)
-        model = MaskedAudioModel(cfg, target_dim=tstore.dim, num_classes=clips.num_classes, multilabel=True)
+        model = MaskedAudioModel(cfg, target_length=sz["T"], target_dim=tstore.dim, num_classes=clips.num_classes,
+                                 multilabel=True)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.05)
         index = teacher_to_patch_index(tstore.grid, tstore.attrs["teacher_mel"], model.encoder.patch_grid,
                                        clip_seconds=sz["seconds"])  # [N]
@@ -149,7 +151,7 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
         def step(mode: str) -> None:
             batch = loaders[mode][0][next(it) % len(loaders[mode][0])]
             if mode == "online":
-                grid = teach.token_grid(batch["wave"]).permute(0, 3, 2, 1).half()  # [B,D,Ft,Tt] -> [B,Tt,Ft,D]
+                grid = teacher_targets(teach, batch["wave"], "cpu")                # [B,Tt,Ft,D] f16
             else:
                 grid = batch["targets"]                                           # [B,Tt,Ft,D] f16
             targets = map_targets(grid, index).float()                            # [B,N,D]

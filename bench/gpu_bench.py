@@ -59,9 +59,9 @@ def mam_config(preset: str, dry: bool):
         cfg, source = load_config(PretrainConfig, preset).model, f"configs/pretrain/{preset}.toml"
     except Exception as e:  # noqa: BLE001
         cfg, source = MAMConfig(**FALLBACK[preset]), f"fallback ({type(e).__name__}: {e})"
-    over = dict(encoder="base", target_length=1024)
+    over = dict(encoder="base")
     if dry:
-        over = dict(encoder="tiny", encoder_depth=1, target_length=128,
+        over = dict(encoder="tiny", encoder_depth=1,
                     decoder_depth=min(cfg.decoder_depth, 1), decoder_dim=64, decoder_heads=2)
     fields = {f.name for f in dataclasses.fields(cfg)}
     return dataclasses.replace(cfg, **{k: v for k, v in over.items() if k in fields}), source
@@ -72,7 +72,8 @@ def build(preset: str, dev, dry: bool):
     from train.models_mam import MaskedAudioModel
     cfg, source = mam_config(preset, dry)
     torch.manual_seed(0)
-    model = MaskedAudioModel(cfg, target_dim=TEACHER_DIM if "clap" in cfg.objectives else None,
+    model = MaskedAudioModel(cfg, target_length=128 if dry else 1024,
+                             target_dim=TEACHER_DIM if "clap" in cfg.objectives else None,
                              num_classes=NUM_CLASSES if "cls" in cfg.objectives else None,
                              multilabel=True).to(dev)
     return model, cfg, source

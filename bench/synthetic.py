@@ -47,10 +47,9 @@ def write_target_store(path: Path, n: int, grid=(32, 2), dim: int = 768, seed: i
 
     Clip i holds the same numbers as row i of write_npy(..., shape=(*grid, dim), seed=seed)."""
     from cache_tools import target_store as ts
+    from pipeline.teacher import HTSAT_MEL
     identity = {"teacher": "synthetic (bench)", "checkpoint": None, "checkpoint_sha256": f"untrained:seed={seed}",
-                "clip_fingerprint": fingerprint,
-                "teacher_mel": {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000,
-                                "window_seconds": 10.0, "htk": False}}
+                "clip_fingerprint": fingerprint, "teacher_mel": dict(HTSAT_MEL)}
     ts.init_store(path, n, grid, dim, identity, clips_per_shard=clips_per_shard)
     w = ts.ShardWriter(path)
     shape = (*grid, dim)

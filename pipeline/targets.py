@@ -3,11 +3,18 @@
 Batches never cross a shard, so every clip is computed in the same batch however the shards are
 split across ranks or runs: a resumed run, or one under `torchrun --nproc-per-node K` (rank r
 takes shards r, r+K, ...), writes the same bytes as a single uninterrupted process.
+
+    make_targets(clips_path, out_path, clap_ckpt=...)     # paths in: what `supmam targets` and the demo call
+    build_targets(clip_store, out_path, teacher)          # any teacher with the ClapTeacher interface
+
+A teacher has `token_grid(wave [B, S]) -> [B, Tt, Ft, D]`, `name`, `checkpoint_id` and `mel`
+(pipeline.teacher.teacher_mel); `teacher_targets` is what the store holds of it (fp16).
 """
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,8 +23,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
-
-HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
 
 
 class WaveDataset(Dataset):
@@ -66,7 +71,7 @@ def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
     cid = str(teacher.checkpoint_id)
     ident = {"teacher": str(teacher.name), "checkpoint": str(checkpoint) if checkpoint else None,
              "checkpoint_sha256": cid.removeprefix("sha256:"), "checkpoint_id": cid,
-             "teacher_mel": dict(getattr(teacher, "mel", None) or HTSAT_MEL)}
+             "teacher_mel": dict(teacher.mel)}
     if hasattr(teacher, "describe"):
         ident.update({k: v for k, v in teacher.describe().items() if k != "dim"})
     ident["clip_fingerprint"] = str(clips.fingerprint)
@@ -75,12 +80,12 @@ def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
 
 
 @torch.no_grad()
-def _token_grid(teacher, wave: torch.Tensor, device: str) -> np.ndarray:
-    """wave [B, S] float -> fp16 numpy [B, Tt, Ft, D] (teacher gives [B, D, Ft, Tt])."""
+def teacher_targets(teacher, wave: torch.Tensor, device: str) -> torch.Tensor:
+    """wave [B, S] float in [-1, 1] -> [B, Tt, Ft, D] float16 on `device`: what the target store holds
+    for these clips (on CUDA the teacher runs under fp16 autocast). The online teacher calls this too."""
     wave = wave.to(device, non_blocking=True)
     with torch.autocast("cuda", dtype=torch.float16, enabled=str(device).startswith("cuda")):
-        grid = teacher.token_grid(wave)  # [B, D, Ft, Tt]
-    return grid.permute(0, 3, 2, 1).to(torch.float16).cpu().numpy()  # [B, Tt, Ft, D]
+        return teacher.token_grid(wave).to(torch.float16)  # [B, Tt, Ft, D]
 
 
 def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_size: int = 8,
@@ -95,7 +100,7 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     if "grid" in identity and hasattr(teacher, "dim"):  # ClapTeacher.describe(): grid in (Tt, Ft) order
         (tt, ft), d = identity.pop("grid"), int(teacher.dim)
     else:  # any other teacher: one forward on silence tells the geometry
-        _, tt, ft, d = _token_grid(teacher, torch.zeros(1, s), device).shape  # [1, Tt, Ft, D]
+        _, tt, ft, d = teacher_targets(teacher, torch.zeros(1, s), device).shape  # [1, Tt, Ft, D]
     error = None
     if rank == 0:  # rank 0 creates the array (or checks the existing one) before anyone writes
         try:
@@ -123,7 +128,7 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         if k != shard:
             shard, buf = k, np.zeros((len(writer.clips(k)), tt, ft, d), dtype=np.float16)  # [n_k, Tt, Ft, D]
         rows = idx.numpy() - k * writer.k
-        buf[rows] = _token_grid(teacher, wave, device)
+        buf[rows] = teacher_targets(teacher, wave, device).cpu().numpy()  # [b, Tt, Ft, D]
         if rows[-1] == len(buf) - 1:  # shard full: write it whole, then its record
             writer.write(k, buf)
         bar.update(len(idx))
@@ -140,6 +145,26 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     if rank == 0 and progress:
         print(summary_line(summary), flush=True)
     return summary
+
+
+def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | None = None,
+                 clap_model: str = "HTSAT-tiny", fusion: bool = False, seed: int = 0, device: str = "cpu",
+                 batch_size: int = 8, clips_per_shard: int | None = None, workers: int = 2,
+                 compression: str | None = None) -> dict:
+    """The clip store at `clips` -> the target store `out`, with laion-clap's `clap_model` loaded from
+    `clap_ckpt` (None: weights seeded by `seed`). device "cuda" means this rank's GPU (LOCAL_RANK);
+    on CUDA the teacher runs in fp16. Returns build_targets' summary."""
+    from cache_tools.clip_store import ClipStore
+    from pipeline.teacher import ClapTeacher
+
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    store = ClipStore(clips)
+    teacher = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=fusion, seed=seed, device=device,
+                                          amp_dtype="fp16" if device.startswith("cuda") else None)
+    return build_targets(store, out, teacher, checkpoint=str(clap_ckpt) if clap_ckpt else None,
+                         batch_size=batch_size, device=device, clips_per_shard=clips_per_shard, workers=workers,
+                         compression=compression)
 
 
 def summary_line(s: dict) -> str:

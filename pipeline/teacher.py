@@ -7,7 +7,8 @@ loads HuggingFace tokenizers over the network, so the package folder goes on sys
 module stays cheap.
 
 The token grid is HTSAT's own regrouped map, the input of its `tscam_conv` head, read with a
-forward pre-hook: (B, D, F, T) = (B, 768, 2, 32) for HTSAT-tiny. Its frequency mean repeated to
+forward pre-hook ([B, D, Ft, Tt]) and handed out in the target store's order, [B, Tt, Ft, D] =
+[B, 32, 2, 768] for HTSAT-tiny; `grid` is (Tt, Ft) everywhere. Its frequency mean repeated to
 frames is laion-clap's `fine_grained_embedding`; its mean is `embedding`.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 FUSION_TYPE = "aff_2d"        # what laion-clap's fusion checkpoints use (hook.py CLAP_Module)
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+# teacher_mel of laion-clap's HTSAT-tiny / -base configs (non-fusion), for stand-in teachers (tests, benchmarks)
+# that must not need laion-clap; tests/test_teacher.py checks it against the configs
+HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
 
 
 class TeacherError(SupmamError):
@@ -73,6 +77,15 @@ def model_config(model: str) -> dict:
     return cfg
 
 
+def teacher_mel(audio_cfg: dict, fusion: bool) -> dict:
+    """The mel bank the teacher's tokens come from, as target stores record it (`teacher_mel`);
+    the grid map reads it to place each token. Fusion models use torchaudio's HTK mel
+    (training/data.py get_mel); the others torchlibrosa's, i.e. librosa's Slaney mel."""
+    return {"sr": audio_cfg["sample_rate"], "n_mels": audio_cfg["mel_bins"],
+            "fmin": audio_cfg["fmin"], "fmax": audio_cfg["fmax"],
+            "window_seconds": audio_cfg["clip_samples"] / audio_cfg["sample_rate"], "htk": bool(fusion)}
+
+
 def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """An official laion-clap checkpoint -> the audio branch's state dict (prefixes stripped).
 
@@ -113,7 +126,7 @@ def load_strict(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path) -
 
 
 class ClapTeacher:
-    """laion-clap HTSAT audio branch in eval mode; `token_grid` maps 16 kHz waves to (B, D, F, T)."""
+    """laion-clap HTSAT audio branch in eval mode; `token_grid` maps 16 kHz waves to [B, Tt, Ft, D]."""
 
     def __init__(self, net: torch.nn.Module, cfg: dict, model: str, fusion: bool, checkpoint: Path | None,
                  checkpoint_id: str, device: str | torch.device = "cpu", amp_dtype=None, quantize: bool = True):
@@ -127,12 +140,8 @@ class ClapTeacher:
         self.quantize = quantize
         self.sample_rate = self.audio_cfg["sample_rate"]
         self.dim = net.num_features                           # embed_dim * 2^(stages-1): 768 tiny, 1024 base
-        self.grid = self._derive_grid(net)                    # (F, T): (2, 32) for HTSAT
-        self.mel = {"sr": self.sample_rate, "n_mels": self.audio_cfg["mel_bins"],
-                    "fmin": self.audio_cfg["fmin"], "fmax": self.audio_cfg["fmax"],
-                    "window_seconds": self.audio_cfg["clip_samples"] / self.sample_rate,
-                    # fusion: torchaudio HTK mel (training/data.py get_mel); else torchlibrosa = librosa Slaney
-                    "htk": bool(fusion)}
+        self.grid = self._derive_grid(net)                    # (Tt, Ft): (32, 2) for HTSAT
+        self.mel = teacher_mel(self.audio_cfg, fusion)
         self._fusion_mel = FusionMel(self.audio_cfg).to(self.device) if fusion else None
         self._grid_out: list[torch.Tensor] = []
         net.tscam_conv.register_forward_pre_hook(lambda module, args: self._grid_out.append(args[0]))
@@ -168,11 +177,11 @@ class ClapTeacher:
 
     @staticmethod
     def _derive_grid(net) -> tuple[int, int]:
-        """(F, T) of HTSAT's regrouped token map, from the model's geometry (forward_features)."""
+        """(Tt, Ft) of HTSAT's regrouped token map, from the model's geometry (forward_features)."""
         side = net.spec_size // 2 ** (len(net.depths) - 1)   # the spec_size x spec_size image, downsampled
         sf, st = side // net.patch_stride[0], side // net.patch_stride[1]   # final token map (SF, ST)
         c_freq_bin = sf // net.freq_ratio                      # token rows per stacked time chunk
-        return c_freq_bin, st * (sf // c_freq_bin)              # (F, T): chunks laid end to end in time
+        return st * (sf // c_freq_bin), c_freq_bin              # (Tt, Ft): chunks laid end to end in time
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -196,7 +205,7 @@ class ClapTeacher:
         return layout_batch(list(wave), self.audio_cfg, self._fusion_mel)
 
     def forward_input(self, batch: dict) -> dict:
-        """laion-clap's HTSAT on a prepared batch; returns its output dict plus 'grid' (B, D, F, T)."""
+        """laion-clap's HTSAT on a prepared batch; returns its output dict plus 'grid' [B, Tt, Ft, D]."""
         net = self.net
         self._grid_out.clear()
         # laion-clap's 2-D fusion writes fp32 chunk features into autocast ones (index_put dtype error):
@@ -214,29 +223,31 @@ class ClapTeacher:
                 x = net.bn0(x.transpose(1, 3)).transpose(1, 3)         # bn over mel bins: (B, 1, frames, n_mels)
                 x = net.reshape_wav2img(x)                             # (B, 1, spec_size, spec_size)
                 out = net.forward_features(x)
-        grid = self._grid_out.pop().float()                   # (B, D, F, T), the tscam_conv input
-        expected = (batch["waveform"].shape[0], self.dim, *self.grid)
+        grid = self._grid_out.pop().float()                   # [B, D, Ft, Tt], the tscam_conv input
+        grid = grid.permute(0, 3, 2, 1)                       # [B, Tt, Ft, D], the target store's order
+        expected = (batch["waveform"].shape[0], *self.grid, self.dim)
         if tuple(grid.shape) != expected:
             raise RuntimeError(f"{self.name}: token map {tuple(grid.shape)}, expected {expected}")
         return {**out, "grid": grid}
 
     @torch.no_grad()
     def token_grid(self, wave16k: torch.Tensor, sr: int = 16000) -> torch.Tensor:
-        """wave16k: (B, S) float in [-1, 1] at sr -> (B, D, F, T) float32 token map (tiny: (B, 768, 2, 32)).
-        Resampling and mels run in fp32 even inside a caller's autocast; the Swin stages follow it."""
+        """wave16k: [B, S] float in [-1, 1] at sr -> [B, Tt, Ft, D] float32 token grid, the target
+        store's layout (tiny: [B, 32, 2, 768]). Resampling and mels run in fp32 even inside a
+        caller's autocast; the Swin stages follow it."""
         with torch.autocast(self.device.type, enabled=False):
             batch = self.model_input(wave16k, sr)
         return self.forward_input(batch)["grid"]
 
     def describe(self) -> dict:
-        """Target-store attrs for this teacher (grid in the store's (Tt, Ft) order)."""
+        """Target-store attrs for this teacher (grid = [Tt, Ft])."""
         untrained = self.checkpoint_id.startswith("untrained:")
         return {"teacher": self.name, "teacher_model": self.model, "fusion": self.fusion,
                 "fusion_type": FUSION_TYPE if self.fusion else None,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
                 "checkpoint_sha256": self.checkpoint_id if untrained else self.checkpoint_id.removeprefix("sha256:"),
                 "checkpoint_id": self.checkpoint_id,
-                "grid": [self.grid[1], self.grid[0]], "dim": self.dim, "teacher_mel": dict(self.mel),
+                "grid": list(self.grid), "dim": self.dim, "teacher_mel": dict(self.mel),
                 "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
                 "input": "16 kHz -> 48 kHz (torchaudio resample)" + (", int16 round trip" if self.quantize else "")
                          + ", repeatpad to the window, long clips: centre window / middle fusion chunks"}

@@ -18,19 +18,20 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cache_tools import clip_store  # noqa: E402
 from cache_tools.clip_store import ClipStore  # noqa: E402
 from cache_tools.target_store import StoreError, TargetStore, shard_file  # noqa: E402
 from pipeline.targets import build_targets  # noqa: E402
+from pipeline.teacher import HTSAT_MEL  # noqa: E402
+from tests.stores import write_clip_store  # noqa: E402
 
 S = 16000  # 1 s clips
 
 
 class FakeTeacher:
-    """Seeded conv net with the ClapTeacher interface: wave [B, S] -> [B, D, 2, 32]."""
+    """Seeded conv net with the ClapTeacher interface: wave [B, S] -> [B, Tt, Ft, D] = [B, 32, 2, 16]."""
 
     name, checkpoint_id, dim = "fake conv teacher", "untrained:seed=3", 16
-    mel = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
+    mel = HTSAT_MEL
 
     def __init__(self, delay: float = 0.0):
         self.w = torch.randn(self.dim, 1, 64, generator=torch.Generator().manual_seed(3))  # [D, 1, 64]
@@ -40,24 +41,20 @@ class FakeTeacher:
         b = wave.shape[0]
         x = torch.tanh(F.conv1d(wave[:, None], self.w, stride=16))  # [B, D, L]
         time.sleep(self.delay)
-        return F.adaptive_avg_pool1d(x, 64).reshape(b, self.dim, 2, 32)  # [B, D, 2, 32]
+        return F.adaptive_avg_pool1d(x, 64).transpose(1, 2).reshape(b, 32, 2, self.dim)  # [B, 64, D] -> [B, Tt, Ft, D]
 
 
 def write_clips(path, n=10, seed=0):
     """A real clip store of n one-second clips (noise bursts at seeded places; ids depend on the seed)."""
     rng = np.random.default_rng(seed)
-    d = clip_store.open_parts(path, {"job": 1})
-    ids = [f"s{seed}c{i}" for i in range(n)]
     wv = np.zeros((n, S), np.int16)
     for i in range(n):
         start = rng.integers(0, S // 2)
         wv[i, start:start + S // 4] = rng.integers(-8000, 8000, S // 4)
     fb = rng.normal(-5, 3, size=(n, 100, 128)).astype(np.float16)
-    clip_store.write_part(d, 0, ids, fb, wv, rng.integers(0, 3, n).astype(np.int64), np.zeros(n, np.int8), [])
-    clip_store.assemble(path, 1, dict(dataset="spc2", split="train", multilabel=False, class_names=["a", "b", "c"],
-                                      class_ids=["a", "b", "c"], target_length=100, clip_seconds=1.0,
-                                      feature_params={"num_mel_bins": 128}, norm_mean=-6.8, norm_std=5.6), {})
-    return ClipStore(path)
+    return write_clip_store(path, fb, wv, rng.integers(0, 3, n), ["a", "b", "c"], folds=np.zeros(n, np.int8),
+                            ids=[f"s{seed}c{i}" for i in range(n)], clip_seconds=1.0,
+                            feature_params={"num_mel_bins": 128}, norm_std=5.6)
 
 
 def shard_bytes(out):
@@ -83,7 +80,7 @@ def test_targets_match_the_teacher(clips, reference, capsys):
     assert s.teacher_name == "fake conv teacher" and s.attrs["checkpoint_sha256"] == "untrained:seed=3"
     assert s.attrs["teacher_mel"]["n_mels"] == 64 and s.attrs["clip_seconds"] == 1.0
     wave = torch.from_numpy(np.stack([clips.wave(i) for i in range(10)]).astype(np.float32) / 32768)
-    want = FakeTeacher().token_grid(wave).permute(0, 3, 2, 1).half().numpy()  # [B, Tt, Ft, D]
+    want = FakeTeacher().token_grid(wave).half().numpy()  # [B, Tt, Ft, D]
     assert np.abs(s.read(range(10)).astype(np.float32) - want).max() < 1e-3
     assert np.abs(want).max() > 0.05  # not trivially zero
     build_targets(clips, reference, FakeTeacher(), batch_size=3, clips_per_shard=4)  # all shards done: no work
@@ -161,6 +158,13 @@ def test_cli_with_real_teacher(tmp_path):
     got = s.read(range(5)).astype(np.float32)  # [5, Tt, Ft, D]
     assert np.isfinite(got).all() and got.std() > 0 and not np.allclose(got[0], got[1])
     assert "no CLAP semantics" in r.output
+    from pipeline.online_teacher import online_teacher   # `--teacher online`: the same numbers as the store
+    online = online_teacher(None, "HTSAT-tiny", seed=0, device="cpu")
+    wave = torch.from_numpy(np.stack([clips.wave(i) for i in range(5)]).astype(np.float32) / 32768)  # [5, S]
+    assert online.grid == s.grid and online.dim == s.dim and online.teacher_mel == s.attrs["teacher_mel"]
+    got = online(wave)                                                          # [5, Tt, Ft, D] f16
+    assert got.dtype == torch.float16   # batches of 5 here, of 3 in the store: fp16 rounding may differ by an ulp
+    np.testing.assert_allclose(got.float().numpy(), s.read(range(5)).astype(np.float32), rtol=2e-3, atol=2e-3)
     r = CliRunner().invoke(app, ["store", "verify", str(out), "--clips", str(clips.path)])
     assert r.exit_code == 0, r.output
     other = write_clips(tmp_path / "o.h5", n=5, seed=5)

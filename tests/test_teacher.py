@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchaudio
 
-from pipeline.teacher import ClapTeacher, TeacherError, import_clap_module, model_config
+from pipeline.teacher import HTSAT_MEL, ClapTeacher, TeacherError, import_clap_module, model_config
 from pipeline.teacher_input import fusion_chunk_starts, repeatpad
 
 torch.set_num_threads(1)
@@ -76,13 +76,13 @@ def test_grid_matches_laion_clap(laion, tmp_path, monkeypatch, fusion):
         ours = teacher.model_input(wave)
         for key in ref["input"]:
             torch.testing.assert_close(ours[key], ref["input"][key], atol=1e-6, rtol=0, msg=f"{key} @ {seconds}s")
-        grid = teacher.token_grid(wave)                                   # (B, D, F, T)
-        assert grid.shape == (2, 768, 2, 32) and grid.dtype == torch.float32
-        fine_ref = ref["fine_grained_embedding"]                          # (B, frames, D)
-        ratio = fine_ref.shape[1] // grid.shape[3]
-        fine = grid.mean(2).repeat_interleave(ratio, dim=2).permute(0, 2, 1)   # (B, D, T) -> (B, frames, D)
+        grid = teacher.token_grid(wave)                                   # [B, Tt, Ft, D]
+        assert grid.shape == (2, 32, 2, 768) and grid.dtype == torch.float32
+        fine_ref = ref["fine_grained_embedding"]                          # [B, frames, D]
+        ratio = fine_ref.shape[1] // grid.shape[1]
+        fine = grid.mean(2).repeat_interleave(ratio, dim=1)               # [B, Tt, D] -> [B, frames, D]
         torch.testing.assert_close(fine, fine_ref, atol=ATOL, rtol=0)
-        torch.testing.assert_close(grid.mean((2, 3)), ref["embedding"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(grid.mean((1, 2)), ref["embedding"], atol=ATOL, rtol=0)
         assert not torch.allclose(grid[:, :, 0], grid[:, :, 1], atol=1e-3)     # two distinct frequency rows
 
 
@@ -150,13 +150,13 @@ def test_fusion_long_clip_under_autocast(fused, caplog):
     assert torch.equal(out, ref) and "runs it in fp32" in caplog.text
 
 
-def test_geometry_from_configs(fused):
+def test_geometry_from_configs(fused, untrained):
     base = ClapTeacher.from_checkpoint(None, model="HTSAT-base")
-    assert (base.dim, base.grid) == (1024, (2, 32))                      # derived, as documented
-    assert base.mel == {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
+    assert (base.dim, base.grid) == (1024, (32, 2))                      # (Tt, Ft), derived, as documented
+    assert base.mel == untrained.mel == HTSAT_MEL      # the stand-in constant is what the configs give
     assert fused.mel["htk"] is True and fused.name == "laion-clap HTSAT-tiny fusion"
     d = fused.describe()
-    assert d["grid"] == [32, 2] and d["dim"] == 768 and d["teacher_mel"] == fused.mel
+    assert d["grid"] == [32, 2] and d["dim"] == 768 and d["teacher_mel"] == fused.mel == {**HTSAT_MEL, "htk": True}
     with pytest.raises(TeacherError, match="HTSAT-nano"):
         ClapTeacher.from_checkpoint(None, model="HTSAT-nano")
     with pytest.raises(ValueError, match=r"\(B, S\)"):

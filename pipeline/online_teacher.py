@@ -1,0 +1,29 @@
+"""`--teacher online`: stage one's CLAP teacher as the callable pretraining runs inside each step.
+
+train/ never imports the teacher; the command builds it here and hands train.pretrain an
+OnlineTeacher whose targets are exactly what `supmam targets` would store (pipeline.targets.teacher_targets),
+so an online run's losses equal a cached run's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.targets import teacher_targets
+from pipeline.teacher import ClapTeacher
+
+
+def online_teacher(clap_ckpt: Path | str | None, clap_model: str = "HTSAT-tiny", seed: int = 0,
+                   device: str = "auto"):
+    """A train.pretrain.OnlineTeacher: fn(wave16k [B, S]) -> [B, Tt, Ft, D] float16 on `device`,
+    with the teacher's name, grid (Tt, Ft), dim and mel bank. Built as `supmam targets` builds it."""
+    from train.pretrain import OnlineTeacher
+
+    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    t = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=False, seed=seed, device=dev,
+                                    amp_dtype="fp16" if dev.startswith("cuda") else None)
+    d = t.describe()
+    return OnlineTeacher(fn=lambda wave16k: teacher_targets(t, wave16k, dev),
+                         name=f"{d['teacher']} ({d['checkpoint_sha256']})", grid=tuple(t.grid),
+                         dim=int(t.dim), teacher_mel=dict(t.mel))
