@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache_tools.errors import StoreError
 from cache_tools.fingerprint import file_sha256
+from cache_tools.names import PRETRAIN_CLIPS, PRETRAIN_TARGETS
 
 TASKS = ("as20k", "esc50")
 
@@ -58,26 +60,26 @@ def store_checksums(path: Path) -> dict[str, str]:
 
 def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
                  steps: int | None, extra: list[str]) -> Path:
-    from train.pretrain import load_pretrain_config, main
+    from train.pretrain import load_pretrain_config, run_pretrain
     ovs = [f"clips={clips}", f"targets={targets}", f"run_dir={runs}", f"name=pretrain-{run.name}",
            f"device={device}", f"seed={seed}", f"model.objectives={','.join(run.objectives)}",
            f"model.mask_ratio={run.mask_ratio}", f"model.lambda_cls={run.lambda_cls}"]
     if steps:
         ovs.append(f"max_steps={steps}")
-    return main(load_pretrain_config(run.preset, ovs + list(extra)), resume=True)
+    return run_pretrain(load_pretrain_config(run.preset, ovs + list(extra)), resume=True)
 
 
 def config_job(run: Run, clips: Path, targets: Path, stores: Path, runs: Path, seed: int, device: str,
                steps: int | None, tasks: tuple[str, ...], pretrain_overrides: list[str],
                finetune_overrides: dict[str, list[str]]) -> dict:
     """One configuration: pretrain from the shared target store, fine-tune on each task."""
-    from train.finetune import run_finetune
+    from train.finetune import load_finetune_config, run_finetune
     ckpt = pretrain_run(run, clips, targets, runs, seed, device, steps, pretrain_overrides)
     scores = {}
     for task in tasks:
-        m = run_finetune(task, preset=f"{task}-mini", init=str(ckpt), stores=stores, runs=runs,
-                         name=f"ft-{task}-{run.name}", device=device,
-                         overrides=[f"seed={seed}", *finetune_overrides.get(task, [])])
+        m = run_finetune(load_finetune_config(f"{task}-mini", [
+            f"init={ckpt}", f"stores={stores}", f"run_dir={runs}", f"name=ft-{task}-{run.name}", f"device={device}",
+            f"seed={seed}", *finetune_overrides.get(task, [])], task=task))
         scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
     return {"run": run.__dict__ | {"objectives": list(run.objectives)}, "scores": scores}
 
@@ -91,10 +93,10 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
     from pipeline.side_by_side import run_jobs
 
     stores, runs = Path(stores), Path(runs)
-    clips = Path(clips or stores / "audioset_unbalanced_train.h5")
-    targets = Path(targets or stores / "audioset_unbalanced_train.targets.zarr")
+    clips = Path(clips or stores / PRETRAIN_CLIPS)
+    targets = Path(targets or stores / PRETRAIN_TARGETS)
     if not targets.exists():
-        raise FileNotFoundError(f"{targets}: no target store; run `make targets` first")
+        raise StoreError(targets, "no target store; run `make targets` first")
     chosen = {"mask", "objectives", "lambda"} if tables == "all" else set(tables.split(","))
     before = store_checksums(targets)
     t0 = time.time()

@@ -7,9 +7,8 @@ Every stage is the same code `make data|prepare|targets|pretrain|finetune` runs,
 skips work that is already complete, so a second `make demo` only re-runs the fine-tunes.
 
 On a CPU the from-scratch and the pretrained fine-tune of a task run side by side in two spawned
-processes with half the cores each (pipeline.side_by_side; measured on this 2-core VM: the mini
-spc2 pair took 217 s side by side against 129 + 140 s in turn). Each run's output goes to
-runs/<name>/stdout.log.
+processes with half the cores each (pipeline.side_by_side; times in BENCHMARKS.md). Each run's
+output goes to runs/<name>/stdout.log.
 """
 from __future__ import annotations
 
@@ -20,18 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from cache_tools.names import PRETRAIN_CLIPS, PRETRAIN_TARGETS
+from train import tasks as task_registry
+
 TASKS = ("spc2", "esc50", "as20k")
 PRESET = "supmam-clap-mini"
-PRETRAIN_STEPS = 60        # of the preset's 150: keeps `make demo` under 10 minutes on 2 cores
+PRETRAIN_STEPS = 60        # of the preset's 150, so the demo fits a short CPU run (BENCHMARKS.md)
 
 
 def chance_level(task: str, stores: Path) -> float:
     """Score of an uninformed classifier: the majority class's share (accuracy) or, for mAP, the
     mean positive rate over classes with positives (the expected AP of random scores)."""
     from cache_tools.clip_store import ClipStore
-    name = {"spc2": "spc2_test.h5", "spc1": "spc1_test.h5", "esc50": "esc50.h5",
-            "as20k": "audioset_eval.h5", "as2m": "audioset_eval.h5"}[task]
-    store = ClipStore(stores / name)
+    store = ClipStore(stores / task_registry.TASKS[task].scored_store)
     labels = np.asarray(store.labels)
     if store.multilabel:
         rate = labels.astype(np.float64).mean(0)       # [C] positive rate per class
@@ -50,34 +50,33 @@ def _stage(name: str, times: dict, fn):
 
 def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Path | None = None,
              device: str = "cpu", scale: float = 1.0) -> dict:
-    from pipeline.cli_prepare import all_ as prepare_all
-    from pipeline.cli_targets import targets as build_targets
     from pipeline.minidata import generate
+    from pipeline.prepare import prepare_all
     from pipeline.side_by_side import run_jobs
-    from train.finetune import run_finetune
-    from train.pretrain import load_pretrain_config, main as pretrain
+    from pipeline.targets import make_targets
+    from train.finetune import load_finetune_config, run_finetune
+    from train.pretrain import load_pretrain_config, run_pretrain
 
     t_start, times = time.time(), {}
     data, stores, runs = Path(data), Path(stores), Path(runs)
-    clips = stores / "audioset_unbalanced_train.h5"
-    targets = stores / "audioset_unbalanced_train.targets.zarr"
+    clips, targets = stores / PRETRAIN_CLIPS, stores / PRETRAIN_TARGETS
     _stage("data", times, lambda: generate(data, seed=seed, scale=scale))
-    _stage("prepare", times, lambda: prepare_all(root=data, out=stores, workers=os.cpu_count() or 1, block_size=64))
-    _stage("targets", times, lambda: build_targets(
-        clips=clips, out=targets, clap_ckpt=clap_ckpt, clap_model="HTSAT-tiny", fusion=False, batch_size=8,
-        device=device, clips_per_shard=None, compression=None, workers=1, seed=seed))
+    _stage("prepare", times, lambda: prepare_all(data, stores, workers=os.cpu_count() or 1, block_size=64))
+    _stage("targets", times, lambda: make_targets(clips, targets, clap_ckpt=clap_ckpt, clap_model="HTSAT-tiny",
+                                                  seed=seed, device=device, batch_size=8, workers=1))
     cfg = load_pretrain_config(PRESET, [f"clips={clips}", f"targets={targets}", f"run_dir={runs}",
                                         f"name=demo-pretrain-{PRESET}", f"device={device}", f"seed={seed}",
                                         f"max_steps={PRETRAIN_STEPS}"])
-    ckpt = _stage("pretrain", times, lambda: pretrain(cfg, resume=True))
+    ckpt = _stage("pretrain", times, lambda: run_pretrain(cfg, resume=True))
     teacher = _teacher_id(targets)
 
     rows = []
     for task in TASKS:
-        jobs = {label: dict(task=task, preset=f"{task}-mini", init=init, stores=stores, runs=runs,
-                            name=f"demo-{task}-{label}", overrides=[f"seed={seed}"], device=device)
+        jobs = {label: dict(cfg=load_finetune_config(f"{task}-mini", [
+                    f"init={init}", f"stores={stores}", f"run_dir={runs}", f"name=demo-{task}-{label}",
+                    f"seed={seed}", f"device={device}"], task=task))
                 for label, init in (("scratch", "none"), ("pretrained", str(ckpt)))}
-        logs = {label: runs / kw["name"] / "stdout.log" for label, kw in jobs.items()}
+        logs = {label: runs / kw["cfg"].name / "stdout.log" for label, kw in jobs.items()}
         res = _stage(f"finetune {task} (scratch | pretrained)", times,
                      lambda: run_jobs(run_finetune, jobs, logs, device))
         rows.append({"task": task, "metric": res["scratch"]["metric"], "chance": chance_level(task, stores),

@@ -13,6 +13,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from cache_tools import clip_store
 from cache_tools.errors import SupmamError
 from cache_tools.fingerprint import json_fingerprint
+from cache_tools.names import SPLITS, clip_store_name
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
@@ -175,15 +177,30 @@ def summary_line(report: dict) -> str:
             f"report {clip_store.report_path(report['store'])}")
 
 
+_MINI_READERS = {   # dataset -> reader of its split under the mini-data root
+    "audioset": lambda root, split: read_audioset(root / "audioset", split=split),
+    "esc50": lambda root, split: read_esc50(root / "esc50"),
+    "spc2": lambda root, split: read_spc2(root / "speech_commands_v0.02", split),
+    "spc1": lambda root, split: read_spc1(root / "speech_commands_v0.01", root / "speech_commands_test_set_v0.01",
+                                          split),
+}
+
+
 def mini_jobs(root: Path | str) -> list[tuple[str, callable]]:
-    """(store file name, reader thunk) for every store of the built-in mini datasets under `root`."""
+    """(store file name, reader thunk) for every store of the built-in mini datasets under `root`,
+    in cache_tools.names order."""
     root = Path(root)
-    jobs = [(f"audioset_{s}.h5", lambda s=s: read_audioset(root / "audioset", split=s))
-            for s in ("balanced_train", "unbalanced_train", "eval")]
-    jobs.append(("esc50.h5", lambda: read_esc50(root / "esc50")))
-    jobs += [(f"spc2_{s}.h5", lambda s=s: read_spc2(root / "speech_commands_v0.02", s))
-             for s in ("train", "valid", "test")]
-    jobs += [(f"spc1_{s}.h5", lambda s=s: read_spc1(root / "speech_commands_v0.01",
-                                                   root / "speech_commands_test_set_v0.01", s))
-             for s in ("train", "valid", "test")]
-    return jobs
+    return [(clip_store_name(d, split), partial(_MINI_READERS[d], root, split))
+            for d, splits in SPLITS.items() for split in splits]
+
+
+def prepare_all(root: Path | str, out: Path | str, workers: int | None = None, block_size: int = BLOCK_SIZE,
+                progress: bool = True) -> list[dict]:
+    """Every mini store (AudioSet x3, ESC-50, SPC-2 x3, SPC-1 x3) from the mini-data `root` into the
+    folder `out`; complete stores are skipped. Prints one summary line per store; returns the reports."""
+    reports = []
+    for name, read in mini_jobs(root):
+        reports.append(prepare(read(), Path(out) / name, workers=workers, block_size=block_size, progress=progress))
+        if progress:
+            print(summary_line(reports[-1]), flush=True)
+    return reports

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cache_tools.clip_store import ClipStore, parts_dir, report_path
 from pipeline.audio_io import load_audio, load_clip
-from pipeline.cli_prepare import prepare_app
+from pipeline.cli import app
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from pipeline.prepare import featurise, _Geometry, prepare, summary_line
 from pipeline.readers import ClipRecord, read_esc50, read_spc1, read_spc2
@@ -118,7 +118,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref.h5"
     prepare(read_esc50(root), ref, workers=1, block_size=1, progress=False)
     out = tmp_path / "killed" / "esc50.h5"
-    cmd = [sys.executable, "-c", "from pipeline.cli_prepare import prepare_app; prepare_app()", "esc50",
+    cmd = [sys.executable, "-m", "pipeline.cli", "prepare", "esc50",
            "--root", str(root), "--out", str(out), "--workers", "1", "--block-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for kill_after in (2, 8):                                      # two kills at different points
@@ -147,19 +147,19 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path):
 
 def test_cli_reports_wrong_layout_and_other_input(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(prepare_app, ["esc50", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "e.h5")])
+    res = runner.invoke(app, ["prepare", "esc50", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "e.h5")])
     assert res.exit_code == 1 and "Expected layout" in res.output and str(tmp_path / "nope") in res.output
     root = make_spc(tmp_path / "v2", ["yes", "no"], per_word=3)
     out = tmp_path / "s.h5"
-    args = ["spc2", "--root", str(root), "--split", "valid", "--out", str(out), "--workers", "1"]
-    res = runner.invoke(prepare_app, args)
+    args = ["prepare", "spc2", "--root", str(root), "--split", "valid", "--out", str(out), "--workers", "1"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0 and "2 clips written" in res.output and ClipStore(out).split == "valid"
     moved = tmp_path / "moved"
     root.rename(moved)                                             # same data, another path: still complete
-    res = runner.invoke(prepare_app, ["spc2", "--root", str(moved), *args[3:]])
+    res = runner.invoke(app, ["prepare", "spc2", "--root", str(moved), *args[4:]])
     assert res.exit_code == 0 and "already complete" in res.output
-    args[2] = str(moved)
-    res = runner.invoke(prepare_app, args[:4] + ["test"] + args[5:])
+    args[3] = str(moved)
+    res = runner.invoke(app, args[:5] + ["test"] + args[6:])
     assert res.exit_code == 1 and "other input" in res.output
     bogus = ClipRecord("x", tmp_path / "x.wav", 0)
     assert featurise(bogus, _Geometry(1.0, 128, False, 2, False)) == "corrupt: file does not exist"
@@ -172,8 +172,8 @@ def test_prepare_all_writes_every_mini_store_then_skips(tmp_path):
     make_spc(root / "speech_commands_v0.02", ["yes", "no", "wow"], per_word=3)
     make_spc(root / "speech_commands_v0.01", ["yes", "go", "bed"], per_word=3, noise_seconds=(3.0,))
     make_spc1_test(root / "speech_commands_test_set_v0.01", ["yes", "_unknown_", "_silence_"])
-    args = ["all", "--root", str(root), "--out", str(tmp_path / "stores"), "--workers", "1"]
-    res = CliRunner().invoke(prepare_app, args)
+    args = ["prepare", "all", "--root", str(root), "--out", str(tmp_path / "stores"), "--workers", "1"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "stores").glob("*.h5"))
     assert names == sorted(["audioset_balanced_train.h5", "audioset_unbalanced_train.h5", "audioset_eval.h5",
@@ -184,7 +184,7 @@ def test_prepare_all_writes_every_mini_store_then_skips(tmp_path):
     s = ClipStore(tmp_path / "stores" / "audioset_balanced_train.h5")
     assert s.multilabel and s.target_length == 1024 and s.wave(0).shape == (160000,) and s.fbank(0).shape == (1024, 128)
     assert json.loads(report_path(s.path).read_text())["missing"] == ["nofile_0.000"]
-    res = CliRunner().invoke(prepare_app, args)
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and res.output.count("already complete") == 10
 
 

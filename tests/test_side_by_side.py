@@ -6,14 +6,17 @@ import os
 
 import pytest
 
+from cache_tools.errors import StoreError
 from pipeline.side_by_side import run_jobs
 
 
-def job(value: int, fail: bool = False) -> dict:
+def job(value: int, fail: bool = False, store_error: bool = False) -> dict:
     import torch
     print(f"job {value} says hello")
     if fail:
         raise ValueError(f"job {value} failed")
+    if store_error:
+        raise StoreError(f"/data/job{value}.h5", "not a clip store")
     return {"value": value * 10, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
@@ -39,3 +42,13 @@ def test_a_failing_job_raises_its_error(tmp_path):
     with pytest.raises(ValueError, match="job 2 failed"):
         run_jobs(job, {"a": {"value": 1}, "b": {"value": 2, "fail": True}},
                  {k: tmp_path / f"{k}.log" for k in "ab"}, cores=2)
+
+
+def test_a_user_error_in_a_worker_reaches_the_parent_as_itself(tmp_path):
+    """StoreError's __init__ takes (path, why): it must still cross the process boundary intact, so
+    the CLI prints it as `error: <file>: <why>` instead of a traceback."""
+    with pytest.raises(StoreError) as err:
+        run_jobs(job, {"a": {"value": 1}, "b": {"value": 2, "store_error": True}},
+                 {k: tmp_path / f"{k}.log" for k in "ab"}, cores=2)
+    assert type(err.value) is StoreError and str(err.value) == "/data/job2.h5: not a clip store"
+    assert err.value.path.name == "job2.h5" and err.value.why == "not a clip store"

@@ -1,0 +1,87 @@
+"""Stage-two commands: `supmam pretrain`, `finetune`, `evaluate`.
+
+Each parses its options and calls one library function (train.pretrain, train.finetune,
+train.evaluate); errors are left to the app's policy (pipeline.cli).
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from train.tasks import TASKS
+
+TaskName = Enum("TaskName", {t: t for t in TASKS}, type=str)   # the task registry's: as2m | as20k | ...
+
+
+class TeacherMode(str, Enum):
+    cached = "cached"      # read the target store
+    online = "online"      # run the CLAP teacher inside the step
+
+
+def pretrain(
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value "
+                                                               "(e.g. model.mask_ratio=0.3 max_steps=50)"),
+    preset: str = typer.Option("supmam-clap-mini", help="configs/pretrain/<preset>.toml or a path to a .toml"),
+    clips: Optional[Path] = typer.Option(None, help="clip store (.h5)"),
+    targets: Optional[Path] = typer.Option(None, help="target store (.zarr); not needed by rec/cls-only presets"),
+    runs: Optional[Path] = typer.Option(None, help="runs folder (the run goes to <runs>/<name>)"),
+    name: Optional[str] = typer.Option(None, help="run name (default: the preset's name)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from <runs>/<name>/checkpoint.pt if it exists"),
+    teacher: TeacherMode = typer.Option(TeacherMode.cached, help="cached: read the target store; "
+                                                                 "online: run the CLAP teacher in the step"),
+    clap_ckpt: Optional[Path] = typer.Option(None, help="CLAP checkpoint for --teacher online "
+                                                        "(none: seeded random weights)"),
+    clap_model: str = typer.Option("HTSAT-tiny", help="laion-clap audio model for --teacher online"),
+    teacher_seed: int = typer.Option(0, help="seed of an untrained online teacher (match the target store's)"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Pretrain the masked audio model (AudioMAE / SupMAM / MAM-CLAP / SupMAM-CLAP); torchrun for DDP."""
+    from train.pretrain import load_pretrain_config, run_pretrain
+    opts = {"clips": clips, "targets": targets, "run_dir": runs, "device": device, "teacher": teacher.value,
+            "name": name}
+    cfg = load_pretrain_config(preset, [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or []))
+    fn = None
+    if cfg.teacher == "online" and "clap" in cfg.model.objectives:
+        from pipeline.online_teacher import online_teacher
+        fn = online_teacher(clap_ckpt, clap_model, teacher_seed, cfg.device)
+    typer.echo(str(run_pretrain(cfg, online_teacher=fn, resume=resume)))
+
+
+def finetune(
+    task: TaskName = typer.Option(..., "--task", help=" | ".join(TASKS)),
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value (e.g. epochs=3)"),
+    preset: Optional[str] = typer.Option(None, "--preset",
+                                         help="configs/finetune/NAME.toml or a .toml path (default: the task)"),
+    init: Optional[str] = typer.Option(None, "--init", help="encoder checkpoint (ours or AudioMAE's .pth), "
+                                       "`latest` (RUNS/latest-pretrain, the default) or `none` (random init)"),
+    stores: Optional[Path] = typer.Option(None, "--stores", help="folder of clip stores (default data/stores)"),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="folder for run outputs (default runs)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: finetune-<preset>-<init>)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU "
+                                                               "per rank)"),
+) -> None:
+    """Fine-tune an encoder on a task and evaluate it; results in RUNS/NAME/. The options set the
+    config keys init, stores, run_dir, name and device."""
+    from train.finetune import load_finetune_config, run_finetune
+    opts = {"init": init, "stores": stores, "run_dir": runs, "name": name, "device": device}
+    ovs = [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
+    m = run_finetune(load_finetune_config(preset, ovs, task=task.value))
+    if m:
+        std = f" ± {m['std']:.4f}" if "std" in m else ""
+        typer.echo(f"{m['task']}: test {m['metric']} {m['score']:.4f}{std} ({m['num_test_clips']} clips)")
+
+
+def evaluate(
+    ckpt: Path = typer.Option(..., "--ckpt", help="a checkpoint.pt written by `supmam finetune`"),
+    task: Optional[TaskName] = typer.Option(None, "--task", help="check the checkpoint is for this task"),
+    stores: Optional[Path] = typer.Option(None, "--stores", help="look for the checkpoint's store files in this "
+                                          "folder (default: the paths it recorded)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Evaluate a fine-tuned checkpoint on its task's test set (ESC-50: its held-out fold)."""
+    from train.evaluate import evaluate_checkpoint
+    typer.echo(json.dumps(evaluate_checkpoint(ckpt, task.value if task else None, stores, device), indent=2))
