@@ -96,7 +96,7 @@ def test_finetuned_layout_gives_reference_logits(tmp_path, x):
     enc = load_encoder(audiomae_file(tmp_path, ref, "finetuned.pth"))
     assert isinstance(enc.norm, torch.nn.Identity) and enc.head.out_features == 7
     with torch.no_grad():
-        torch.testing.assert_close(enc.forward_pooled(x), ref(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
 def test_export_encoder_round_trips(tmp_path, x):
@@ -115,18 +115,21 @@ def test_export_encoder_round_trips(tmp_path, x):
 
 def test_our_pretraining_checkpoint_yields_its_encoder(tmp_path):
     torch.manual_seed(0)
-    cfg = MAMConfig(encoder="tiny", encoder_depth=1, target_length=128, objectives=["rec", "clap"],
+    cfg = MAMConfig(encoder="tiny", encoder_depth=1, objectives=["rec", "clap"],
                     decoder_dim=64, decoder_heads=2)
-    mam = MaskedAudioModel(cfg, target_dim=32).eval()
+    mam = MaskedAudioModel(cfg, target_length=128, target_dim=32).eval()
+    np_rng = np.random.RandomState(5).get_state()                      # what a resumable checkpoint holds
     path = save_checkpoint(tmp_path / "checkpoint.pt", {"model": mam.state_dict(), "kind": "pretrain",
-                                                        "config": {"model": vars(cfg)}, "step": 3})
+                                                        "config": {"model": vars(cfg)}, "step": 3,
+                                                        "rng": {"numpy": np_rng}})
     enc = load_encoder(path)
     assert enc.pos_layout == "timefreq" and enc.patch_grid == (8, 8) and enc.embed_dim == 192
     xs = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(enc.forward_tokens(xs), mam.encoder.forward_tokens(xs), atol=0, rtol=0)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no tmp file left
-    assert load_checkpoint(path)["step"] == 3
+    back = load_checkpoint(path)
+    assert back["step"] == 3 and np.array_equal(back["rng"]["numpy"][1], np_rng[1])
 
 
 def test_bad_files_raise_errors_naming_the_file(tmp_path):
@@ -137,6 +140,10 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pth.*cannot read"):
         load_checkpoint(garbage)
+    code = tmp_path / "code.pth"                                        # pickles a callable: never run
+    torch.save({"model": {}, "hook": print}, code)
+    with pytest.raises(CheckpointError, match="code.pth.*cannot read"):
+        load_checkpoint(code)
     nomodel = tmp_path / "nomodel.pth"
     torch.save({"state_dict": {}}, nomodel)
     with pytest.raises(CheckpointError, match="nomodel.pth.*model"):

@@ -3,7 +3,7 @@
 Public API
 ----------
 save_checkpoint(path, state: dict) -> Path     atomic (cache_tools.atomic: tmp file beside it, fsync, rename)
-load_checkpoint(path, map_location="cpu") -> dict     CheckpointError naming the file on any problem
+load_checkpoint(path, map_location="cpu") -> dict     weights_only; CheckpointError naming the file on any problem
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
     checkpoint holds the whole MaskedAudioModel, whose encoder keys carry the `encoder.` prefix;
@@ -22,11 +22,12 @@ class CheckpointError(SupmamError)
 """
 from __future__ import annotations
 
-import pickle
+import argparse
 import re
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +36,9 @@ from cache_tools.errors import SupmamError
 from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
+# what a checkpoint may hold besides tensors and plain containers: AudioMAE's argparse Namespace
+# of training arguments, and our numpy RNG state (an ndarray of the MT19937 key)
+SAFE_GLOBALS = [argparse.Namespace, np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
 
 
@@ -51,16 +55,13 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Tensors-only load first; files that pickle other objects (AudioMAE's hold an argparse
-    Namespace, ours numpy RNG states) fall back to a full unpickle: load only files you trust."""
+    """torch.load(weights_only=True), allowing only SAFE_GLOBALS beyond tensors and plain containers."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             ck = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            ck = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any decoding problem becomes one clear message
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ck, dict):
