@@ -99,7 +99,7 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
     fwd = model
     if c["compile"]:
         fwd = torch.compile(model, backend="eager" if args.dry_run else "inductor")
-    b, t = c["batch"], cfg.target_length
+    b, t = c["batch"], model.encoder.patch_grid[0] * model.encoder.patch     # fbank frames
     g = torch.Generator(device=dev).manual_seed(0)
     fbank = torch.randn(b, 1, t, 128, device=dev, generator=g)  # [B,1,T,128]
     labels = (torch.rand(b, NUM_CLASSES, device=dev, generator=g) < 0.05).float()  # [B,C]

@@ -6,16 +6,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import ClipStore, assemble, open_parts, write_part
+from cache_tools.clip_store import ClipStore
+from tests.stores import FINETUNE_T as T, class_store, spc_stores
 from train import finetune_data as fd
 from train.checkpoint import load_checkpoint
 from train.evaluate import evaluate_checkpoint
-from train.finetune import FinetuneError, run_finetune
+from train.config import ConfigError
+from train.finetune import FinetuneConfig, FinetuneError, load_finetune_config, run_finetune
 from train.models_vit import AudioViT
+from train.tasks import TASKS
 
-T = 64          # frames per clip in the tiny stores (4 x 8 patches): fast, and a multiple of 16
-FEATS = {"num_mel_bins": 128, "frame_shift": 10}
-TINY = ["model=vit_tiny", "depth=1", "batch_size=8", "eval_batch_size=16", "num_workers=0", "log_every=2"]
+TINY = ["model.encoder=tiny", "model.encoder_depth=1", "batch_size=8", "eval_batch_size=16", "num_workers=0",
+        "log_every=2"]
+
+
+def finetune(task: str, root, *overrides: str, name: str | None = None, init: str = "none") -> dict:
+    """Fine-tune `task` with its mini preset on the stores under `root`; the run goes to root/runs/<name>."""
+    ov = [f"stores={root}", f"run_dir={root / 'runs'}", f"init={init}", *([f"name={name}"] if name else []), *overrides]
+    return run_finetune(load_finetune_config(f"{task}-mini", ov, task=task))
 
 
 @pytest.fixture(autouse=True)
@@ -26,49 +34,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def easy_fbank(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """[N, T, 128] log-mel-like noise; class c adds a loud band at frequency slot c and a loud
-    on/off pattern with period 2(c+1) frames (visible inside every patch)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(-7.0, 1.0, size=(len(labels), T, 128))
-    band, t = 128 // num_classes, np.arange(T)
-    for i, c in enumerate(labels):
-        x[i, :, c * band:(c + 1) * band] += 6.0
-        x[i, (t // (c + 1)) % 2 == 0, :] += 4.0
-    return x.astype(np.float16)
-
-
-def make_store(path, labels, class_names, multilabel=False, folds=None, dataset="spc2", split="train",
-               fbank=None, seed=0):
-    """A complete clip store via cache_tools.clip_store's writer (parts -> assemble)."""
-    n = len(labels)
-    ids = [f"{split}-{i:04d}" for i in range(n)]
-    if fbank is None:
-        cls = labels.argmax(1) if multilabel else labels
-        fbank = easy_fbank(cls, len(class_names), seed)
-    d = open_parts(path, {"test": str(path)})
-    write_part(d, 0, ids, fbank, np.zeros((n, 160), np.int16),
-               labels.astype(np.uint8 if multilabel else np.int64), folds, [])
-    attrs = dict(dataset=dataset, split=split, multilabel=multilabel, class_names=class_names,
-                 class_ids=class_names, target_length=T, feature_params=FEATS, norm_mean=-6.8, norm_std=5.5)
-    assemble(path, 1, attrs, report={})
-    return ClipStore(path)
-
-
-def spc_stores(root, task, num_classes, per_class=(8, 3, 3)):
-    names = [f"w{c}" for c in range(num_classes)]
-    for split, k, seed in zip(("train", "valid", "test"), per_class, (0, 1, 2)):
-        labels = np.repeat(np.arange(num_classes), k)
-        make_store(root / f"{task}_{split}.h5", labels, names, dataset=task, split=split, seed=seed)
-    return names
-
-
 def test_esc50_five_fold_cross_validation(tmp_path):
     labels = np.tile(np.arange(3), 10)                                 # 30 clips, 3 classes
     folds = np.repeat(np.arange(1, 6), 6).astype(np.int8)              # 6 clips per fold
-    make_store(tmp_path / "esc50.h5", labels, ["dog", "rain", "bell"], folds=folds, dataset="esc50")
-    m = run_finetune("esc50", "esc50-mini", init="none", stores=tmp_path, runs=tmp_path / "runs",
-                     name="esc", overrides=TINY + ["epochs=1", "freqm=16", "timem=8"])
+    class_store(tmp_path / "esc50.h5", labels, ["dog", "rain", "bell"], folds=folds, dataset="esc50")
+    m = finetune("esc50", tmp_path, *TINY, "epochs=1", "freqm=16", "timem=8", name="esc")
     assert [f["fold"] for f in m["folds"]] == [1, 2, 3, 4, 5]
     accs = np.array([f["accuracy"] for f in m["folds"]])
     assert m["score"] == pytest.approx(accs.mean()) and m["std"] == pytest.approx(accs.std())
@@ -79,37 +49,52 @@ def test_esc50_five_fold_cross_validation(tmp_path):
     assert "± " in (run / "results.md").read_text() and (run / "confusion.png").stat().st_size > 0
     assert all((run / f"fold{k}" / "checkpoint-final.pt").exists() for k in range(1, 6))
     # the saved fold-3 model, evaluated on its held-out fold, reproduces that fold's accuracy
-    ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=tmp_path)
+    ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50")             # the data it recorded
     assert ev["clips"] == 6 and ev["accuracy"] == pytest.approx(m["folds"][2]["accuracy"])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "esc50.h5").rename(moved / "esc50.h5")
+    ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=moved)   # same name elsewhere
+    assert ev["test_set"] == f"{moved / 'esc50.h5'} fold 3" and ev["accuracy"] == pytest.approx(m["folds"][2]["accuracy"])
 
 
 def test_spc1_uses_twelve_classes(tmp_path):
     names = spc_stores(tmp_path, "spc1", 12, per_class=(2, 1, 1))
-    m = run_finetune("spc1", "spc1-mini", init="none", stores=tmp_path, runs=tmp_path / "runs",
-                     name="k1", overrides=TINY + ["epochs=1", "freqm=16", "timem=8"])
+    m = finetune("spc1", tmp_path, *TINY, "epochs=1", "freqm=16", "timem=8", name="k1")
     assert m["num_classes"] == 12 and m["class_names"] == names and m["num_test_clips"] == 12
     state = load_checkpoint(tmp_path / "runs" / "k1" / "checkpoint.pt")
-    assert state["model"]["head.weight"].shape == (12, 192)
-    assert state["config"]["valid_store"] == "spc1_valid.h5" and "valid" in m
+    assert state["model"]["head.weight"].shape == (12, 192) and "valid" in m
     assert (state["config"]["freqm"], state["config"]["timem"]) == (16, 8)
     spc_stores(tmp_path / "ten", "spc1", 10, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="12 classes"):
-        run_finetune("spc1", "spc1-mini", init="none", stores=tmp_path / "ten", runs=tmp_path / "runs",
-                     overrides=TINY + ["epochs=1"])
+        finetune("spc1", tmp_path / "ten", *TINY, "epochs=1")
+
+
+def test_finetune_checkpoint_records_its_data_and_run(tmp_path):
+    """The checkpoint's config names the stores it read (full paths), its init, device and run; the
+    log folder's config.json holds the same config and the derived lr."""
+    spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
+    finetune("spc2", tmp_path, *TINY, "epochs=1", "blr=0.064", name="rec")
+    cfg = load_checkpoint(tmp_path / "runs" / "rec" / "checkpoint-final.pt")["config"]
+    assert cfg["train_clips"] == [str(tmp_path / "spc2_train.h5")]
+    assert (cfg["valid_clips"], cfg["test_clips"]) == (str(tmp_path / "spc2_valid.h5"), str(tmp_path / "spc2_test.h5"))
+    assert (cfg["stores"], cfg["run_dir"], cfg["name"]) == (str(tmp_path), str(tmp_path / "runs"), "rec")
+    assert (cfg["init"], cfg["device"], cfg["preset"], cfg["task"]) == ("none", "auto", "spc2-mini", "spc2")
+    assert cfg["model"] == {"encoder": "tiny", "encoder_depth": 1, "drop_path": 0.0}
+    saved = json.loads((tmp_path / "runs" / "rec" / "config.json").read_text())
+    assert saved["config"] == json.loads(json.dumps(cfg)) and saved["derived"]["lr"] == pytest.approx(0.064 * 8 / 256)
 
 
 def test_spc2_like_finetune_beats_chance_and_is_deterministic(tmp_path):
     spc_stores(tmp_path, "spc2", 4, per_class=(12, 4, 6))
-    ov = TINY + ["depth=2", "warmup_epochs=1", "lr=2e-3"]
-    m = run_finetune("spc2", "spc2-mini", init="none", stores=tmp_path, runs=tmp_path / "runs", name="a",
-                     overrides=ov + ["epochs=8"])
+    ov = TINY + ["model.encoder_depth=2", "warmup_epochs=1", "blr=0.064"]             # lr 2e-3 at batch 8
+    m = finetune("spc2", tmp_path, *ov, "epochs=8", name="a")
     assert m["score"] >= 0.75, m                                      # chance is 0.25
     assert m["valid"]["accuracy"] >= 0.75
     log = [json.loads(x) for x in (tmp_path / "runs" / "a" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
     for name in ("b", "c"):
-        run_finetune("spc2", "spc2-mini", init="none", stores=tmp_path, runs=tmp_path / "runs", name=name,
-                     overrides=ov + ["epochs=2"])
+        finetune("spc2", tmp_path, *ov, "epochs=2", name=name)
     sb = load_checkpoint(tmp_path / "runs" / "b" / "checkpoint-final.pt")["model"]
     sc = load_checkpoint(tmp_path / "runs" / "c" / "checkpoint-final.pt")["model"]
     assert all(torch.equal(sb[k], sc[k]) for k in sb)                 # same seed, same weights
@@ -122,8 +107,7 @@ def test_init_from_audiomae_layout_file(tmp_path):
     sd = {k: v for k, v in enc.state_dict().items() if not k.startswith("head")}
     sd.update({"mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.zeros(512, 192)})
     torch.save({"model": sd}, tmp_path / "pretrained.pth")
-    m = run_finetune("spc2", "spc2-mini", init=str(tmp_path / "pretrained.pth"), stores=tmp_path,
-                     runs=tmp_path / "runs", name="amae", overrides=TINY + ["epochs=1", "lr=0"])
+    m = finetune("spc2", tmp_path, *TINY, "epochs=1", "blr=0", name="amae", init=str(tmp_path / "pretrained.pth"))
     assert m["init"].endswith("pretrained.pth")
     state = load_checkpoint(tmp_path / "runs" / "amae" / "checkpoint.pt")
     args, got = state["model_args"], state["model"]
@@ -136,14 +120,51 @@ def test_init_from_audiomae_layout_file(tmp_path):
 def test_missing_latest_pretrain_says_what_to_do(tmp_path):
     spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="make pretrain"):
-        run_finetune("spc2", "spc2-mini", init="latest", stores=tmp_path, runs=tmp_path / "runs")
+        finetune("spc2", tmp_path, init="latest")
     from pipeline.cli import app
     r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "latest",
                                  "--stores", str(tmp_path), "--runs", str(tmp_path / "runs")])
-    assert r.exit_code == 2 and "make pretrain" in r.output
+    assert r.exit_code == 1 and "make pretrain" in r.output
     r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "none",
                                  "--stores", str(tmp_path / "nowhere"), "--runs", str(tmp_path / "runs")])
-    assert r.exit_code == 2 and "spc2_train.h5" in r.output and "make prepare" in r.output
+    assert r.exit_code == 1 and "spc2_train.h5" in r.output and "make prepare" in r.output
+
+
+def test_cli_flags_are_config_keys(tmp_path):
+    """`supmam finetune --init/--stores/--runs/--name/--device` set the config keys of the same
+    meaning (the checkpoint records them); key=value arguments set any other key."""
+    from pipeline.cli import app
+    spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
+    r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "none",
+                                 "--stores", str(tmp_path), "--runs", str(tmp_path / "r"), "--name", "cli",
+                                 "--device", "cpu", *TINY, "epochs=1"])
+    assert r.exit_code == 0, r.output
+    cfg = load_checkpoint(tmp_path / "r" / "cli" / "checkpoint-final.pt")["config"]
+    assert (cfg["init"], cfg["stores"], cfg["run_dir"], cfg["device"], cfg["epochs"]) == (
+        "none", str(tmp_path), str(tmp_path / "r"), "cpu", 1)
+    r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--init", "none", "--stores", str(tmp_path), "lr=1"])
+    assert r.exit_code == 1 and "lr is derived: set blr" in r.output
+
+
+def test_task_registry_is_the_single_source(tmp_path):
+    """Task names live in train/tasks.py only: the CLI's choices, the config's type, the presets and
+    the demo's chance level all come from it."""
+    import typing
+    from pipeline.cli.stage_two import TaskName
+    from pipeline.demo import chance_level
+    assert [t.value for t in TaskName] == list(TASKS) == ["as2m", "as20k", "esc50", "spc1", "spc2"]
+    assert typing.get_args(typing.get_type_hints(FinetuneConfig)["task"]) == tuple(TASKS)
+    with pytest.raises(ConfigError, match="'spc3' is not one of"):
+        load_finetune_config("spc2-mini", ["task=spc3", "init=none"])
+    for name, task in TASKS.items():
+        for preset in (name, f"{name}-mini"):
+            cfg = load_finetune_config(preset, ["init=none", f"stores={tmp_path}"])
+            assert cfg.task == name and cfg.train_clips == [str(tmp_path / n) for n in task.train]
+            assert cfg.test_clips == (str(tmp_path / task.test) if task.test else "")
+    assert (TASKS["esc50"].protocol, TASKS["esc50"].scored_store) == ("cv", "esc50.h5")
+    assert (TASKS["as20k"].metric, TASKS["as20k"].scored_store) == ("mAP", "audioset_eval.h5")
+    class_store(tmp_path / "spc1_test.h5", np.array([0, 1, 1, 1, 2]), ["a", "b", "c"], dataset="spc1")
+    assert chance_level("spc1", tmp_path) == pytest.approx(3 / 5)        # the majority class's share
 
 
 def test_audioset_weighted_two_stores_reports_map(tmp_path):
@@ -153,10 +174,21 @@ def test_audioset_weighted_two_stores_reports_map(tmp_path):
                           ("audioset_eval.h5", 12, 2)):
         lab = (rng.random((n, 4)) < 0.3).astype(np.uint8)
         lab[np.arange(n), np.arange(n) % 4] = 1                       # every clip has a label
-        make_store(tmp_path / name, lab, names, multilabel=True, dataset="audioset", seed=seed)
-    m = run_finetune("as2m", "as2m-mini", init="none", stores=tmp_path, runs=tmp_path / "runs", name="as",
-                     overrides=TINY + ["epochs=1", "epoch_len=24"])
-    assert m["metric"] == "mAP" and 0 < m["score"] <= 1 and 0 <= m["test"]["AUC"] <= 1
+        class_store(tmp_path / name, lab, names, dataset="audioset", seed=seed)
+    m = finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", name="as")
+    # the reported mAP / AUC are sklearn's class means over the final model's sigmoid scores
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from train.evaluate import rebuild
+    state = load_checkpoint(tmp_path / "runs" / "as" / "checkpoint-final.pt")
+    vit = rebuild(state["model_args"], state["model"]).eval()
+    test = fd.ClipDataset(ClipStore(tmp_path / "audioset_eval.h5"))
+    with torch.no_grad():
+        scores = torch.sigmoid(vit(torch.stack([test[k][0] for k in range(len(test))]))).numpy()   # [12, 4]
+    truth = np.stack([test[k][1].numpy() for k in range(len(test))])                           # [12, 4]
+    assert m["metric"] == "mAP" and m["score"] == pytest.approx(
+        np.mean([average_precision_score(truth[:, c], scores[:, c]) for c in range(4)]), abs=1e-6)
+    assert m["test"]["AUC"] == pytest.approx(
+        np.mean([roc_auc_score(truth[:, c], scores[:, c]) for c in range(4)]), abs=1e-6)
     assert set(m["fingerprints"]["clips"]) == {"audioset_balanced_train.h5", "audioset_unbalanced_train.h5",
                                               "audioset_eval.h5"}
     assert not (tmp_path / "runs" / "as" / "confusion.png").exists()   # multi-label: no confusion matrix
@@ -187,7 +219,7 @@ def test_class_balance_weights_sampler_and_mixup():
 def test_fbank_masking_masks_raw_bins_of_training_items_only(tmp_path):
     """spec_mask=(freqm, timem): torchaudio masking on the raw fbank (0 before normalisation), a
     fresh draw per item from torch's seeded RNG; the presets put it on training data only."""
-    store = make_store(tmp_path / "s.h5", np.arange(4) % 2, ["a", "b"])
+    store = class_store(tmp_path / "s.h5", np.arange(4) % 2, ["a", "b"])
     plain = fd.ClipDataset(store)
     masked = fd.ClipDataset(store, spec_mask=(48, 60))
     zero = (0.0 - store.norm_mean) / (2 * store.norm_std)              # a masked raw bin, normalised
@@ -204,5 +236,5 @@ def test_fbank_masking_masks_raw_bins_of_training_items_only(tmp_path):
         cols = hit[k][0].all(dim=0)                                    # whole mel bins masked (frequency)
         assert (hit[k][0] == (rows[:, None] | cols[None, :])).all()
         assert rows.sum() < 60 and cols.sum() < 48
-    with pytest.raises(ValueError, match="freqm=-1"):
+    with pytest.raises(ConfigError, match="freqm=-1"):
         fd.ClipDataset(store, spec_mask=(-1, 0))

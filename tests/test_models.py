@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 
 def tiny_cfg(**kw) -> MAMConfig:
-    base = dict(encoder="tiny", encoder_depth=1, target_length=128, decoder_depth=2, decoder_dim=64,
+    base = dict(encoder="tiny", encoder_depth=1, decoder_depth=2, decoder_dim=64,
                 decoder_heads=2, cls_hidden=16, lambda_cls=0.5)
     return MAMConfig(**{**base, **kw})
 
@@ -33,7 +33,7 @@ def test_encoder_shapes(T):
         ids = torch.arange(5).expand(2, 5)
         assert enc.forward_visible(x, ids).shape == (2, 5, 192)
         enc.reset_head(5)
-        assert enc.forward_pooled(x).shape == (2, 5)
+        assert enc(x).shape == (2, 5)
 
 
 def test_sizes_and_depth_override():
@@ -135,7 +135,8 @@ OBJECTIVE_SETS = [list(c) for r in (1, 2, 3) for c in itertools.combinations(("r
 def test_each_objective_subset_trains(objectives):
     torch.manual_seed(0)
     multilabel = "rec" in objectives
-    model = MaskedAudioModel(tiny_cfg(objectives=objectives), target_dim=32, num_classes=5, multilabel=multilabel)
+    model = MaskedAudioModel(tiny_cfg(objectives=objectives), target_length=128, target_dim=32, num_classes=5,
+                             multilabel=multilabel)
     x, t = torch.randn(3, 1, 128, 128), torch.randn(3, 64, 32)
     y = (torch.rand(3, 5) > 0.5).float() if multilabel else torch.randint(0, 5, (3,))
     loss, parts, mask = model(x, t, y)
@@ -154,7 +155,8 @@ def test_each_objective_subset_trains(objectives):
 def test_deterministic_for_a_seed():
     def run():
         torch.manual_seed(3)
-        model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap", "cls"]), target_dim=32, num_classes=5)
+        model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap", "cls"]), target_length=128, target_dim=32,
+                                 num_classes=5)
         x, t, y = torch.randn(2, 1, 128, 128), torch.randn(2, 64, 32), torch.randint(0, 5, (2,))
         return model(x, t, y, generator=torch.Generator().manual_seed(11))
     (l1, p1, m1), (l2, p2, m2) = run(), run()
@@ -162,7 +164,7 @@ def test_deterministic_for_a_seed():
 
 
 def test_decoder_geometry_shift_and_patchify():
-    model = MaskedAudioModel(tiny_cfg(objectives=["rec"], target_length=256, decoder_depth=2), target_dim=None)
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec"], decoder_depth=2), target_length=256, target_dim=None)
     even, odd = model.decoder_blocks
     assert tuple(even.shift_size) == (0, 0) and tuple(odd.shift_size) == (2, 0)   # AudioMAE's (2, 0)
     assert tuple(odd.window_size) == (4, 4) and odd.feat_size == (16, 8) and odd.attn_mask is not None
@@ -175,7 +177,7 @@ def test_decoder_geometry_shift_and_patchify():
 
 
 def test_decoder_pads_a_grid_that_is_not_a_window_multiple():
-    model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap"], target_length=336), target_dim=16)
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap"]), target_length=336, target_dim=16)
     assert model.encoder.patch_grid == (21, 8) and tuple(model.decoder_blocks[1].shift_size) == (2, 0)
     loss, parts, mask = model(torch.randn(2, 1, 336, 128), torch.randn(2, 168, 16))
     loss.backward()
@@ -183,11 +185,11 @@ def test_decoder_pads_a_grid_that_is_not_a_window_multiple():
 
 
 def test_bad_model_inputs_are_rejected():
-    with pytest.raises(ValueError, match="non-empty subset"):
+    with pytest.raises(ConfigError, match="non-empty subset"):
         MAMConfig(objectives=[])
     with pytest.raises(ValueError, match="target_dim"):
-        MaskedAudioModel(tiny_cfg(objectives=["clap"]))
-    model = MaskedAudioModel(tiny_cfg(objectives=["clap"]), target_dim=32)
+        MaskedAudioModel(tiny_cfg(objectives=["clap"]), target_length=128)
+    model = MaskedAudioModel(tiny_cfg(objectives=["clap"]), target_length=128, target_dim=32)
     with pytest.raises(ValueError, match="per-patch"):
         model(torch.randn(1, 1, 128, 128), torch.randn(1, 8, 2, 32))
     with pytest.raises(ValueError, match=r"\[B,1,128,F\]"):
@@ -197,8 +199,10 @@ def test_bad_model_inputs_are_rejected():
 def test_config_loader_builds_mam_config():
     cfg = load_config(MAMConfig, None, ["objectives=rec,clap", "encoder_depth=2", "decoder_window=[4,2]"])
     assert cfg.objectives == ["rec", "clap"] and cfg.encoder_depth == 2 and cfg.decoder_window == [4, 2]
-    with pytest.raises((ConfigError, ValueError)):
+    with pytest.raises(ConfigError, match="defaults: objectives must be a non-empty subset"):
         load_config(MAMConfig, None, ["objectives=rec,foo"])
+    with pytest.raises(ConfigError, match="'huge' is not one of"):
+        load_config(MAMConfig, None, ["encoder=huge"])
 
 
 def test_finetuning_hooks():
@@ -221,9 +225,32 @@ def test_token_specaugment_only_in_training():
     g = lambda: torch.Generator().manual_seed(5)                            # noqa: E731
     enc.train()
     with torch.no_grad():
-        a, b = enc.forward_pooled(x, 0.25, 0.25, generator=g()), enc.forward_pooled(x, 0.25, 0.25, generator=g())
-        plain = enc.forward_pooled(x)
+        a, b = enc(x, 0.25, 0.25, generator=g()), enc(x, 0.25, 0.25, generator=g())
+        plain = enc(x)
     assert torch.equal(a, b) and not torch.allclose(a, plain)               # seeded, and it masks
     enc.eval()
     with torch.no_grad():
-        assert torch.equal(enc.forward_pooled(x, 0.5, 0.5), enc.forward_pooled(x))   # no masking in eval
+        assert torch.equal(enc(x, 0.5, 0.5), enc(x))                         # no masking in eval
+
+
+def test_forward_with_mask_probs_pools_only_the_kept_tokens():
+    """What PooledClassifier gave DDP, the encoder's own forward now does: drop whole time columns /
+    frequency rows (random_masking_2d with the same generator), run the blocks on the kept tokens,
+    mean-pool them. Checked against the kept tokens encoded on their own: a ViT without the masked
+    tokens in its input sees exactly that."""
+    torch.manual_seed(0)
+    enc = vit_tiny(depth=2, target_length=128, num_classes=3).train()
+    x = torch.randn(2, 1, 128, 128)
+    ids_keep, mask = random_masking_2d(2, enc.patch_grid, 0.25, 0.5, generator=torch.Generator().manual_seed(9))
+    assert ids_keep.shape == (2, 6 * 4)                                     # Kt = 8 * 0.75, Kf = 8 * 0.5
+    with torch.no_grad():
+        got = enc(x, 0.25, 0.5, generator=torch.Generator().manual_seed(9))              # [2, 3]
+        embedded = enc.patch_embed(x) + enc.pos_embed[:, 1:]                               # [2, 64, 192]
+        kept = torch.stack([embedded[b, ids_keep[b]] for b in range(2)])                 # [2, 24, 192]
+        h = torch.cat([(enc.cls_token + enc.pos_embed[:, :1]).expand(2, -1, -1), kept], dim=1)
+        for blk in enc.blocks:
+            h = blk(h)
+        want = enc.head(enc.fc_norm(h[:, 1:].mean(dim=1)))                               # [2, 3]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert mask.sum(1).tolist() == [64 - 24] * 2                         # 40 of 64 tokens masked
+        assert not torch.allclose(got, enc(x, 0.25, 0.5, generator=torch.Generator().manual_seed(10)))

@@ -1,7 +1,12 @@
 """Typed configs: a dataclass per stage, filled from a TOML preset plus `key=value` overrides.
 
 Unknown keys and values of the wrong type are rejected with a message that names the source
-(file or command line) and the key. Nested dataclasses are addressed with dots (`model.depth=4`).
+(file or command line) and the key. Nested dataclasses are addressed with dots (`model.encoder=tiny`).
+A dataclass may check its values in `__post_init__` by raising ConfigError.
+
+RunConfig holds what pretraining and fine-tuning share, under one name each; both stage configs
+(train.pretrain.PretrainConfig, train.finetune.FinetuneConfig) extend it. The lr is not configured:
+it is derived once from the base lr, `lr = blr * batch_size / 256` (AudioMAE's and mae's rule).
 """
 from __future__ import annotations
 
@@ -10,86 +15,124 @@ import json
 import tomllib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from cache_tools.errors import SupmamError
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+Amp = Literal["bf16", "fp16", "off"]
+EncoderSize = Literal["tiny", "small", "base"]       # train.models_vit.SIZES
 
 
 class ConfigError(SupmamError):
     pass
 
 
+@dataclass
+class RunConfig:
+    """The keys every training stage shares (each stage overrides the defaults that differ)."""
+    preset: str = ""              # the preset this config was loaded from (set by the loader)
+    stores: str = "data/stores"   # folder of the stores; an empty store path means the default name here
+    run_dir: str = "runs"         # runs go to <run_dir>/<name>/
+    name: str = ""                # "" = named after the preset
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    num_workers: int = 4
+    amp: Amp = "bf16"             # CUDA only; CPU runs in fp32
+    batch_size: int = 32          # clips per optimizer update, over all ranks (and micro-steps)
+    blr: float = 1e-3             # base lr: lr = blr * batch_size / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 60
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0        # max grad norm; 0 = off
+    log_every: int = 20           # updates between log lines
+
+    @property
+    def lr(self) -> float:
+        """The absolute peak lr (derived; printed and saved with the run)."""
+        return self.blr * self.batch_size / 256
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; parse strings from the command line."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} is not {tp}")
+        return _coerce_union(value, typing.get_args(tp), where)
     if origin in (list, tuple):
-        (inner, *_) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        items = [_coerce(v, inner, where) for v in value]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, origin, where)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {choices}")
         return value
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, where)
     raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _coerce_union(value: Any, args: tuple, where: str) -> Any:
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, where)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{where}: {value!r} is not one of the types {args}")
+
+
+def _coerce_sequence(value: Any, tp: Any, origin: type, where: str) -> list | tuple:
+    (inner, *_) = typing.get_args(tp) or (Any,)
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    items = [_coerce(v, inner, where) for v in value]
+    return tuple(items) if origin is tuple else items
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _as_number(tp: type, what: str):
+    """A parser for int or float values: TOML numbers (no bools; no floats for an int) or strings."""
+    def parse(value: Any, where: str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+    return parse
+
+
+def _as_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+_SCALARS = {bool: _as_bool, int: _as_number(int, "an integer"), float: _as_number(float, "a number"), str: _as_str}
 
 
 def _build(cls: type[T], data: dict, where: str) -> T:
@@ -97,9 +140,13 @@ def _build(cls: type[T], data: dict, where: str) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+        hint = " (lr is derived: set blr, lr = blr * batch_size / 256)" if "lr" in unknown else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}{hint}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:                          # a __post_init__ check
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _set_dotted(data: dict, key: str, value: str) -> None:
@@ -132,6 +179,8 @@ def load_config(cls: type[T], preset: str | Path | None, overrides: list[str] | 
         path = resolve_preset(preset, kind)
         data = _read_toml(path, kind)
         where = str(path)
+        if "preset" in {f.name for f in dataclasses.fields(cls)}:
+            data["preset"] = str(preset)
     else:
         where = "defaults"
     for ov in overrides or []:

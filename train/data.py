@@ -1,13 +1,14 @@
 """Pretraining data over the two stores: normalised fbank, label, cached CLAP targets (and the wave
-for `--teacher online`), read in a deterministic order that can start mid-epoch for resume.
+for `--teacher online`), read in a deterministic order that can start mid-epoch for resume; and what
+fine-tuning's data (train.finetune_data) shares with it: the fbank normalisation and the worker init.
 
     ds = PretrainDataset(clips_path, targets_path)        # validates the pair, opens lazily per process
     sampler = StepBatchSampler(len(ds), batch_size=128, accum_steps=1, rank=0, world_size=1, seed=0)
     loader = build_loader(ds, sampler, num_workers=4, pin_memory=True, seed=0)
     sampler.set_position(epoch, step_in_epoch); for batch in loader: ...
 
-A batch is a dict: `fbank` float32 [B,1,T,128] ((x - norm_mean) / (2 * norm_std), AudioMAE's
-normalisation), `label` (int64 [B] or float32 multi-hot [B,C]), `index` int64 [B], and optionally
+A batch is a dict: `fbank` float32 [B,1,T,128] (normalize_fbank: AudioMAE's normalisation),
+`label` (int64 [B] or float32 multi-hot [B,C]), `index` int64 [B], and optionally
 `targets` float16 [B,Tt,Ft,D] (the teacher's own grid; mapped to patches on the device) and
 `wave` float32 [B,S] in [-1, 1].
 """
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
 from cache_tools.target_store import TargetStore
+from train.config import ConfigError
 
 
 class StoreMismatch(SupmamError):
@@ -42,6 +44,11 @@ def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Pat
             f"target store {targets_path} holds {len(targets)} clips but the clip store "
             f"{clips.path} holds {len(clips)} (same fingerprint {clips.fingerprint}): the target store is "
             f"incomplete or was written wrongly; rerun `supmam targets --clips {clips.path} --out <target store>`.")
+
+
+def normalize_fbank(fbank: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """AudioMAE's input normalisation of a raw Kaldi fbank: (x - mean) / (2 * std), same shape."""
+    return (fbank - mean) / (2.0 * std)
 
 
 class PretrainDataset(Dataset):
@@ -83,7 +90,7 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         fb = torch.from_numpy(np.asarray(self.clips.fbank(i), dtype=np.float32))   # [T,128]
-        fb = ((fb - self.norm_mean) / (2.0 * self.norm_std)).unsqueeze(0)          # [1,T,128]
+        fb = normalize_fbank(fb, self.norm_mean, self.norm_std).unsqueeze(0)        # [1,T,128]
         item = {"fbank": fb, "label": torch.as_tensor(self.clips.label(i)), "index": torch.tensor(i)}
         if self.targets_path is not None:
             item["targets"] = torch.from_numpy(np.ascontiguousarray(self.targets[i]))  # f16 [Tt,Ft,D]
@@ -105,10 +112,10 @@ class StepBatchSampler(Sampler[list[int]]):
     def __init__(self, num_clips: int, batch_size: int, accum_steps: int, rank: int, world_size: int, seed: int):
         per = accum_steps * world_size
         if batch_size % per:
-            raise ValueError(f"batch_size={batch_size} (global, per update) must divide evenly over "
+            raise ConfigError(f"batch_size={batch_size} (global, per update) must divide evenly over "
                              f"accum_steps={accum_steps} x world_size={world_size}")
         if num_clips < batch_size:
-            raise ValueError(f"the store holds {num_clips} clips, fewer than one batch (batch_size={batch_size})")
+            raise ConfigError(f"the store holds {num_clips} clips, fewer than one batch (batch_size={batch_size})")
         self.n, self.batch_size, self.accum, self.rank, self.world, self.seed = (
             num_clips, batch_size, accum_steps, rank, world_size, seed)
         self.micro_batch = batch_size // per

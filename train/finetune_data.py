@@ -1,8 +1,9 @@
 """Fine-tuning data over clip stores: normalised fbank datasets, samplers, AudioMAE-style mixup.
 
-A clip store holds raw Kaldi fbank; the loader applies AudioMAE's `(x - mean) / (2 * std)` with the
-store's per-dataset constants. AS-2M uses AudioMAE's class-balancing sampler: each clip weighs
-the sum over its labels of 1000 / (label count + 0.01), and an epoch draws `epoch_len` clips.
+A clip store holds raw Kaldi fbank; the loader normalises it as pretraining does
+(train.data.normalize_fbank, with the store's per-dataset constants). AS-2M uses AudioMAE's
+class-balancing sampler: each clip weighs the sum over its labels of 1000 / (label count + 0.01),
+and an epoch draws `epoch_len` clips.
 """
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Sampler
 
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
+from train.config import ConfigError
+from train.data import normalize_fbank
 
 
 class DataError(SupmamError):
     pass
 
 
-def open_stores(stores_dir: str | Path, names: Sequence[str]) -> list[ClipStore]:
-    """Open `stores_dir/name` for each name; a missing file names itself and how to make it."""
+def open_stores(paths: Sequence[str | Path]) -> list[ClipStore]:
+    """Open each clip store; a missing file names itself and how to make it."""
     out = []
-    for name in names:
-        path = Path(stores_dir) / name
+    for path in map(Path, paths):
         if not path.exists():
             raise DataError(f"{path}: clip store not found (build the stores with `make prepare`, "
-                            f"or point --stores at the folder that holds {name})")
+                            f"or point `stores` (--stores) at the folder that holds {path.name})")
         out.append(ClipStore(path))
     return out
 
@@ -61,7 +63,7 @@ class ClipDataset(Dataset):
         self.mean, self.std = norm if norm is not None else (store.norm_mean, store.norm_std)
         freqm, timem = spec_mask
         if freqm < 0 or timem < 0:
-            raise ValueError(f"{store.path}: fbank masking widths must be >= 0, got freqm={freqm}, timem={timem}")
+            raise ConfigError(f"{store.path}: fbank masking widths must be >= 0, got freqm={freqm}, timem={timem}")
         self.masks = ([torchaudio.transforms.FrequencyMasking(freqm)] if freqm > 0 else []) + \
                      ([torchaudio.transforms.TimeMasking(timem)] if timem > 0 else [])
 
@@ -76,7 +78,7 @@ class ClipDataset(Dataset):
             for mask in self.masks:
                 spec = mask(spec)
             fb = spec.squeeze(0).T                                        # [T, 128]
-        x = ((fb - self.mean) / (2 * self.std)).unsqueeze(0)             # [1, T, 128]
+        x = normalize_fbank(fb, self.mean, self.std).unsqueeze(0)        # [1, T, 128]
         y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
         return x, y
 

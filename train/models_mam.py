@@ -3,7 +3,8 @@
 Public API
 ----------
 @dataclass MAMConfig  (nested in the pretraining config; see fields below)
-MaskedAudioModel(cfg, target_dim=None, num_classes=None, multilabel=False)
+MaskedAudioModel(cfg, target_length=1024, target_dim=None, num_classes=None, multilabel=False)
+  target_length (fbank frames) is the clip store's, not configured: pretraining reads it from the store
   .encoder                    AudioViT (train.models_vit), keys stored under the `encoder.` prefix
   .patchify(x [B,1,T,F]) -> [B,N,p*p]      .unpatchify([B,N,p*p]) -> [B,1,T,F]   (grid derived)
   .forward_encoder(x, ratio, generator=None) -> (latent [B,K,D], ids_keep [B,K], ids_restore [B,N], mask [B,N])
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 
+from train.config import ConfigError, EncoderSize
 from train.losses import clap_loss, cls_loss, rec_loss
 from train.masking import gather_tokens, random_masking
 from train.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
@@ -44,9 +46,8 @@ OBJECTIVES = ("rec", "clap", "cls")
 
 @dataclass
 class MAMConfig:
-    encoder: str = "base"                  # tiny | small | base
+    encoder: EncoderSize = "base"          # tiny | small | base
     encoder_depth: int | None = None       # None: the size's 12 blocks
-    target_length: int = 1024              # fbank frames
     objectives: list[str] = field(default_factory=lambda: ["clap", "cls"])  # subset of rec, clap, cls
     mask_ratio: float = 0.2
     decoder_depth: int = 1                 # CLAP presets 1; AudioMAE / SupMAM 16
@@ -63,18 +64,18 @@ class MAMConfig:
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or bad or len(set(self.objectives)) != len(self.objectives):
-            raise ValueError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
+            raise ConfigError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.target_head_init not in ("stats", "mae"):
-            raise ValueError(f"target_head_init must be 'stats' or 'mae', got {self.target_head_init!r}")
+            raise ConfigError(f"target_head_init must be 'stats' or 'mae', got {self.target_head_init!r}")
         if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:
-            raise ValueError("decoder_window and decoder_shift are [time, frequency] pairs")
+            raise ConfigError("decoder_window and decoder_shift are [time, frequency] pairs")
 
 
 class MaskedAudioModel(nn.Module):
-    def __init__(self, cfg: MAMConfig, target_dim: int | None = None, num_classes: int | None = None,
-                 multilabel: bool = False):
+    def __init__(self, cfg: MAMConfig, target_length: int = 1024, target_dim: int | None = None,
+                 num_classes: int | None = None, multilabel: bool = False):
         super().__init__()
         self.cfg, self.multilabel = cfg, multilabel
         self.objectives = set(cfg.objectives)
@@ -82,7 +83,7 @@ class MaskedAudioModel(nn.Module):
             raise ValueError("the clap objective needs target_dim (the teacher's token dim)")
         if "cls" in self.objectives and not num_classes:
             raise ValueError("the cls objective needs num_classes")
-        self.encoder = build_encoder(cfg.encoder, cfg.encoder_depth, cfg.target_length)
+        self.encoder = build_encoder(cfg.encoder, cfg.encoder_depth, target_length)
         D, grid, p = self.encoder.embed_dim, self.encoder.patch_grid, self.encoder.patch
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         if self.objectives & {"rec", "clap"}:
@@ -174,7 +175,7 @@ class MaskedAudioModel(nn.Module):
 
     def forward(self, fbank: Tensor, targets: Tensor | None = None, labels: Tensor | None = None,
                 generator: torch.Generator | None = None):
-        T = self.cfg.target_length
+        T = self.encoder.patch_grid[0] * self.encoder.patch                 # fbank frames
         if fbank.dim() != 4 or fbank.shape[2] != T:
             raise ValueError(f"MaskedAudioModel expects fbank [B,1,{T},F], got {tuple(fbank.shape)}")
         latent, _, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)

@@ -7,18 +7,20 @@ AudioViT(target_length=1024, n_mels=128, patch=16, embed_dim=768, depth=12, num_
   .patch_grid -> (Tp, Fp)   .num_patches -> Tp*Fp   .embed_dim -> D     (for target_length frames)
   .forward_tokens(x [B,1,T,n_mels]) -> [B,N,D]   patch tokens after the final norm (no cls)
   .forward_visible(x, ids_keep [B,K]) -> [B,K,D] encode only the kept tokens (+ cls), normed, no cls
-  .forward_pooled(x, mask_t_prob=0., mask_f_prob=0., generator=None) -> logits [B,C]
+  .forward(x, mask_t_prob=0., mask_f_prob=0., generator=None) -> logits [B,C]
         AudioMAE global_pool: blocks -> mean of patch tokens -> fc_norm -> head (`norm` unused).
         fc_norm and head exist only with num_classes > 0 (else Identity: pooled features), so a
         pretraining encoder has no unused parameters (DDP) and exports AudioMAE's pretrained keys.
         In training mode, token-level SpecAugment (AudioMAE's random_masking_2d) drops whole time
-        columns / frequency rows first. forward(x) == forward_pooled(x).
+        columns / frequency rows first (the mean pools the kept tokens). The mask probabilities are
+        forward arguments, so fine-tuning wraps the encoder itself in DDP.
   .reset_head(num_classes, drop_norm=True)  fresh head (trunc-normal std 2e-5, as AudioMAE fine-tuning),
         a fresh fc_norm if there was none (AudioMAE's fine-tuning initialises it anew);
         drop_norm replaces the unused final `norm` by Identity (AudioMAE deletes it; DDP-friendly).
   .no_weight_decay(), .group_matcher(coarse=False)   as timm's VisionTransformer, so
         timm.optim.param_groups_layer_decay gives one layer id per block.
 vit_tiny / vit_small / vit_base(depth=None, target_length=1024, **kw); build_encoder(name, ...).
+describe(vit) -> dict   the constructor arguments that rebuild it (`AudioViT(**describe(vit))`).
 sincos_pos_embed(dim, grid, layout, width=None) -> [Tp*Fp, D]
 
 Tokens are time-major: token n = t * Fp + f (a conv patch embed with H = time gives this).
@@ -176,8 +178,8 @@ class AudioViT(nn.Module):
         tokens = gather_tokens(tokens, ids_keep)                                # [B,K,D]
         return self.norm(self.run_blocks(tokens, cls))[:, 1:]                   # [B,K,D]
 
-    def forward_pooled(self, x: Tensor, mask_t_prob: float = 0.0, mask_f_prob: float = 0.0,
-                       generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask_t_prob: float = 0.0, mask_f_prob: float = 0.0,
+                generator: torch.Generator | None = None) -> Tensor:
         tokens, cls = self.embed(x)                                             # [B,N,D]
         if self.training and (mask_t_prob > 0 or mask_f_prob > 0):
             ids_keep, _ = random_masking_2d(x.shape[0], self._grid_of(x), mask_t_prob, mask_f_prob,
@@ -185,9 +187,6 @@ class AudioViT(nn.Module):
             tokens = gather_tokens(tokens, ids_keep)                            # [B,Kt*Kf,D]
         h = self.run_blocks(tokens, cls)[:, 1:].mean(dim=1)                     # [B,D] mean of patch tokens
         return self.head(self.fc_norm(h))                                       # [B,C]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_pooled(x)
 
     # ---- fine-tuning helpers ----------------------------------------------------------------------
     def reset_head(self, num_classes: int, drop_norm: bool = True) -> None:
@@ -209,6 +208,15 @@ class AudioViT(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^cls_token|pos_embed|patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+
+def describe(vit: AudioViT) -> dict:
+    """The constructor arguments that rebuild `vit` (fine-tuning checkpoints save them as `model_args`)."""
+    blk = vit.blocks[0]
+    return {"target_length": vit.patch_grid[0] * vit.patch, "n_mels": vit.n_mels, "patch": vit.patch,
+            "embed_dim": vit.embed_dim, "depth": len(vit.blocks), "num_heads": blk.attn.num_heads,
+            "mlp_ratio": blk.mlp.fc1.out_features / vit.embed_dim, "pos_layout": vit.pos_layout,
+            "pos_width": vit.pos_width}
 
 
 SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}  # (dim, depth, heads)
