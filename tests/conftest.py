@@ -6,3 +6,25 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """torchrun(code) runs the Python lines `code` in 2 CPU processes (gloo, one torch thread each;
+    a hang fails after 120 s with every thread's stack) and returns the CompletedProcess."""
+    def run(code: str, nproc: int = 2) -> subprocess.CompletedProcess:
+        script = tmp_path / "torchrun_script.py"
+        script.write_text("import faulthandler, torch\nfaulthandler.dump_traceback_later(120, exit=True)\n"
+                          f"torch.set_num_threads(1)\n{code}\n")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               str(nproc), str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return run

@@ -100,26 +100,14 @@ def test_spc2_like_finetune_beats_chance_and_is_deterministic(tmp_path):
     assert all(torch.equal(sb[k], sc[k]) for k in sb)                 # same seed, same weights
 
 
-def test_ddp_two_processes_wrap_the_encoder(tmp_path):
+def test_ddp_two_processes_wrap_the_encoder(tmp_path, torchrun):
     """torchrun, 2 CPU processes (gloo): DDP wraps the AudioViT itself (the token-masking probabilities
     are forward arguments); rank 0 evaluates and writes the run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
     spc_stores(tmp_path, "spc2", 3, per_class=(4, 1, 1))
     ov = [*TINY, "epochs=1", "mask_t_prob=0.25", "mask_f_prob=0.25", f"stores={tmp_path}",
           f"run_dir={tmp_path / 'runs'}", "name=ddp", "init=none", "device=cpu"]
-    script = tmp_path / "ddp_finetune.py"
-    script.write_text(
-        "import faulthandler, torch\nfaulthandler.dump_traceback_later(120, exit=True)  # a hang fails with stacks\n"
-        "torch.set_num_threads(1)\n"
-        "from train.finetune import load_finetune_config, run_finetune\n"
-        f"run_finetune(load_finetune_config('spc2-mini', {ov!r}, task='spc2'))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    r = torchrun("from train.finetune import load_finetune_config, run_finetune\n"
+                 f"run_finetune(load_finetune_config('spc2-mini', {ov!r}, task='spc2'))")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
     assert json.loads((run / "config.json").read_text())["derived"]["world_size"] == 2

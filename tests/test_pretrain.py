@@ -3,9 +3,6 @@ targets, mismatched stores and unknown config keys are refused. Tiny models, T=1
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +16,6 @@ from train.config import ConfigError
 from train.data import StepBatchSampler, StoreMismatch, check_stores
 from train.lr_sched import build_scheduler
 from train.pretrain import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +100,11 @@ def test_store_count_mismatch_is_refused(stores):
         check_stores(clips, short, "t.zarr")
 
 
-def test_ddp_two_processes_gloo(stores, tmp_path):
-    script = tmp_path / "ddp_run.py"
+def test_ddp_two_processes_gloo(stores, tmp_path, torchrun):
     args = [f"clips={stores['clips']}", f"targets={stores['targets']}", f"run_dir={tmp_path}", "name=ddp",
             *TINY, "batch_size=8", "max_steps=3", "accum_steps=2"]
-    script.write_text(
-        "import faulthandler, torch\nfaulthandler.dump_traceback_later(120, exit=True)  # a hang fails with stacks\n"
-        "torch.set_num_threads(1)\n"
-        "from train.pretrain import load_pretrain_config, run_pretrain\n"
-        f"run_pretrain(load_pretrain_config('supmam-clap', {args!r}))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    r = torchrun("from train.pretrain import load_pretrain_config, run_pretrain\n"
+                 f"run_pretrain(load_pretrain_config('supmam-clap', {args!r}))")
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoint-final.pt", weights_only=True)
     assert state["step"] == 3 and state["derived"]["world_size"] == 2 and state["derived"]["micro_batch"] == 2
