@@ -55,7 +55,8 @@ def test_esc50_five_fold_cross_validation(tmp_path):
     moved.mkdir()
     (tmp_path / "esc50.h5").rename(moved / "esc50.h5")
     ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=moved)   # same name elsewhere
-    assert ev["test_set"] == f"{moved / 'esc50.h5'} fold 3" and ev["accuracy"] == pytest.approx(m["folds"][2]["accuracy"])
+    assert ev["test_set"] == f"{moved / 'esc50.h5'} fold 3"
+    assert ev["accuracy"] == pytest.approx(m["folds"][2]["accuracy"])
 
 
 def test_spc1_uses_twelve_classes(tmp_path):

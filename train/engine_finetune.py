@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from train.lr_sched import build_scheduler
 from train.metrics import task_metrics
 from train.models_vit import AudioViT, describe
 from train.tasks import Task
+
+if TYPE_CHECKING:
+    from train.finetune import FinetuneConfig
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Loss:
     num_classes: int
 
 
-def make_loss(cfg, task: Task, num_classes: int) -> Loss:
+def make_loss(cfg: FinetuneConfig, task: Task, num_classes: int) -> Loss:
     kind = cfg.loss if cfg.loss != "auto" else ("bce" if task.multilabel else "ce")
     if kind == "bce":
         return Loss(torch.nn.BCEWithLogitsLoss(), True, num_classes)
@@ -87,7 +91,8 @@ class RunLog:
 
     def train(self, step: int, loss: float, lr: float) -> None:
         rate = step * self.batch / max(time.time() - self.t0, 1e-9)
-        self._write(self.train_fh, {"step": step, "epoch": step / self.spe, "loss": loss, "lr": lr, "clips_per_s": rate})
+        self._write(self.train_fh, {"step": step, "epoch": step / self.spe, "loss": loss, "lr": lr,
+                                    "clips_per_s": rate})
 
     def eval(self, rec: dict) -> None:
         self._write(self.eval_fh, rec)
@@ -106,8 +111,8 @@ class RunLog:
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, sched,
-                    scaler: torch.amp.GradScaler, loss: Loss, cfg, step: int, rng: np.random.Generator,
-                    log: RunLog) -> int:
+                    scaler: torch.amp.GradScaler, loss: Loss, cfg: FinetuneConfig, step: int,
+                    rng: np.random.Generator, log: RunLog) -> int:
     """One pass over `loader`: lr -> mixup -> forward (token SpecAugment) -> backward -> clip -> step -> log.
     Returns the update count after the epoch."""
     device = next(model.parameters()).device
@@ -155,7 +160,7 @@ def evaluate(vit: AudioViT, ds: Dataset, multilabel: bool, device: torch.device,
     return EvalResult(task_metrics(s, t, multilabel), s, t)
 
 
-def train_loader(cfg, ds: Dataset, sampler: Sampler, world_size: int) -> DataLoader:
+def train_loader(cfg: FinetuneConfig, ds: Dataset, sampler: Sampler, world_size: int) -> DataLoader:
     per_rank = max(1, cfg.batch_size // world_size)
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
                       drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=worker_init,
@@ -165,7 +170,7 @@ def train_loader(cfg, ds: Dataset, sampler: Sampler, world_size: int) -> DataLoa
 class Selection:
     """Evaluates after an epoch, keeps the model to report and writes the checkpoints (main rank)."""
 
-    def __init__(self, cfg, task: Task, data: Splits, out: Path, device: torch.device, info: dict):
+    def __init__(self, cfg: FinetuneConfig, task: Task, data: Splits, out: Path, device: torch.device, info: dict):
         self.cfg, self.task, self.out, self.device, self.info = cfg, task, out, device, info
         self.split, self.ds = ("valid", data.valid) if data.valid is not None else ("test", data.test)
         self.best, self.epoch, self.state, self.history = -math.inf, -1, None, []
@@ -191,7 +196,7 @@ class Selection:
             save_checkpoint(self.out / "checkpoint-final.pt", state)
 
 
-def fit(cfg, vit: AudioViT, data: Splits, task: Task, out: Path, dist: distributed.DistInfo,
+def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path, dist: distributed.DistInfo,
         info: dict) -> FitResult | None:
     """Train `vit` on data.train; select on data.valid (or take the last epoch); report on data.test.
     `info` (class names, input length, store fingerprints, fold) goes into every checkpoint."""
@@ -229,7 +234,8 @@ def fit(cfg, vit: AudioViT, data: Splits, task: Task, out: Path, dist: distribut
             vit.load_state_dict(sel.state)
         test = evaluate(vit, data.test, task.multilabel, dist.device, cfg.eval_batch_size,
                         resolve_amp(cfg.amp, dist.device))
-        log.eval({"step": step, "epoch": cfg.epochs, "final": True, **{f"test_{k}": v for k, v in test.metrics.items()}})
+        log.eval({"step": step, "epoch": cfg.epochs, "final": True,
+                  **{f"test_{k}": v for k, v in test.metrics.items()}})
         log.close()
         result = FitResult(test, f"best valid {task.metric}" if data.valid is not None else "last epoch", sel.epoch,
                            sel.history, sel.best if data.valid is not None else None, round(time.time() - log.t0, 1))
