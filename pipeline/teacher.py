@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from cache_tools.errors import StoreError, SupmamError
 from cache_tools.fingerprint import file_sha256
+from cache_tools.safe_load import LAION_CLAP, safe_torch_load
 from pipeline.teacher_input import FusionMel, layout_batch, quantize_int16, resample
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ FUSION_TYPE = "aff_2d"        # what laion-clap's fusion checkpoints use (hook.p
 AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-class TeacherError(Exception):
+class TeacherError(SupmamError):
     """A checkpoint or model config that cannot make a teacher; the message names the file."""
 
 
@@ -79,13 +81,9 @@ def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
     "audio_branch.*" keys are kept (text branch, projections and logit scales are ignored).
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_err:                          # official files may pickle more than tensors
-        log.info("%s: weights-only load failed (%s); loading the full pickle", path, safe_err)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise TeacherError(f"{path}: not a readable torch checkpoint ({err})") from err
+        ckpt = safe_torch_load(path, allow=LAION_CLAP)   # weights only: numpy lr scalars allowed, no code
+    except StoreError as err:
+        raise TeacherError(str(err)) from None
     sd = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise TeacherError(f"{path}: expected a state dict (or a dict with 'state_dict') of tensors")

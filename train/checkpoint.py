@@ -3,7 +3,7 @@
 Public API
 ----------
 save_checkpoint(path, state: dict) -> Path     atomic: tmp file in the same dir, fsync, os.replace
-load_checkpoint(path, map_location="cpu") -> dict     CheckpointError naming the file on any problem
+load_checkpoint(path, map_location="cpu") -> dict     weights-only; CheckpointError naming the file on any problem
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
     checkpoint holds the whole MaskedAudioModel, whose encoder keys carry the `encoder.` prefix;
@@ -23,7 +23,6 @@ class CheckpointError(Exception)
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -31,14 +30,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cache_tools.errors import StoreError, SupmamError
+from cache_tools.safe_load import AUDIOMAE, OURS, safe_torch_load
 from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
 
 
-class CheckpointError(Exception):
-    pass
+class CheckpointError(SupmamError):
+    """A checkpoint that cannot (or must not) be loaded; the message names the file."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -63,18 +64,15 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Tensors-only load first; files that pickle other objects (AudioMAE's hold an argparse
-    Namespace, ours numpy RNG states) fall back to a full unpickle: load only files you trust."""
+    """Weights-only load (cache_tools.safe_load), never a full unpickle: tensors, plain containers,
+    our RNG states' numpy arrays and AudioMAE's argparse.Namespace; anything else is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        try:
-            ck = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any decoding problem becomes one clear message
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+        ck = safe_torch_load(path, allow=OURS + AUDIOMAE, map_location=map_location)
+    except StoreError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ck).__name__}")
     return ck
