@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cache_tools import clip_store
 from cache_tools.fingerprint import json_fingerprint
+from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
@@ -117,8 +118,14 @@ def source_fingerprint(spec: DatasetSpec, block_size: int) -> str:
 
 def prepare(spec: DatasetSpec, out: Path | str, workers: int | None = None, block_size: int = BLOCK_SIZE,
             progress: bool = True) -> dict:
-    """Write `spec` to the clip store `out`; returns the report. Skips a complete store of the same input."""
+    """Write `spec` to the clip store `out`; returns the report. Skips a complete store of the same input.
+    One writer per store: a second run on the same `out` is refused at once (`out.lock`)."""
     out = Path(out)
+    with writer_lock(out, "prepare"):
+        return _prepare(spec, out, workers, block_size, progress)
+
+
+def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int, progress: bool) -> dict:
     source = source_fingerprint(spec, block_size)
     if out.exists():
         attrs = clip_store.check_store(out)

@@ -6,6 +6,7 @@ takes shards r, r+K, ...), writes the same bytes as a single uninterrupted proce
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
+from cache_tools.writer_lock import writer_lock
 
 HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
 
@@ -87,7 +89,8 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
                   device: str = "cpu", clips_per_shard: int | None = None, workers: int = 0,
                   compression: str | None = None, progress: bool = True) -> dict:
     """Run `teacher` over every clip of `clips` (a ClipStore or the same interface) into the target
-    store `out`, skipping complete shards. Returns a summary dict (rank 0's view)."""
+    store `out`, skipping complete shards. Returns a summary dict (rank 0's view). One writer per
+    store: rank 0 holds `out.lock`; a second `targets` run on the same `out` is refused at once."""
     rank, world, started = _init_distributed(device)
     t0 = time.perf_counter()
     n, s = len(clips), len(clips.wave(0))
@@ -96,11 +99,14 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         (tt, ft), d = identity.pop("grid"), int(teacher.dim)
     else:  # any other teacher: one forward on silence tells the geometry
         _, tt, ft, d = _token_grid(teacher, torch.zeros(1, s), device).shape  # [1, Tt, Ft, D]
+    lock = contextlib.ExitStack()
     error = None
-    if rank == 0:  # rank 0 creates the array (or checks the existing one) before anyone writes
+    if rank == 0:  # rank 0 takes the writer lock and creates the array (or checks it) before anyone writes
         try:
+            lock.enter_context(writer_lock(out, "targets"))
             init_store(out, n, (tt, ft), d, identity, clips_per_shard, compression)
         except Exception as e:  # noqa: BLE001 - every rank learns of it below, so none writes or hangs
+            lock.close()
             error = e
     verdict = [None if error is None else str(error)]
     if world > 1:  # also orders creation before any other rank opens the store
@@ -109,6 +115,21 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         raise error
     if verdict[0] is not None:
         raise StoreError(out, f"rank 0 refused the store: {verdict[0]}")
+    with lock:
+        summary = _compute(clips, out, teacher, (tt, ft, d), rank, world, batch_size, device, workers, progress)
+    if started:
+        dist.destroy_process_group()
+    summary.update(clips=n, teacher=identity["teacher"], checkpoint=identity["checkpoint_sha256"],
+                   seconds=time.perf_counter() - t0)
+    if rank == 0 and progress:
+        print(summary_line(summary), flush=True)
+    return summary
+
+
+def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_size: int, device: str,
+             workers: int, progress: bool) -> dict:
+    """This rank's unfinished shards -> the store; finalize on rank 0. Returns the summary's counts."""
+    tt, ft, d = geometry
     writer = ShardWriter(out)
     mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
     loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),
@@ -131,15 +152,8 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     _barrier(world)
     complete = finalize(out) if rank == 0 else None
     _barrier(world)
-    if started:
-        dist.destroy_process_group()
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "clips": n, "computed": todo, "shards": writer.num_shards,
-               "complete": complete, "teacher": identity["teacher"], "checkpoint": identity["checkpoint_sha256"],
-               "grid": [tt, ft], "dim": d, "seconds": seconds, "rank": rank, "world": world}
-    if rank == 0 and progress:
-        print(summary_line(summary), flush=True)
-    return summary
+    return {"out": str(out), "computed": todo, "shards": writer.num_shards, "complete": complete,
+            "grid": [tt, ft], "dim": d, "rank": rank, "world": world}
 
 
 def summary_line(s: dict) -> str:
