@@ -8,6 +8,7 @@ Layout of the store: docs/contracts.md ("Clip store").
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from cache_tools.fingerprint import clip_fingerprint
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
+CHECKSUM_BLOCK = 64                 # clips per checksum: sha256 over each clip's fbank, wave, label bytes
+CHECKSUM_ABOUT = f"sha256 per {CHECKSUM_BLOCK} clips over each clip's fbank, wave and labels row (little-endian)"
 
 
 def parts_dir(path: Path | str) -> Path:
@@ -117,6 +120,7 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     tmp = tmp_path(path)
     clip_ids: list[str] = []
     total, total_sq, count = 0.0, 0.0, 0
+    sums = BlockChecksums()
     with h5py.File(tmp, "w") as out:
         dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
                                        chunks=(1, *shape) if k in ("fbank", "wave") else None)
@@ -127,17 +131,23 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
             if c == 0:
                 continue
             with h5py.File(p, "r") as f:
+                block = {k: f[k][:] for k in dsets}
                 for k, ds in dsets.items():
-                    ds[offset:offset + c] = f[k][:]
+                    ds[offset:offset + c] = block[k]
+                sums.add(block["fbank"], block["wave"], block["labels"])
                 clip_ids += list(f["clip_id"].asstr()[:])
-                fb = f["fbank"][:].astype(np.float64)              # [c,T,F]
+                fb = block["fbank"].astype(np.float64)             # [c,T,F]
                 total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
             offset += c
         ids[:] = np.array(clip_ids, dtype=object)
+        digests = sums.finish()
+        out.create_dataset("checksums", data=np.array(digests, dtype="S64"))   # [ceil(N/64)] hex sha256
         mean = total / count
         computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped),
                         stats_mean=float(mean), stats_std=float(np.sqrt(max(total_sq / count - mean * mean, 0.0))),
-                        fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"]))
+                        checksum_block=CHECKSUM_BLOCK, checksum=CHECKSUM_ABOUT,
+                        fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
+                                                     content=content_digest(digests)))
         for k, v in {**attrs, **computed}.items():
             out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
         out.attrs["complete"] = True                               # last: marks a finished file
@@ -147,6 +157,66 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     os.replace(tmp, path)
     shutil.rmtree(d)
     return report
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def _row_bytes(x: np.ndarray) -> np.ndarray:
+    """[n, ...] -> [n, bytes] little-endian rows, so digests do not depend on the machine."""
+    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+    return x.reshape(len(x), -1).view(np.uint8)
+
+
+class BlockChecksums:
+    """sha256 per CHECKSUM_BLOCK consecutive clips, fed clips in store order in runs of any length."""
+
+    def __init__(self):
+        self.digests: list[str] = []
+        self._h, self._in = hashlib.sha256(), 0
+
+    def add(self, fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray) -> None:
+        fb, wv, lab = _row_bytes(fbank), _row_bytes(wave), _row_bytes(labels.reshape(len(labels), -1))
+        for i in range(len(fb)):
+            for row in (fb[i], wv[i], lab[i]):
+                self._h.update(row)
+            self._in += 1
+            if self._in == CHECKSUM_BLOCK:
+                self.digests.append(self._h.hexdigest())
+                self._h, self._in = hashlib.sha256(), 0
+
+    def finish(self) -> list[str]:
+        if self._in:
+            self.digests.append(self._h.hexdigest())
+            self._h, self._in = hashlib.sha256(), 0
+        return self.digests
+
+
+def content_digest(digests: list[str]) -> str:
+    """One sha256 over the ordered block checksums: what the fingerprint takes of the contents."""
+    return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
+
+
+def verify_checksums(path: Path | str) -> list[str]:
+    """Problems found by recomputing every block's checksum (empty: contents intact)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if "checksums" not in f:
+            return [f"{path}: no checksums (old store): its contents cannot be verified; "
+                    "rebuild it with `supmam prepare` to add them"]
+        recorded = [d.decode("ascii") for d in f["checksums"][:]]
+        block, n = int(f.attrs.get("checksum_block", CHECKSUM_BLOCK)), len(f["fbank"])
+        if block != CHECKSUM_BLOCK or len(recorded) != -(-n // block):
+            return [f"{path}: checksums describe {len(recorded)} blocks of {block} clips, the store holds {n} clips"]
+        bad = []
+        for b, want in enumerate(recorded):
+            sums = BlockChecksums()
+            rows = slice(b * block, min(n, (b + 1) * block))
+            sums.add(f["fbank"][rows], f["wave"][rows], f["labels"][rows])
+            if sums.finish() != [want]:
+                bad.append(b)
+    return [f"{path}: clips {b * block}..{min(n, (b + 1) * block) - 1} corrupt (block {b} fails its sha256)"
+            for b in bad]
 
 
 # ---------------------------------------------------------------- reader

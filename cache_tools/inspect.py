@@ -38,19 +38,20 @@ def inspect_store(path) -> str:
 
 
 def verify_store(path, clips=None) -> list[str]:
-    """Problems found (empty list: all good). Target store: every shard's record and sha256;
-    with `clips`, the clip store's fingerprint against the one the targets were made from."""
+    """Problems found (empty list: all good). Clip store: every block's sha256 (a store written
+    before checksums existed reports "no checksums (old store)"). Target store: every shard's
+    record and sha256; with `clips`, the clip store's fingerprint against the targets' record."""
     path = Path(path)
     if not path.exists():
         return [f"{path}: no such file or directory"]
     if not is_target_store(path):
-        from cache_tools.clip_store import ClipStore
+        from cache_tools.clip_store import ClipStore, verify_checksums
 
         try:
             ClipStore(path)
         except StoreError as e:
             return [str(e)]
-        return []
+        return verify_checksums(path)
     try:
         a = read_attrs(path)
         writer = ShardWriter(path)
