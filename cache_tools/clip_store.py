@@ -8,7 +8,7 @@ Layout of the store: docs/contracts.md ("Clip store").
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import shutil
@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 
 from cache_tools.atomic import atomic_write_text
+from cache_tools.clip_checksums import CHECKSUM_ABOUT, CHECKSUM_BLOCK, BlockChecksums, content_digest
+from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import clip_fingerprint
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
-CHECKSUM_BLOCK = 64                 # clips per checksum: sha256 over each clip's fbank, wave, label bytes
-CHECKSUM_ABOUT = f"sha256 per {CHECKSUM_BLOCK} clips over each clip's fbank, wave and labels row (little-endian)"
 
 
 def parts_dir(path: Path | str) -> Path:
@@ -78,16 +78,23 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
     """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n]."""
     out = part_path(d, block)
     tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("fbank", data=fbank.astype(np.float16))
-        f.create_dataset("wave", data=wave.astype(np.int16))
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        if folds is not None:
-            f.create_dataset("fold", data=folds.astype(np.int8))
-        f.attrs["skipped"] = json.dumps(skipped)
-    _fsync(tmp)
-    os.replace(tmp, out)
+    need = fbank.size * 2 + wave.size * 2 + labels.nbytes + 2**20
+    if free_bytes(d) < need:     # h5py on a full file system may crash the process instead of raising
+        raise OSError(errno.ENOSPC, f"No space left on device (need {need} bytes for {out.name})", str(d))
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("fbank", data=fbank.astype(np.float16))
+            f.create_dataset("wave", data=wave.astype(np.int16))
+            f.create_dataset("labels", data=labels)
+            f.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+            if folds is not None:
+                f.create_dataset("fold", data=folds.astype(np.int8))
+            f.attrs["skipped"] = json.dumps(skipped)
+        _fsync(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -117,7 +124,25 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     if n == 0:
         _atomic_json(report_path(path), report)
         raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
+    require_space(path, int(1.02 * sum(p.stat().st_size for p in parts)) + 8 * 2**20)   # parts stay till the end
     tmp = tmp_path(path)
+    try:
+        fingerprint = _assemble_into(tmp, parts, counts, shapes, attrs, skipped)
+    except BaseException:
+        tmp.unlink(missing_ok=True)                                # parts kept: a rerun assembles again
+        raise
+    _fsync(tmp)
+    report["fingerprint"] = fingerprint
+    _atomic_json(report_path(path), report)
+    os.replace(tmp, path)
+    shutil.rmtree(d)
+    return report
+
+
+def _assemble_into(tmp: Path, parts: list[Path], counts: list[int], shapes: dict, attrs: dict,
+                   skipped: list) -> str:
+    """Copy the parts into the new file `tmp`, with stats, checksums and attrs; returns the fingerprint."""
+    n = sum(counts)
     clip_ids: list[str] = []
     total, total_sq, count = 0.0, 0.0, 0
     sums = BlockChecksums()
@@ -151,72 +176,7 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
         for k, v in {**attrs, **computed}.items():
             out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
         out.attrs["complete"] = True                               # last: marks a finished file
-    _fsync(tmp)
-    report["fingerprint"] = computed["fingerprint"]
-    _atomic_json(report_path(path), report)
-    os.replace(tmp, path)
-    shutil.rmtree(d)
-    return report
-
-
-# ---------------------------------------------------------------- checksums
-
-
-def _row_bytes(x: np.ndarray) -> np.ndarray:
-    """[n, ...] -> [n, bytes] little-endian rows, so digests do not depend on the machine."""
-    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    return x.reshape(len(x), -1).view(np.uint8)
-
-
-class BlockChecksums:
-    """sha256 per CHECKSUM_BLOCK consecutive clips, fed clips in store order in runs of any length."""
-
-    def __init__(self):
-        self.digests: list[str] = []
-        self._h, self._in = hashlib.sha256(), 0
-
-    def add(self, fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray) -> None:
-        fb, wv, lab = _row_bytes(fbank), _row_bytes(wave), _row_bytes(labels.reshape(len(labels), -1))
-        for i in range(len(fb)):
-            for row in (fb[i], wv[i], lab[i]):
-                self._h.update(row)
-            self._in += 1
-            if self._in == CHECKSUM_BLOCK:
-                self.digests.append(self._h.hexdigest())
-                self._h, self._in = hashlib.sha256(), 0
-
-    def finish(self) -> list[str]:
-        if self._in:
-            self.digests.append(self._h.hexdigest())
-            self._h, self._in = hashlib.sha256(), 0
-        return self.digests
-
-
-def content_digest(digests: list[str]) -> str:
-    """One sha256 over the ordered block checksums: what the fingerprint takes of the contents."""
-    return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
-
-
-def verify_checksums(path: Path | str) -> list[str]:
-    """Problems found by recomputing every block's checksum (empty: contents intact)."""
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        if "checksums" not in f:
-            return [f"{path}: no checksums (old store): its contents cannot be verified; "
-                    "rebuild it with `supmam prepare` to add them"]
-        recorded = [d.decode("ascii") for d in f["checksums"][:]]
-        block, n = int(f.attrs.get("checksum_block", CHECKSUM_BLOCK)), len(f["fbank"])
-        if block != CHECKSUM_BLOCK or len(recorded) != -(-n // block):
-            return [f"{path}: checksums describe {len(recorded)} blocks of {block} clips, the store holds {n} clips"]
-        bad = []
-        for b, want in enumerate(recorded):
-            sums = BlockChecksums()
-            rows = slice(b * block, min(n, (b + 1) * block))
-            sums.add(f["fbank"][rows], f["wave"][rows], f["labels"][rows])
-            if sums.finish() != [want]:
-                bad.append(b)
-    return [f"{path}: clips {b * block}..{min(n, (b + 1) * block) - 1} corrupt (block {b} fails its sha256)"
-            for b in bad]
+    return computed["fingerprint"]
 
 
 # ---------------------------------------------------------------- reader

@@ -45,7 +45,8 @@ def verify_store(path, clips=None) -> list[str]:
     if not path.exists():
         return [f"{path}: no such file or directory"]
     if not is_target_store(path):
-        from cache_tools.clip_store import ClipStore, verify_checksums
+        from cache_tools.clip_checksums import verify_checksums
+        from cache_tools.clip_store import ClipStore
 
         try:
             ClipStore(path)

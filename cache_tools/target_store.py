@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.atomic import atomic_write_text
+from cache_tools.disk_space import require_space
 from cache_tools.errors import StoreError   # one error class for both stores
 from cache_tools.fingerprint import file_sha256
 
@@ -136,6 +137,7 @@ class ShardWriter:
         if data.shape != (len(rng), *self.array.shape[1:]):
             raise ValueError(f"shard {k} of {self.path}: expected {(len(rng), *self.array.shape[1:])}, got {data.shape}")
         f = shard_file(self.path, k)
+        require_space(self.path, data.nbytes + 16 * self.k + 2**20)   # zarr writes a temp file, then renames
         if f.parent.exists():  # leftovers of a killed run: a stale shard or zarr's *.partial temp files
             for stale in f.parent.glob("0*"):
                 stale.unlink()

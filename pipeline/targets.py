@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
 from cache_tools.writer_lock import writer_lock
 
@@ -132,6 +133,26 @@ def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_
     tt, ft, d = geometry
     writer = ShardWriter(out)
     mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
+    need = sum(len(writer.clips(k)) for k in mine) * tt * ft * d * 2 + 2**20 * (1 + len(mine))
+    require_space(out, need)                                       # this rank's shards, before the teacher runs
+    try:
+        todo = _write_shards(clips, writer, mine, teacher, geometry, rank, world, batch_size, device, workers,
+                             progress)
+    except OSError as e:                                           # finished shards keep their records
+        if is_disk_full(e):
+            raise disk_full(out, need) from None
+        raise
+    _barrier(world)
+    complete = finalize(out) if rank == 0 else None
+    _barrier(world)
+    return {"out": str(out), "computed": todo, "shards": writer.num_shards, "complete": complete,
+            "grid": [tt, ft], "dim": d, "rank": rank, "world": world}
+
+
+def _write_shards(clips, writer: ShardWriter, mine: list[int], teacher, geometry: tuple, rank: int, world: int,
+                  batch_size: int, device: str, workers: int, progress: bool) -> int:
+    """The teacher over the clips of shards `mine`, each shard written whole when full; returns clips done."""
+    tt, ft, d = geometry
     loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),
                         num_workers=workers, worker_init_fn=_one_thread if workers else None,
                         pin_memory=str(device).startswith("cuda"))
@@ -149,11 +170,7 @@ def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_
             writer.write(k, buf)
         bar.update(len(idx))
     bar.close()
-    _barrier(world)
-    complete = finalize(out) if rank == 0 else None
-    _barrier(world)
-    return {"out": str(out), "computed": todo, "shards": writer.num_shards, "complete": complete,
-            "grid": [tt, ft], "dim": d, "rank": rank, "world": world}
+    return todo
 
 
 def summary_line(s: dict) -> str:
