@@ -18,7 +18,7 @@ load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval m
 export_encoder(model: AudioViT | MaskedAudioModel) -> state_dict in AudioMAE's key layout (CPU copies):
     pretrained.pth's keys for an encoder without a classifier (no fc_norm / head), finetuned.pth's
     (fc_norm.*, head.*, and norm.* only if the model still has a final norm) for one with a head.
-class CheckpointError(Exception)
+class CheckpointError(SupmamError)
 """
 from __future__ import annotations
 
