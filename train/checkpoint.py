@@ -4,7 +4,11 @@ Public API
 ----------
 save_checkpoint(path, state: dict) -> Path     atomic: tmp file in the same dir, fsync, os.replace
 load_checkpoint(path, map_location="cpu") -> dict     CheckpointError naming the file on any problem
+    torch.load(weights_only=True) with SAFE_GLOBALS allowed (AudioMAE's argparse Namespace, our numpy
+    RNG states); a file that pickles anything else is refused, never unpickled in full.
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
+encoder_from_checkpoint(path, ck, target_length=None, drop_path_rate=0.0) -> AudioViT
+    the same from an already loaded dict {"model": state_dict, ...} (`path` only names it in errors)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
     checkpoint holds the whole MaskedAudioModel, whose encoder keys carry the `encoder.` prefix;
     (b) AudioMAE's pretrained.pth / finetuned.pth: {"model": ...} with AudioMAE's key names
@@ -22,12 +26,14 @@ class CheckpointError(Exception)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +41,10 @@ from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
+# what our checkpoints (numpy RNG state) and AudioMAE's (argparse Namespace) pickle besides tensors
+SAFE_GLOBALS = [argparse.Namespace, np.ndarray, np.dtype, np.core.multiarray._reconstruct,
+                np.core.multiarray.scalar, type(np.dtype(np.uint32)), type(np.dtype(np.float64)),
+                type(np.dtype(np.int64))]
 
 
 class CheckpointError(Exception):
@@ -63,16 +73,20 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Tensors-only load first; files that pickle other objects (AudioMAE's hold an argparse
-    Namespace, ours numpy RNG states) fall back to a full unpickle: load only files you trust."""
+    """torch.load(weights_only=True), allowing only SAFE_GLOBALS besides tensors and containers."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             ck = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            ck = torch.load(path, map_location=map_location, weights_only=False)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global|but got (<[^>]+>)", str(e))
+        if found:
+            raise CheckpointError(f"{path}: pickles `{found.group(1) or found.group(2)}`, and only tensors and "
+                                  f"plain containers are loaded (torch.load weights_only=True)") from e
+        why = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("Weights only", "Please", "Check"))]
+        raise CheckpointError(f"{path}: cannot read checkpoint (UnpicklingError: {(why or [''])[0].strip()})") from e
     except Exception as e:  # noqa: BLE001 - any decoding problem becomes one clear message
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ck, dict):
@@ -116,7 +130,12 @@ def _pos_layout(table: Tensor, Fp: int) -> tuple[str, int | None]:
 
 def load_encoder(path: str | Path, target_length: int | None = None, drop_path_rate: float = 0.0) -> AudioViT:
     path = Path(path)
-    ck = load_checkpoint(path)
+    return encoder_from_checkpoint(path, load_checkpoint(path), target_length, drop_path_rate)
+
+
+def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | None = None,
+                            drop_path_rate: float = 0.0) -> AudioViT:
+    path = Path(path)
     sd = _encoder_keys(path, ck)
     D, in_ch, p, p2 = sd["patch_embed.proj.weight"].shape
     if in_ch != 1 or p != p2 or N_MELS % p:

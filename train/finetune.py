@@ -239,7 +239,7 @@ def _rng_state(rng: np.random.Generator) -> dict:
 
 
 def _info(meta: dict) -> dict:
-    return {k: meta[k] for k in ("init", "class_names", "target_length", "fold") if k in meta}
+    return {k: meta[k] for k in ("init", "class_names", "target_length", "fold", "norm") if k in meta}
 
 
 def _log(fh, rec: dict) -> None:
@@ -305,6 +305,7 @@ def _run_split(cfg, init, stores, out, dist, meta) -> dict:
     valid_ds = fd.ClipDataset(valid_s, norm=norm) if valid_s else None
     test_ds = fd.ClipDataset(test_s, norm=norm)
     meta = {**meta, "class_names": ref.class_names, "target_length": ref.target_length,
+            "norm": {"mean": norm[0], "std": norm[1]},                  # the fbank normalisation it saw
             "fingerprints": {"clips": {s.path.name: s.fingerprint for s in every}}}
     vit = build_model(cfg, init, ref.target_length, ref.num_classes)
     r = fit(cfg, vit, train_ds, valid_ds, test_ds, ref.num_classes, ref.multilabel, out, dist, meta)
@@ -323,6 +324,7 @@ def _run_cv(cfg, init, stores, out, dist, meta) -> dict:
         raise FinetuneError(f"{store.path}: folds {missing} hold no clips "
                             f"(stored folds: {sorted(set(folds_all.tolist()))})")
     meta = {**meta, "class_names": store.class_names, "target_length": store.target_length,
+            "norm": {"mean": store.norm_mean, "std": store.norm_std},   # the fbank normalisation it saw
             "fingerprints": {"clips": {store.path.name: store.fingerprint}}}
     per_fold, scores, targets = [], [], []
     for k in folds:

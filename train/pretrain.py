@@ -251,7 +251,8 @@ def main(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resum
     def checkpoint(path: Path, step: int, full: bool = True) -> None:
         state = {"kind": "pretrain", "model": model.state_dict(), "step": step, "epoch": step // spe,
                  "config": to_dict(cfg), "derived": dataclasses.asdict(derived),
-                 "fingerprints": fingerprints, "teacher": teacher}
+                 "fingerprints": fingerprints, "teacher": teacher,
+                 "norm": {"mean": ds.norm_mean, "std": ds.norm_std}}   # the fbank normalisation it saw
         if full:
             state |= {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "scaler": scaler.state_dict(), "rng": rng_state()}
