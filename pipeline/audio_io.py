@@ -39,7 +39,7 @@ def _wav_truncation(path: Path) -> str | None:
 
 
 def _decode(path: Path, start: float, seconds: float | None) -> tuple[np.ndarray, int]:
-    """(samples [n, channels] float32, sample rate) read from `start`; soundfile, then torchaudio."""
+    """(samples [n, channels] float32, sample rate) read from `start`; soundfile, then PyAV, then torchaudio."""
     try:
         info = sf.info(str(path))
         first = int(round(start * info.samplerate))
@@ -53,12 +53,36 @@ def _decode(path: Path, start: float, seconds: float | None) -> tuple[np.ndarray
         raise
     except Exception as sf_error:  # noqa: BLE001 - any decoder failure is reported, not raised
         try:
-            w, sr = torchaudio.load(str(path))   # [channels, n]
-        except Exception as ta_error:  # noqa: BLE001
-            raise OSError(f"corrupt: soundfile: {sf_error}; torchaudio: {ta_error}") from None
+            return _decode_av(path, start, seconds)          # FFmpeg: m4a / aac / opus / webm / video files
+        except Exception as av_error:  # noqa: BLE001
+            try:
+                w, sr = torchaudio.load(str(path))   # [channels, n]
+            except Exception as ta_error:  # noqa: BLE001
+                raise OSError(f"corrupt: soundfile: {sf_error}; av: {av_error}; torchaudio: {ta_error}") from None
         first = int(round(start * sr))
         last = None if seconds is None else first + int(round(seconds * sr))
         return w.T[first:last].numpy().astype(np.float32), sr
+
+
+def _decode_av(path: Path, start: float, seconds: float | None) -> tuple[np.ndarray, int]:
+    """(samples [n, channels] float32, rate) of the first audio stream, decoded with PyAV (FFmpeg)."""
+    import av
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]                      # IndexError: no audio stream
+        to_float = av.AudioResampler(format="fltp")              # planar float, same layout and rate
+        sr, chunks, have = stream.rate, [], 0
+        stop = None if seconds is None else int(round((start + seconds) * stream.rate))
+        for frame in container.decode(stream):
+            for f in to_float.resample(frame):
+                chunks.append(f.to_ndarray())                    # [channels, k]
+                have += chunks[-1].shape[1]
+            if stop is not None and have >= stop:
+                break
+    if not chunks:
+        return np.zeros((0, 1), np.float32), sr
+    x = np.concatenate(chunks, axis=1).T                         # [n, channels]
+    first = int(round(start * sr))
+    return np.ascontiguousarray(x[first:stop], dtype=np.float32), sr
 
 
 def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
