@@ -92,6 +92,7 @@ def test_spc1_uses_twelve_classes(tmp_path):
     assert state["model"]["head.weight"].shape == (12, 192)
     assert state["config"]["valid_store"] == "spc1_valid.h5" and "valid" in m
     assert (state["config"]["freqm"], state["config"]["timem"]) == (16, 8)
+    assert state["norm"] == {"mean": -6.8, "std": 5.5}               # the store's stats, kept for embedding
     spc_stores(tmp_path / "ten", "spc1", 10, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="12 classes"):
         run_finetune("spc1", "spc1-mini", init="none", stores=tmp_path / "ten", runs=tmp_path / "runs",
