@@ -9,7 +9,7 @@ load_pretrained(path, device="cpu", norm=None) -> PretrainedEncoder   (eval mode
 PretrainedEncoder.embed(wave, sr, layer=-1, hop=None, max_batch=8) -> Embeddings
     wave: [n] one mono clip, [B, n] a batch of mono clips, or [B, C, n] (channels are averaged);
     numpy or torch, float in [-1, 1], any rate `sr` (resampled to 16 kHz with torchaudio).
-Embeddings: clip [B, D], frames [B, T', D], timestamps [T'] (seconds), patches [B, T', F', D],
+Embeddings: clip [B, D], frames [B, T', D], timestamps [T'] (float64 seconds), patches [B, T', F', D],
     plus layer, hop (seconds) and window (seconds) as used.
 EmbedError: a user-facing problem (bad input, unknown layer); EncoderLoadError(EmbedError): a file
     that cannot be read as an encoder. Messages read `<file>: <why>`.
@@ -76,7 +76,7 @@ class EncoderLoadError(EmbedError):
 class Embeddings:
     clip: Tensor          # [B, D]
     frames: Tensor        # [B, T', D]
-    timestamps: Tensor    # [T'] seconds, centre of each patch column
+    timestamps: Tensor    # [T'] float64 seconds, centre of each patch column
     patches: Tensor       # [B, T', F', D]
     layer: int            # the block index used (0-based, non-negative)
     hop: float            # seconds between window starts
@@ -84,9 +84,9 @@ class Embeddings:
 
 
 def column_times(n_cols: int, patch: int) -> Tensor:
-    """[n_cols] seconds: the centre of the audio that patch column t's fbank frames span."""
+    """[n_cols] float64 seconds: the centre of the audio that patch column t's fbank frames span."""
     t = torch.arange(n_cols, dtype=torch.float64)
-    return (t * patch * SHIFT_S + ((patch - 1) * SHIFT_S + WIN_S) / 2).float()
+    return t * patch * SHIFT_S + ((patch - 1) * SHIFT_S + WIN_S) / 2
 
 
 def stitch_plan(n_cols: int, window_cols: int, hop_cols: int) -> tuple[int, Tensor, Tensor]:

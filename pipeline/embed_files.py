@@ -13,7 +13,7 @@ class EmbedFilesError(EmbedError)       `<file>: <why>`
 
 Output `out` (HDF5, h5py), N clips, M frames in all:
   clip_id      str [N]          path  str [N]            clip  float32 [N, D]
-  frames       float32 [M, D]   timestamps float32 [M] (seconds from the clip's start)
+  frames       float32 [M, D]   timestamps float64 [M] (seconds from the clip's start)
   frame_offset int64 [N], frame_count int64 [N]: clip i's frames are
                frames[frame_offset[i] : frame_offset[i] + frame_count[i]]
   attrs: "encoder" (JSON: checkpoint, size, normalisation and its source), layer, hop, window,
@@ -100,7 +100,7 @@ def _write_part(parts: Path, block: int, rows: list, skipped: list[dict], dim: i
         f.create_dataset("path", data=[r[1] for r in rows], dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("clip", data=np.stack([r[2] for r in rows]) if rows else np.zeros((0, dim), np.float32))
         f.create_dataset("frames", data=np.concatenate([r[3] for r in rows]) if rows else np.zeros((0, dim), np.float32))
-        f.create_dataset("timestamps", data=np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, np.float32))
+        f.create_dataset("timestamps", data=np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, np.float64))
         f.create_dataset("frame_count", data=np.array([len(r[3]) for r in rows], np.int64))
         f.attrs["skipped"] = json.dumps(skipped)
     with open(tmp, "rb+") as fh:

@@ -52,5 +52,5 @@ def get_scene_embeddings(audio: Tensor, model: PretrainedEncoder) -> Tensor:
 def get_timestamp_embeddings(audio: Tensor, model: PretrainedEncoder) -> tuple[Tensor, Tensor]:
     e = _embed(audio, model)
     emb = e.frames.float()                                                     # [n, T, D]
-    ts = (e.timestamps.to(emb.device) * 1000.0)[None].expand(emb.shape[0], -1)  # [n, T] ms
-    return emb, ts.float().contiguous()
+    ts = (e.timestamps * 1000.0).float().to(emb.device)                      # [T] ms (exact: 87.5 + 160 t)
+    return emb, ts[None].expand(emb.shape[0], -1).contiguous()                # [n, T]

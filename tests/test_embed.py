@@ -83,7 +83,7 @@ def test_short_clip_matches_reference_and_timestamps(ckpt):
     torch.testing.assert_close(e.patches[0], want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(e.frames[0], want.mean(1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(e.clip[0], want.mean((0, 1)), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(e.timestamps, 0.0875 + 0.16 * torch.arange(6.0))    # column centres, seconds
+    torch.testing.assert_close(e.timestamps, 0.0875 + 0.16 * torch.arange(6.0, dtype=torch.float64))  # centres, s
     assert e.timestamps[-1] < 0.9 and e.window == pytest.approx(1.28)
 
 
