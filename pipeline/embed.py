@@ -30,14 +30,15 @@ token is dropped). frames = patches averaged over frequency; clip = frames avera
 mean of all real patch tokens, AudioMAE's global-pool input).
 Timestamps: column t covers fbank frames [t p, (t + 1) p); its timestamp is the centre of the audio
 those frames span, t p 10 ms + ((p - 1) 10 ms + 25 ms) / 2 (p = 16: 160 t + 87.5 ms).
-Length: the encoder sees windows of its trained length L (fbank frames, e.g. 1024 = 10.24 s). A clip
-of n_f frames keeps the columns at least half of whose p frames are real, max(1, round-half-up(n_f / p)),
-so every timestamp lies inside the clip (a clip under half a column keeps its one column); the
-other (padding) columns are dropped. Shorter clips are zero-padded to L before normalisation, as in training. Longer clips
-are cut into windows starting every `hop` seconds (rounded to whole patch columns; default L, no
-overlap), the last window zero-padded; each column is taken from the window in which it lies
-closest to the window's centre (ties: the earlier window), so timestamps stay on one regular grid.
-Clips under one 25 ms fbank window (400 samples) are zero-padded to it.
+Length: the encoder sees windows of its trained length L (fbank frames, e.g. 1024 = 10.24 s). A
+clip of n_f frames keeps the columns at least half of whose p frames are real,
+max(1, round-half-up(n_f / p)), so every timestamp lies inside the clip (a clip under half a column
+keeps its one column); the other (padding) columns are dropped. Shorter clips are zero-padded to L
+before normalisation, as in training. Longer clips are cut into windows starting every `hop`
+seconds (rounded to whole patch columns; default L, no overlap), the last window zero-padded; each
+column is taken from the window in which it lies closest to the window's centre (ties: the earlier
+window), so timestamps stay on one regular grid. Clips under one 25 ms fbank window (400 samples)
+are zero-padded to it.
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ class PretrainedEncoder(nn.Module):
 
     def _layer_index(self, layer: int) -> int:
         if not -self.depth <= layer < self.depth:
-            raise EmbedError(f"layer {layer}: this encoder has {self.depth} blocks (0..{self.depth - 1} or -1..-{self.depth})")
+            raise EmbedError(f"layer {layer}: this encoder has {self.depth} blocks "
+                             f"(0..{self.depth - 1} or -1..-{self.depth})")
         return layer % self.depth
 
     def hop_columns(self, hop: float | None) -> int:

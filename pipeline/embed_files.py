@@ -99,7 +99,8 @@ def _write_part(parts: Path, block: int, rows: list, skipped: list[dict], dim: i
         f.create_dataset("clip_id", data=[r[0] for r in rows], dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("path", data=[r[1] for r in rows], dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("clip", data=np.stack([r[2] for r in rows]) if rows else np.zeros((0, dim), np.float32))
-        f.create_dataset("frames", data=np.concatenate([r[3] for r in rows]) if rows else np.zeros((0, dim), np.float32))
+        f.create_dataset("frames", data=np.concatenate([r[3] for r in rows]) if rows
+                         else np.zeros((0, dim), np.float32))
         f.create_dataset("timestamps", data=np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, np.float64))
         f.create_dataset("frame_count", data=np.array([len(r[3]) for r in rows], np.int64))
         f.attrs["skipped"] = json.dumps(skipped)
@@ -142,7 +143,8 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
             f.create_dataset(k, data=list(cols[k]), dtype=h5py.string_dtype("utf-8"))
         for k in ("clip", "frames", "timestamps", "frame_count"):
             f.create_dataset(k, data=cols[k])
-        f.create_dataset("frame_offset", data=np.concatenate([[0], np.cumsum(cols["frame_count"])[:-1]]).astype(np.int64))
+        offsets = np.concatenate([[0], np.cumsum(cols["frame_count"])[:-1]]).astype(np.int64)   # [N]
+        f.create_dataset("frame_offset", data=offsets)
         f.attrs.update(attrs)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -166,7 +168,8 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
             with h5py.File(out, "r") as f:
                 same, written = f.attrs.get("job") == job, len(f["clip_id"]) if "clip_id" in f else 0
         except OSError as e:
-            raise EmbedFilesError(f"{out}: exists and is not an HDF5 file ({e}); delete it or choose another --out") from e
+            raise EmbedFilesError(f"{out}: exists and is not an HDF5 file ({e}); delete it or choose "
+                                  f"another --out") from e
         if not same:
             raise EmbedFilesError(f"{out}: exists and was made from other files or settings; delete it or "
                                   f"choose another --out")

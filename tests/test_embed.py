@@ -31,7 +31,8 @@ def _one_thread():
 
 def tiny_vit(seed: int = 0, **kw) -> AudioViT:
     torch.manual_seed(seed)
-    return AudioViT(target_length=L, embed_dim=128, depth=2, num_heads=2, **kw)   # heads = D / 64, as files infer.eval()
+    vit = AudioViT(target_length=L, embed_dim=128, depth=2, num_heads=2, **kw)   # heads = D / 64, as files infer
+    return vit.eval()
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,8 @@ def test_cli_embed_and_its_errors(ckpt, audio, tmp_path):
     res = runner.invoke(app, ["embed", str(audio / "a.wav"), "--ckpt", str(ckpt), "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 0, res.output
     assert "1 clips embedded, 0 skipped" in res.output
-    bad = runner.invoke(app, ["embed", str(audio), "--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y.h5")])
+    bad = runner.invoke(app, ["embed", str(audio), "--ckpt", str(tmp_path / "missing.pt"),
+                              "--out", str(tmp_path / "y.h5")])
     assert bad.exit_code == 1 and "error: " in bad.output and "missing.pt" in bad.output
 
 

@@ -76,7 +76,8 @@ def test_timm_tokens_equal_ours(tmp_path, caplog, layout):
         assert theirs.shape == (2, 1 + ours.shape[1], 192)
         torch.testing.assert_close(theirs[:, 1:], ours, atol=1e-5, rtol=1e-5)
         assert m.global_pool == "avg" and isinstance(m.fc_norm, torch.nn.Identity)
-    assert tuple(hub.pretrained_cfg["mean"]) == (NORM["mean"],) and tuple(hub.pretrained_cfg["std"]) == (2 * NORM["std"],)
+    assert tuple(hub.pretrained_cfg["mean"]) == (NORM["mean"],)                       # timm's data config
+    assert tuple(hub.pretrained_cfg["std"]) == (2 * NORM["std"],)                      # says (x - m) / (2 s)
 
 
 def test_finetuned_encoder_logits_equal_ours(tmp_path, caplog):

@@ -85,7 +85,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         if found:
             raise CheckpointError(f"{path}: pickles `{found.group(1) or found.group(2)}`, and only tensors and "
                                   f"plain containers are loaded (torch.load weights_only=True)") from e
-        why = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(("Weights only", "Please", "Check"))]
+        boilerplate = ("Weights only", "Please", "Check")
+        why = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(boilerplate)]
         raise CheckpointError(f"{path}: cannot read checkpoint (UnpicklingError: {(why or [''])[0].strip()})") from e
     except Exception as e:  # noqa: BLE001 - any decoding problem becomes one clear message
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e

@@ -24,8 +24,9 @@ table, which is not our formula). Pooling: global_pool="avg" (mean of patch toke
 token); final_norm / fc_norm follow what the encoder holds: a pretrained encoder (final norm, no
 classifier) is final_norm=True, fc_norm=False, num_classes=0 and forward_features(x)[:, 1:] equals
 our forward_tokens(x); a fine-tuned one (no final norm, fc_norm + head) is final_norm=True,
-fc_norm=True (timm then moves its one final norm after the pooling) and its logits equal ours. An encoder with both a final norm and a classifier has no
-timm equivalent (timm drops `norm` when fc_norm is on) and is refused for fmt "timm".
+fc_norm=True (timm then moves its one final norm after the pooling) and its logits equal ours. An
+encoder with both a final norm and a classifier has no timm equivalent (timm drops `norm` when
+fc_norm is on) and is refused for fmt "timm".
 Normalisation: inputs are (fbank - mean) / (2 std); pretrained_cfg's one-channel mean / std are
 (mean,) / (2 std,) so timm's own data config says the same.
 """
