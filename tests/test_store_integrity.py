@@ -3,7 +3,6 @@ targets refused), and target shards checked against their sha256 on first read (
 from __future__ import annotations
 
 import h5py
-import numpy as np
 import pytest
 
 from cache_tools.clip_store import ClipStore

@@ -5,6 +5,8 @@ Public API
 save_checkpoint(path, state: dict) -> Path     atomic (cache_tools.atomic: tmp file beside it, fsync, rename)
 load_checkpoint(path, map_location="cpu") -> dict     cache_tools.safe_load (weights_only); CheckpointError naming the file on any problem
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
+encoder_from_checkpoint(path, ck, target_length=None, drop_path_rate=0.0) -> AudioViT
+    the same from an already loaded dict {"model": state_dict, ...} (`path` only names it in errors)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
     checkpoint holds the whole MaskedAudioModel, whose encoder keys carry the `encoder.` prefix;
     (b) AudioMAE's pretrained.pth / finetuned.pth: {"model": ...} with AudioMAE's key names
@@ -26,7 +28,6 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -102,7 +103,12 @@ def _pos_layout(table: Tensor, Fp: int) -> tuple[str, int | None]:
 
 def load_encoder(path: str | Path, target_length: int | None = None, drop_path_rate: float = 0.0) -> AudioViT:
     path = Path(path)
-    ck = load_checkpoint(path)
+    return encoder_from_checkpoint(path, load_checkpoint(path), target_length, drop_path_rate)
+
+
+def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | None = None,
+                            drop_path_rate: float = 0.0) -> AudioViT:
+    path = Path(path)
     sd = _encoder_keys(path, ck)
     D, in_ch, p, p2 = sd["patch_embed.proj.weight"].shape
     if in_ch != 1 or p != p2 or N_MELS % p:
