@@ -35,9 +35,9 @@ import torch  # noqa: E402
 from bench import bench_stores, common, synthetic  # noqa: E402
 
 SIZES = {  # full vs --quick
-    "full": dict(target_clips=2000, clip_clips=256, wavs=12, stage_clips=8, seconds=10.0, T=1024,
+    "full": dict(target_clips=2000, shard_clips=1365, clip_clips=256, wavs=12, stage_clips=8, seconds=10.0, T=1024,
                  batch=4, depth=None, steps=3, min_time=0.6),
-    "quick": dict(target_clips=64, clip_clips=8, wavs=2, stage_clips=2, seconds=1.0, T=128,
+    "quick": dict(target_clips=64, shard_clips=16, clip_clips=8, wavs=2, stage_clips=2, seconds=1.0, T=128,
                   batch=2, depth=1, steps=1, min_time=0.05),
 }
 
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     try:
         sec["target_reads"] = common.run_section("target_reads", bench_stores.target_reads, tmp / "t",
                                                  sz["target_clips"], sz["min_time"])
+        sec["shard_check"] = common.run_section("shard_check", bench_stores.shard_check, tmp / "h",
+                                                sz["shard_clips"])
         sec["clip_reads"] = common.run_section("clip_reads", bench_stores.clip_reads, tmp / "c",
                                                sz["clip_clips"], sz["min_time"])
         sec["prepare"] = common.run_section("prepare", prepare, tmp / "p", sz)

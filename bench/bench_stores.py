@@ -28,6 +28,7 @@ def target_reads(tmp: Path, n: int, min_time: float, batch: int = 64) -> dict:
     warm = common.read_through(npy) + common.read_through(zpath)
     mm = np.load(npy, mmap_mode="r")                                   # [N,Tt,Ft,D] f16
     store = TargetStore(zpath)
+    store.read(np.arange(0, n, store.k))                               # each shard's one-time sha256 check
     arr = zarr.open_array(str(zpath / "targets"), mode="r")
     check = np.random.default_rng(1).integers(0, n, 8)
     identical = bool(np.array_equal(store.read(check), mm[check]) and np.array_equal(arr[int(check[0])], mm[check[0]]))
@@ -53,6 +54,32 @@ def target_reads(tmp: Path, n: int, min_time: float, batch: int = 64) -> dict:
             "ratio_batch_targetstore_vs_npy": common.ratio(r["batch_targetstore"], r["batch_npy"]),
             "ratio_batch_zarr_vs_npy": common.ratio(r["batch_zarr"], r["batch_npy"]),
             "_store_path": str(zpath)}
+
+
+def shard_check(tmp: Path, clips: int, repeats: int = 3) -> dict:
+    """What TargetStore's first read of a shard costs with its sha256 check (verify=True, the
+    default) and without: one shard of `clips` clips (1365 = ~128 MiB, the default shard size), warm
+    page cache; median of `repeats` fresh readers."""
+    import time
+
+    from cache_tools.target_store import TargetStore, shard_file
+    zpath = synthetic.write_target_store(tmp / "shard.zarr", clips, GRID, DIM, seed=0, clips_per_shard=clips)
+    nbytes = common.read_through(shard_file(zpath, 0))
+
+    def first_read(verify: bool) -> float:
+        times = []
+        for _ in range(repeats):
+            store = TargetStore(zpath, verify=verify)
+            t0 = time.perf_counter()
+            store[clips // 2]
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    checked, unchecked = first_read(True), first_read(False)
+    return {"shard_mib": round(nbytes / 2**20, 1), "first_read_ms_verified": round(1e3 * checked, 1),
+            "first_read_ms_unverified": round(1e3 * unchecked, 2),
+            "sha256_gib_per_s": round(nbytes / 2**30 / max(checked - unchecked, 1e-9), 2),
+            "ratio_first_read_verified_vs_unverified": common.ratio(checked, unchecked)}
 
 
 def clip_reads(tmp: Path, n: int, min_time: float, target_length: int = 1024, seconds: float = 10.0) -> dict:

@@ -8,6 +8,7 @@ Layout of the store: docs/contracts.md ("Clip store").
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import h5py
 import numpy as np
 
 from cache_tools.atomic import atomic_path, atomic_write_text
+from cache_tools.clip_checksums import CHECKSUM_ABOUT, CHECKSUM_BLOCK, BlockChecksums, content_digest
+from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import clip_fingerprint
 
@@ -69,6 +72,9 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
                labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict]) -> Path:
     """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n]."""
     out = part_path(d, block)
+    need = fbank.size * 2 + wave.size * 2 + labels.nbytes + 2**20
+    if free_bytes(d) < need:     # h5py on a full file system may crash the process instead of raising
+        raise OSError(errno.ENOSPC, f"No space left on device (need {need} bytes for {out.name})", str(d))
     with atomic_path(out, out.with_name(f"{out.name}.tmp.{os.getpid()}")) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("fbank", data=fbank.astype(np.float16))
         f.create_dataset("wave", data=wave.astype(np.int16))
@@ -99,11 +105,15 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     if not report["written"]:
         _atomic_json(report_path(path), report)
         raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
-    with atomic_path(path, tmp_path(path)) as tmp:
+    require_space(path, int(1.02 * sum(p.stat().st_size for p in parts)) + 8 * 2**20)   # parts stay till the end
+    with atomic_path(path, tmp_path(path)) as tmp:                 # parts kept on failure: a rerun assembles again
         with h5py.File(tmp, "w") as out:
-            clip_ids, mean, std = _copy_parts(out, parts, counts, shapes)
+            clip_ids, mean, std, digests = _copy_parts(out, parts, counts, shapes)
+            out.create_dataset("checksums", data=np.array(digests, dtype="S64"))   # [ceil(N/64)] hex sha256
             computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped), stats_mean=mean, stats_std=std,
-                            fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"]))
+                            checksum_block=CHECKSUM_BLOCK, checksum=CHECKSUM_ABOUT,
+                            fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
+                                                         content=content_digest(digests)))
             for k, v in {**attrs, **computed}.items():
                 out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
             out.attrs["complete"] = True                           # last: marks a finished file
@@ -125,8 +135,8 @@ def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
     return counts, skipped, shapes
 
 
-def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: dict) -> tuple[list[str], float, float]:
-    """Copy every part's clips into `out` in order; (clip ids, fbank mean, fbank std)."""
+def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: dict) -> tuple:
+    """Copy every part's clips into `out` in order; (clip ids, fbank mean, fbank std, block checksums)."""
     n = sum(counts)
     dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
                                    chunks=(1, *shape) if k in ("fbank", "wave") else None)
@@ -134,19 +144,22 @@ def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: di
     ids = out.create_dataset("clip_id", shape=(n,), dtype=h5py.string_dtype("utf-8"))
     clip_ids: list[str] = []
     total, total_sq, count, offset = 0.0, 0.0, 0, 0
+    sums = BlockChecksums()
     for p, c in zip(parts, counts):
         if c == 0:
             continue
         with h5py.File(p, "r") as f:
+            block = {k: f[k][:] for k in dsets}
             for k, ds in dsets.items():
-                ds[offset:offset + c] = f[k][:]
+                ds[offset:offset + c] = block[k]
+            sums.add(block["fbank"], block["wave"], block["labels"])
             clip_ids += list(f["clip_id"].asstr()[:])
-            fb = f["fbank"][:].astype(np.float64)                  # [c,T,F]
+            fb = block["fbank"].astype(np.float64)                 # [c,T,F]
             total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
         offset += c
     ids[:] = np.array(clip_ids, dtype=object)
     mean = total / count
-    return clip_ids, float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    return clip_ids, float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), sums.finish()
 
 
 # ---------------------------------------------------------------- reader

@@ -7,14 +7,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_length: int) -> str:
-    """sha256 over the ordered clip ids, the feature parameters and target_length; 16 hex chars."""
+def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_length: int,
+                     content: str | None = None) -> str:
+    """sha256 over the ordered clip ids, the feature parameters, target_length and (stores with
+    checksums) `content`, the digest of the clips' block checksums; 16 hex chars. Without
+    `content` it is the fingerprint older stores carry."""
     h = hashlib.sha256()
     for cid in clip_ids:
         h.update(cid.encode("utf-8"))
         h.update(b"\0")
     h.update(json.dumps(feature_params, sort_keys=True).encode("utf-8"))
     h.update(f"\0target_length={int(target_length)}".encode("utf-8"))
+    if content is not None:
+        h.update(f"\0content={content}".encode("utf-8"))
     return h.hexdigest()[:16]
 
 

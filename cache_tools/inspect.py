@@ -37,20 +37,25 @@ def inspect_store(path) -> str:
     ])
 
 
-def verify_store(path, clips=None) -> list[str]:
-    """Problems found (empty list: all good). Target store: every shard's record and sha256;
-    with `clips`, the clip store's fingerprint against the one the targets were made from."""
+def verify_store(path, clips=None, notes: list[str] | None = None) -> list[str]:
+    """Problems found (empty list: all good). Clip store: every block's sha256 (a store written
+    before checksums existed is not a failure: "no checksums (old store)" goes to `notes`). Target
+    store: every shard's record and sha256; with `clips`, the clip store's fingerprint against the
+    targets' record."""
     path = Path(path)
     if not path.exists():
         return [f"{path}: no such file or directory"]
     if not is_target_store(path):
+        from cache_tools.clip_checksums import old_store_note, verify_checksums
         from cache_tools.clip_store import ClipStore
 
         try:
             ClipStore(path)
         except StoreError as e:
             return [str(e)]
-        return []
+        if notes is not None and (note := old_store_note(path)):
+            notes.append(note)
+        return verify_checksums(path)
     try:
         a = read_attrs(path)
         writer = ShardWriter(path)

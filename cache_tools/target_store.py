@@ -21,12 +21,14 @@ are all empty has no file (record sha256 null). Readers return zeros for such cl
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from cache_tools.atomic import atomic_write_text
+from cache_tools.disk_space import require_space
 from cache_tools.errors import StoreError   # one error class for both stores
 from cache_tools.fingerprint import file_sha256
 
@@ -132,6 +134,7 @@ class ShardWriter:
         if data.shape != (len(rng), *self.array.shape[1:]):
             raise ValueError(f"shard {k} of {self.path}: expected {(len(rng), *self.array.shape[1:])}, got {data.shape}")
         f = shard_file(self.path, k)
+        require_space(self.path, data.nbytes + 16 * self.k + 2**20)   # zarr writes a temp file, then renames
         if f.parent.exists():  # leftovers of a killed run: a stale shard or zarr's *.partial temp files
             for stale in f.parent.glob("0*"):
                 stale.unlink()
@@ -159,10 +162,15 @@ class TargetStore:
 
     Uncompressed shards are memory-mapped and chunks sliced through the shard index (zarr v3
     sharding: (offset, nbytes) uint64 little-endian per chunk, crc32c after, at the end or start);
-    compressed stores are read through zarr-python. Fork-safe: maps open lazily per shard."""
+    compressed stores are read through zarr-python. Fork-safe: maps open lazily per shard.
 
-    def __init__(self, path):
+    verify (default): the first read from a shard in a process hashes the shard file and checks it
+    against the sha256 its completion record holds (StoreError naming the shard if it differs), so
+    a run never trains on flipped bytes; about one sequential read of the shard, once per process."""
+
+    def __init__(self, path, verify: bool = True):
         self.path = Path(path)
+        self.verify = verify
         self.attrs = read_attrs(self.path)
         if self.attrs.get("format") != FORMAT:
             raise StoreError(self.path, f"format is {self.attrs.get('format')!r}, expected {FORMAT!r}")
@@ -187,6 +195,7 @@ class TargetStore:
         self._index_at_end = cfg.get("index_location", "end") == "end"
         self._chunk_bytes = 2 * int(np.prod(self.shape[1:]))
         self._shards: dict[int, tuple] = {}
+        self._checked: set[int] = set()
         self._zarr = None
 
     def __len__(self) -> int:
@@ -196,7 +205,20 @@ class TargetStore:
         return f"TargetStore({str(self.path)!r}, shape={self.shape}, teacher={self.teacher_name!r})"
 
     def __getstate__(self):  # maps are per process: reopen after pickling (spawned DataLoader workers)
-        return {**self.__dict__, "_shards": {}, "_zarr": None}
+        return {**self.__dict__, "_shards": {}, "_checked": set(), "_zarr": None}
+
+    def _check_shard(self, k: int, data=None) -> None:
+        """Once per shard and process: the shard file's sha256 against its completion record."""
+        if not self.verify or k in self._checked:
+            return
+        want = (self.attrs.get("shards", {}).get(str(k)) or {}).get("sha256")
+        f = shard_file(self.path, k)
+        if want is not None:
+            got = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(f)
+            if got != want:
+                raise StoreError(f, f"shard {k} is corrupt: its sha256 {got} differs from the recorded {want}; "
+                                    "rerun `supmam targets` into a new store (`supmam store verify` lists every bad shard)")
+        self._checked.add(k)
 
     def _shard(self, k: int) -> tuple:
         """(view float16 [R, Tt, Ft, D] of shard k's chunk bytes, rows: list, row of each clip or -1).
@@ -214,6 +236,7 @@ class TargetStore:
         import google_crc32c
 
         mm = np.memmap(f, dtype=np.uint8, mode="r")
+        self._check_shard(k, mm)
         size = 16 * self.k + 4
         if mm.size < size:
             raise StoreError(f, f"shard file is {mm.size} bytes, shorter than its {size}-byte index")
@@ -243,6 +266,7 @@ class TargetStore:
     def __getitem__(self, i) -> np.ndarray:
         i = self._index(i)
         if not self._mappable:
+            self._check_shard(i // self.k)
             return self._zarr_array()[i]
         view, rows = self._shards.get(i // self.k) or self._shard(i // self.k)
         r = rows[i % self.k]
@@ -251,6 +275,8 @@ class TargetStore:
     def read(self, indices) -> np.ndarray:
         idx = [self._index(i) for i in np.asarray(indices).reshape(-1)]
         if not self._mappable:
+            for k in sorted({i // self.k for i in idx}):
+                self._check_shard(k)
             return self._zarr_array().get_orthogonal_selection((np.asarray(idx, dtype=np.int64),))
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.float16)  # [B, Tt, Ft, D]
         for b, i in enumerate(idx):

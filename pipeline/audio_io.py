@@ -1,7 +1,13 @@
 """Decode any audio file -> mono float32 at 16 kHz, cut to the clip length; bad files give a reason.
 
 `load_clip` never raises for a bad file: it returns (None, reason) with reason one of
-"corrupt: ...", "empty", "truncated: ...", "non-finite samples", "silent", "too short: ...".
+"corrupt: ...", "empty", "truncated: ...", "bad sample rate: ...", "too large: ...",
+"non-finite samples", "silent", "too short: ...".
+
+Decoders: soundfile (libsndfile: wav, flac, ogg/vorbis, mp3, aiff, ...), then PyAV (FFmpeg in its
+wheel: m4a / aac, webm, opus, ...). The header is read first: a sample rate outside
+MIN_RATE..MAX_RATE or a window that would decode more than MAX_DECODE_SAMPLES samples is refused
+before anything is decoded or resampled (a header claiming 2,147,483,647 Hz once cost 17 GB).
 """
 from __future__ import annotations
 
@@ -15,6 +21,12 @@ import torchaudio
 SAMPLE_RATE = 16000
 SILENT_PEAK = 1e-5       # |x| below this everywhere (about -100 dBFS) counts as silent
 MIN_SAMPLES = 400        # one 25 ms Kaldi window at 16 kHz
+MIN_RATE, MAX_RATE = 1000, 384000        # sample rates a real recording has
+MAX_DECODE_SAMPLES = 30 * 60 * 48000 * 2  # 30 min of 48 kHz stereo: the most one clip may decode
+
+
+class Unusable(Exception):
+    """A file that cannot give a clip; str() is the reason recorded in the store's report."""
 
 
 def _wav_truncation(path: Path) -> str | None:
@@ -38,27 +50,93 @@ def _wav_truncation(path: Path) -> str | None:
     return None
 
 
-def _decode(path: Path, start: float, seconds: float | None) -> tuple[np.ndarray, int]:
-    """(samples [n, channels] float32, sample rate) read from `start`; soundfile, then torchaudio."""
+def check_header(sr: int, channels: int, frames: int, max_samples: int = MAX_DECODE_SAMPLES) -> None:
+    """Unusable unless the rate is sane and `frames` x `channels` fits under `max_samples`."""
+    if not MIN_RATE <= sr <= MAX_RATE:
+        raise Unusable(f"bad sample rate: the header says {sr} Hz (allowed {MIN_RATE}..{MAX_RATE} Hz)")
+    if channels < 1:
+        raise Unusable(f"bad header: {channels} channels")
+    if frames * channels > max_samples:
+        raise Unusable(f"too large: the window holds {frames} frames x {channels} channels, more than "
+                       f"the {max_samples}-sample limit (30 min of 48 kHz stereo)")
+
+
+def _decode(path: Path, start: float, seconds: float | None, max_samples: int) -> tuple[np.ndarray, int]:
+    """(samples [n, channels] float32, sample rate) read from `start`; soundfile, then PyAV."""
     try:
         info = sf.info(str(path))
-        first = int(round(start * info.samplerate))
-        frames = -1 if seconds is None else int(round(seconds * info.samplerate))
+    except Exception as sf_error:  # noqa: BLE001 - not a libsndfile format: try FFmpeg
+        return _decode_av(path, start, seconds, max_samples, sf_error)
+    first = int(round(start * info.samplerate))
+    frames = -1 if seconds is None else int(round(seconds * info.samplerate))
+    expected = max(0, info.frames - first) if frames < 0 else max(0, min(frames, info.frames - first))
+    check_header(info.samplerate, info.channels, expected, max_samples)
+    try:
         x, sr = sf.read(str(path), start=first, frames=frames, dtype="float32", always_2d=True)
-        expected = max(0, info.frames - first) if frames < 0 else max(0, min(frames, info.frames - first))
-        if len(x) < expected:
-            raise EOFError(f"truncated: header says {expected} frames from {start:g} s, read {len(x)}")
-        return x, sr
-    except EOFError:
-        raise
-    except Exception as sf_error:  # noqa: BLE001 - any decoder failure is reported, not raised
+    except Exception as sf_error:  # noqa: BLE001
+        return _decode_av(path, start, seconds, max_samples, sf_error)
+    if len(x) < expected:
+        raise Unusable(f"truncated: header says {expected} frames from {start:g} s, read {len(x)}")
+    return x, sr
+
+
+def _decode_av(path: Path, start: float, seconds: float | None, max_samples: int,
+               sf_error: Exception) -> tuple[np.ndarray, int]:
+    """PyAV (FFmpeg): the first audio stream from `start` for `seconds` -> ([n, channels] float32, rate)."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise Unusable(f"corrupt: soundfile: {sf_error}; pyav: {_av_reason(e)}") from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise Unusable(f"corrupt: soundfile: {sf_error}; pyav: no audio stream")
+        sr, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+        total = container.duration / 1e6 if container.duration else None          # seconds, if known
+        window = seconds if seconds is not None else (total - start if total else 0.0)
+        if total is not None:
+            window = min(window, max(0.0, total - start))
+        check_header(sr, channels, int(round(window * sr)), max_samples)
+        limit = None if seconds is None else int(round(seconds * sr))
         try:
-            w, sr = torchaudio.load(str(path))   # [channels, n]
-        except Exception as ta_error:  # noqa: BLE001
-            raise OSError(f"corrupt: soundfile: {sf_error}; torchaudio: {ta_error}") from None
-        first = int(round(start * sr))
-        last = None if seconds is None else first + int(round(seconds * sr))
-        return w.T[first:last].numpy().astype(np.float32), sr
+            return _av_samples(container, stream, start, limit, max_samples // max(channels, 1)), sr
+        except av.FFmpegError as e:
+            raise Unusable(f"corrupt: pyav: {_av_reason(e)}") from None
+
+
+def _av_reason(e: Exception) -> str:
+    """FFmpeg's reason without the file name or its `last error log` (which FFmpeg's log state in
+    this process decides): the same file gives the same reason in every process."""
+    return getattr(e, "strerror", None) or str(e).split("; last error log:")[0]
+
+
+def _av_samples(container, stream, start: float, limit: int | None, max_frames: int) -> np.ndarray:
+    """Decode packed float32 [n, channels] from `start` seconds, at most `limit` frames. Samples
+    are counted from the stream's first decoded one (codec priming already dropped by FFmpeg),
+    not placed by timestamps, which some containers round to milliseconds."""
+    import av
+
+    chunks, have, skip, resampler = [], 0, None, None
+    for frame in container.decode(stream):
+        if resampler is None:
+            resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+            skip = int(round(start * frame.sample_rate))
+        for out in resampler.resample(frame):
+            x = out.to_ndarray().reshape(-1, len(out.layout.channels))   # packed: [1, n*ch] -> [n, ch]
+            cut = min(skip, len(x))
+            chunks.append(x[cut:])
+            skip -= cut
+            have += len(x) - cut
+        if limit is not None and have >= limit:
+            break
+        if have > max_frames:
+            raise Unusable(f"too large: more than {max_frames} frames decoded (the header gave no length)")
+    if not chunks:
+        return np.zeros((0, 1), np.float32)
+    x = np.concatenate(chunks)
+    return x if limit is None else x[:limit]
 
 
 def resample(wave: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
@@ -75,8 +153,10 @@ def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
     return resample(mono, sr, SAMPLE_RATE).numpy()                                     # [m]
 
 
-def load_clip(path: Path | str, seconds: float, start: float = 0.0) -> tuple[np.ndarray | None, str | None]:
-    """(wave [n] float32 16 kHz, n <= seconds*16000, None) or (None, reason). Not padded: see pad_to."""
+def load_clip(path: Path | str, seconds: float, start: float = 0.0,
+              max_samples: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """(wave [n] float32 16 kHz, n <= seconds*16000, None) or (None, reason). Not padded: see pad_to.
+    `max_samples`: the most samples (frames x channels) one clip may decode (None: MAX_DECODE_SAMPLES)."""
     path = Path(path)
     if not path.is_file():
         return None, "corrupt: file does not exist"
@@ -86,8 +166,8 @@ def load_clip(path: Path | str, seconds: float, start: float = 0.0) -> tuple[np.
     if truncated:
         return None, truncated
     try:
-        x, sr = _decode(path, start, seconds)
-    except (EOFError, OSError) as e:
+        x, sr = _decode(path, start, seconds, MAX_DECODE_SAMPLES if max_samples is None else max_samples)
+    except Unusable as e:
         return None, str(e)
     if x.size == 0:
         return None, "empty"

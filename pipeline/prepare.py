@@ -7,9 +7,13 @@ skipped and listed with their reason in `F.h5.report.json`.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -21,14 +25,17 @@ import torch
 from tqdm import tqdm
 
 from cache_tools import clip_store
+from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.errors import SupmamError
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.names import SPLITS, clip_store_name
+from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
 
 BLOCK_SIZE = 64
+PR_SET_PDEATHSIG = 1          # linux/prctl.h
 
 
 class PrepareError(SupmamError):
@@ -93,8 +100,26 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
     return block, len(records), len(skipped)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """Pool worker set-up: one torch thread, and exit when the parent dies (a `kill -9` of
+    `prepare` must not leave workers running): Linux's PR_SET_PDEATHSIG, plus a thread that
+    watches the parent pid where that is not available."""
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:                                    # died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _run_block(args) -> tuple[int, int, int]:
@@ -120,8 +145,14 @@ def source_fingerprint(spec: DatasetSpec, block_size: int) -> str:
 
 def prepare(spec: DatasetSpec, out: Path | str, workers: int | None = None, block_size: int = BLOCK_SIZE,
             progress: bool = True) -> dict:
-    """Write `spec` to the clip store `out`; returns the report. Skips a complete store of the same input."""
+    """Write `spec` to the clip store `out`; returns the report. Skips a complete store of the same input.
+    One writer per store: a second run on the same `out` is refused at once (`out.lock`)."""
     out = Path(out)
+    with writer_lock(out, "prepare"):
+        return _prepare(spec, out, workers, block_size, progress)
+
+
+def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int, progress: bool) -> dict:
     source = source_fingerprint(spec, block_size)
     if out.exists():
         attrs = clip_store.check_store(out)
@@ -140,10 +171,35 @@ def prepare(spec: DatasetSpec, out: Path | str, workers: int | None = None, bloc
     blocks = [spec.records[i:i + block_size] for i in range(0, len(spec.records), block_size)]
     done = clip_store.finished_blocks(parts)
     todo = [(b, recs, g, parts) for b, recs in enumerate(blocks) if b not in done]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    need = expected_bytes(g, len(spec.records), sum(len(t[1]) for t in todo))
+    require_space(out, need)                                     # before hours of work, not at assembly
     t0 = time.time()
     bar = tqdm(total=len(spec.records), initial=sum(len(blocks[b]) for b in done if b < len(blocks)),
                unit="clip", desc=out.name, disable=not progress, dynamic_ncols=True)
+    try:
+        _run_blocks(todo, workers, bar)
+        bar.close()
+        report = clip_store.assemble(out, len(blocks), store_attrs(spec, source), {
+            "store": str(out), "dataset": spec.dataset, "split": spec.split,
+            "listed": len(spec.records) + len(spec.missing), "missing": list(spec.missing)})
+    except OSError as e:                                         # finished parts stay: a rerun resumes
+        if is_disk_full(e):
+            raise disk_full(out, need) from None
+        raise
+    report["seconds"] = round(time.time() - t0, 3)   # only in the returned dict, not in the files
+    return report
+
+
+def expected_bytes(g: _Geometry, clips: int, todo: int) -> int:
+    """Disk the rest of the run needs: the `todo` clips' part files plus the assembled store
+    (parts and store coexist until assembly ends); 2% and 8 MiB of margin for HDF5's own data."""
+    per_clip = g.target_length * FBANK_PARAMS["num_mel_bins"] * 2 + g.samples * 2 + max(g.num_classes, 8) + 64
+    return int(1.02 * per_clip * (clips + todo)) + 8 * 2**20
+
+
+def _run_blocks(todo: list, workers: int | None, bar) -> None:
+    """Featurise and write every block in `todo`: in-process with one worker, else a process pool."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     if workers == 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)                                 # one clip at a time: threads only contend
@@ -152,19 +208,13 @@ def prepare(spec: DatasetSpec, out: Path | str, workers: int | None = None, bloc
                 bar.update(_run_block(task)[1])
         finally:
             torch.set_num_threads(threads)
-    else:
-        # fork where there is one (no re-import of torch per worker); workers only open their own files
-        # and run torch single-threaded, as DataLoader workers do
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            for fut in as_completed([pool.submit(_run_block, task) for task in todo]):
-                bar.update(fut.result()[1])
-    bar.close()
-    report = clip_store.assemble(out, len(blocks), store_attrs(spec, source), {
-        "store": str(out), "dataset": spec.dataset, "split": spec.split,
-        "listed": len(spec.records) + len(spec.missing), "missing": list(spec.missing)})
-    report["seconds"] = round(time.time() - t0, 3)   # only in the returned dict, not in the files
-    return report
+        return
+    # fork where there is one (no re-import of torch per worker); workers only open their own files
+    # and run torch single-threaded, as DataLoader workers do
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+        for fut in as_completed([pool.submit(_run_block, task) for task in todo]):
+            bar.update(fut.result()[1])
 
 
 def summary_line(report: dict) -> str:

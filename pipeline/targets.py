@@ -12,6 +12,7 @@ A teacher has `token_grid(wave [B, S]) -> [B, Tt, Ft, D]`, `name`, `checkpoint_i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
+from cache_tools.writer_lock import writer_lock
 
 
 class WaveDataset(Dataset):
@@ -92,7 +95,8 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
                   device: str = "cpu", clips_per_shard: int | None = None, workers: int = 0,
                   compression: str | None = None, progress: bool = True) -> dict:
     """Run `teacher` over every clip of `clips` (a ClipStore or the same interface) into the target
-    store `out`, skipping complete shards. Returns a summary dict (rank 0's view)."""
+    store `out`, skipping complete shards. Returns a summary dict (rank 0's view). One writer per
+    store: rank 0 holds `out.lock`; a second `targets` run on the same `out` is refused at once."""
     rank, world, started = _init_distributed(device)
     t0 = time.perf_counter()
     n, s = len(clips), len(clips.wave(0))
@@ -101,11 +105,14 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         (tt, ft), d = identity.pop("grid"), int(teacher.dim)
     else:  # any other teacher: one forward on silence tells the geometry
         _, tt, ft, d = teacher_targets(teacher, torch.zeros(1, s), device).shape  # [1, Tt, Ft, D]
+    lock = contextlib.ExitStack()
     error = None
-    if rank == 0:  # rank 0 creates the array (or checks the existing one) before anyone writes
+    if rank == 0:  # rank 0 takes the writer lock and creates the array (or checks it) before anyone writes
         try:
+            lock.enter_context(writer_lock(out, "targets"))
             init_store(out, n, (tt, ft), d, identity, clips_per_shard, compression)
         except Exception as e:  # noqa: BLE001 - every rank learns of it below, so none writes or hangs
+            lock.close()
             error = e
     verdict = [None if error is None else str(error)]
     if world > 1:  # also orders creation before any other rank opens the store
@@ -114,8 +121,43 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         raise error
     if verdict[0] is not None:
         raise StoreError(out, f"rank 0 refused the store: {verdict[0]}")
+    with lock:
+        summary = _compute(clips, out, teacher, (tt, ft, d), rank, world, batch_size, device, workers, progress)
+    if started:
+        dist.destroy_process_group()
+    summary.update(clips=n, teacher=identity["teacher"], checkpoint=identity["checkpoint_sha256"],
+                   seconds=time.perf_counter() - t0)
+    if rank == 0 and progress:
+        print(summary_line(summary), flush=True)
+    return summary
+
+
+def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_size: int, device: str,
+             workers: int, progress: bool) -> dict:
+    """This rank's unfinished shards -> the store; finalize on rank 0. Returns the summary's counts."""
+    tt, ft, d = geometry
     writer = ShardWriter(out)
     mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
+    need = sum(len(writer.clips(k)) for k in mine) * tt * ft * d * 2 + 2**20 * (1 + len(mine))
+    require_space(out, need)                                       # this rank's shards, before the teacher runs
+    try:
+        todo = _write_shards(clips, writer, mine, teacher, geometry, rank, world, batch_size, device, workers,
+                             progress)
+    except OSError as e:                                           # finished shards keep their records
+        if is_disk_full(e):
+            raise disk_full(out, need) from None
+        raise
+    _barrier(world)
+    complete = finalize(out) if rank == 0 else None
+    _barrier(world)
+    return {"out": str(out), "computed": todo, "shards": writer.num_shards, "complete": complete,
+            "grid": [tt, ft], "dim": d, "rank": rank, "world": world}
+
+
+def _write_shards(clips, writer: ShardWriter, mine: list[int], teacher, geometry: tuple, rank: int, world: int,
+                  batch_size: int, device: str, workers: int, progress: bool) -> int:
+    """The teacher over the clips of shards `mine`, each shard written whole when full; returns clips done."""
+    tt, ft, d = geometry
     loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),
                         num_workers=workers, worker_init_fn=_one_thread if workers else None,
                         pin_memory=str(device).startswith("cuda"))
@@ -133,18 +175,7 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
             writer.write(k, buf)
         bar.update(len(idx))
     bar.close()
-    _barrier(world)
-    complete = finalize(out) if rank == 0 else None
-    _barrier(world)
-    if started:
-        dist.destroy_process_group()
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "clips": n, "computed": todo, "shards": writer.num_shards,
-               "complete": complete, "teacher": identity["teacher"], "checkpoint": identity["checkpoint_sha256"],
-               "grid": [tt, ft], "dim": d, "seconds": seconds, "rank": rank, "world": world}
-    if rank == 0 and progress:
-        print(summary_line(summary), flush=True)
-    return summary
+    return todo
 
 
 def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | None = None,

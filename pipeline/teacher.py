@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from cache_tools.errors import SupmamError
+from cache_tools.errors import StoreError, SupmamError
 from cache_tools.fingerprint import file_sha256
+from cache_tools.safe_load import LAION_CLAP, safe_torch_load
 from pipeline.teacher_input import FusionMel, layout_batch, quantize_int16, resample
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,9 @@ def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
     "audio_branch.*" keys are kept (text branch, projections and logit scales are ignored).
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_err:                          # official files may pickle more than tensors
-        log.info("%s: weights-only load failed (%s); loading the full pickle", path, safe_err)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise TeacherError(f"{path}: not a readable torch checkpoint ({err})") from err
+        ckpt = safe_torch_load(path, allow=LAION_CLAP)   # weights only: numpy lr scalars allowed, no code
+    except StoreError as err:
+        raise TeacherError(str(err)) from None
     sd = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise TeacherError(f"{path}: expected a state dict (or a dict with 'state_dict') of tensors")

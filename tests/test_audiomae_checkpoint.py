@@ -138,11 +138,11 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path):
         load_encoder(missing)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth.*cannot read"):
+    with pytest.raises(CheckpointError, match="garbage.pth: not a torch checkpoint"):
         load_checkpoint(garbage)
     code = tmp_path / "code.pth"                                        # pickles a callable: never run
     torch.save({"model": {}, "hook": print}, code)
-    with pytest.raises(CheckpointError, match="code.pth.*cannot read"):
+    with pytest.raises(CheckpointError, match="code.pth: holds print, which is not on the allow-list"):
         load_checkpoint(code)
     nomodel = tmp_path / "nomodel.pth"
     torch.save({"state_dict": {}}, nomodel)

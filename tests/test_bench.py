@@ -61,6 +61,7 @@ def test_cpu_bench_quick(tmp_path):
         "target_reads": ["ratio_single_targetstore_vs_npy", "ratio_single_zarr_vs_npy",
                          "ratio_batch_targetstore_vs_npy", "ratio_batch_zarr_vs_npy"],
         "clip_reads": ["ratio_fbank_clipstore_vs_npy", "ratio_wave_clipstore_vs_npy"],
+        "shard_check": ["first_read_ms_verified", "ratio_first_read_verified_vs_unverified"],
         "prepare": ["ratio_featurise_vs_bare_fbank", "ratio_prepare_vs_bare_fbank"],
         "teacher": ["ratio_build_targets_vs_token_grid"],
         "storage": ["ratio_target_store_vs_per_patch_fp32", "ratio_target_store_vs_per_patch_fp16",

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
-PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "demo", "ablate"]
+PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "embed", "export",
+                  "demo", "ablate"]
 
 
 def supmam(*args: str, code: str | None = None) -> subprocess.CompletedProcess:

@@ -66,6 +66,7 @@ def test_spc1_uses_twelve_classes(tmp_path):
     state = load_checkpoint(tmp_path / "runs" / "k1" / "checkpoint.pt")
     assert state["model"]["head.weight"].shape == (12, 192) and "valid" in m
     assert (state["config"]["freqm"], state["config"]["timem"]) == (16, 8)
+    assert state["norm"] == {"mean": -6.8, "std": 5.5}               # the store's stats, kept for embedding
     spc_stores(tmp_path / "ten", "spc1", 10, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="12 classes"):
         finetune("spc1", tmp_path / "ten", *TINY, "epochs=1")

@@ -45,6 +45,7 @@ def test_preset_objectives_learn(preset, stores, tmp_path):
     assert np.mean(ls[-5:]) < 0.9 * np.mean(ls[:3]), ls
     state = torch.load(final, weights_only=True)
     assert state["step"] == 30 and state["config"]["model"]["objectives"] == cfg.model.objectives
+    assert state["norm"] == {"mean": -4.0, "std": 2.0}                # the clip store's stats, kept for embedding
     saved = json.loads((run / "config.json").read_text())
     assert saved["derived"]["total_steps"] == 30 and saved["derived"]["patch_grid"] == [T // 16, 8]
     assert saved["derived"]["target_length"] == T and saved["derived"]["lr"] == pytest.approx(2e-3)   # from the store

@@ -70,7 +70,7 @@ def test_spc1_superb_twelve_classes(tmp_path):
     assert len(test.records) == 8
     assert {(r.clip_id.split("/")[0], r.label) for r in test.records} == {
         ("yes", 0), ("go", 9), ("_unknown_", unk), ("_silence_", sil)}
-    with pytest.raises(ValueError, match="test_root"):
+    with pytest.raises(LayoutError, match="test_root"):
         read_spc1(root, None, "test")
 
 
@@ -119,7 +119,7 @@ def test_audioset_json_manifest(tmp_path):
     spec2 = read_audioset(tmp_path / "as", manifest=man2)
     assert spec2.records[0].path == man.parent / "audio" / "Ev1b.wav" and spec2.records[0].label == [2]
     man.write_text(json.dumps({"data": [{"wav": "audio/Plain01.wav", "labels": "/m/nope"}]}))
-    with pytest.raises(ValueError, match="/m/nope"):
+    with pytest.raises(LayoutError, match="/m/nope"):
         read_audioset(tmp_path / "as", manifest=man)
 
 

@@ -59,8 +59,10 @@ def test_incomplete_and_corrupt_stores_are_refused(tmp_path, data):
     raw = bytearray(f.read_bytes())
     raw[-10] ^= 0xFF  # inside the shard index
     f.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"c/0/0/0/0: shard 0 is corrupt: its sha256"):
+        TargetStore(p)[0]                                  # the recorded sha256, checked on first read
     with pytest.raises(StoreError, match=r"c/0/0/0/0.*crc32c"):
-        TargetStore(p)[0]
+        TargetStore(p, verify=False)[0]                    # unchecked, the index's own crc32c still holds
     assert any("shard 0 corrupt" in m for m in verify_store(p))
 
 

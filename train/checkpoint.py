@@ -3,8 +3,10 @@
 Public API
 ----------
 save_checkpoint(path, state: dict) -> Path     atomic (cache_tools.atomic: tmp file beside it, fsync, rename)
-load_checkpoint(path, map_location="cpu") -> dict     weights_only; CheckpointError naming the file on any problem
+load_checkpoint(path, map_location="cpu") -> dict     cache_tools.safe_load (weights_only); CheckpointError naming the file on any problem
 load_encoder(path, target_length=None, drop_path_rate=0.0) -> AudioViT   (eval mode)
+encoder_from_checkpoint(path, ck, target_length=None, drop_path_rate=0.0) -> AudioViT
+    the same from an already loaded dict {"model": state_dict, ...} (`path` only names it in errors)
     Accepts (a) our checkpoints: {"model": state_dict, "config", "kind", ...}; a pretraining
     checkpoint holds the whole MaskedAudioModel, whose encoder keys carry the `encoder.` prefix;
     (b) AudioMAE's pretrained.pth / finetuned.pth: {"model": ...} with AudioMAE's key names
@@ -22,28 +24,24 @@ class CheckpointError(SupmamError)
 """
 from __future__ import annotations
 
-import argparse
 import re
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from cache_tools.atomic import atomic_path
-from cache_tools.errors import SupmamError
+from cache_tools.errors import StoreError, SupmamError
+from cache_tools.safe_load import AUDIOMAE, OURS, safe_torch_load
 from train.models_vit import AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
-# what a checkpoint may hold besides tensors and plain containers: AudioMAE's argparse Namespace
-# of training arguments, and our numpy RNG state (an ndarray of the MT19937 key)
-SAFE_GLOBALS = [argparse.Namespace, np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
 
 
 class CheckpointError(SupmamError):
-    pass
+    """A checkpoint that cannot (or must not) be loaded; the message names the file."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -55,15 +53,15 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """torch.load(weights_only=True), allowing only SAFE_GLOBALS beyond tensors and plain containers."""
+    """Weights-only load (cache_tools.safe_load), never a full unpickle: tensors, plain containers,
+    our RNG states' numpy arrays and AudioMAE's argparse.Namespace; anything else is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any decoding problem becomes one clear message
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+        ck = safe_torch_load(path, allow=OURS + AUDIOMAE, map_location=map_location)
+    except StoreError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ck).__name__}")
     return ck
@@ -105,7 +103,12 @@ def _pos_layout(table: Tensor, Fp: int) -> tuple[str, int | None]:
 
 def load_encoder(path: str | Path, target_length: int | None = None, drop_path_rate: float = 0.0) -> AudioViT:
     path = Path(path)
-    ck = load_checkpoint(path)
+    return encoder_from_checkpoint(path, load_checkpoint(path), target_length, drop_path_rate)
+
+
+def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | None = None,
+                            drop_path_rate: float = 0.0) -> AudioViT:
+    path = Path(path)
     sd = _encoder_keys(path, ck)
     D, in_ch, p, p2 = sd["patch_embed.proj.weight"].shape
     if in_ch != 1 or p != p2 or N_MELS % p:

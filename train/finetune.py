@@ -175,6 +175,7 @@ def _info(stores: Sequence[ClipStore]) -> dict:
     """What every checkpoint of the run records about its data (besides the config's paths)."""
     ref = stores[0]
     return {"class_names": ref.class_names, "target_length": ref.target_length,
+            "norm": {"mean": ref.norm_mean, "std": ref.norm_std},      # the fbank normalisation it trained with
             "fingerprints": {"clips": {s.path.name: s.fingerprint for s in stores}}}
 
 

@@ -95,6 +95,7 @@ class Parts:
     fingerprints: dict
     out: Path
     start_step: int
+    norm: dict = field(default_factory=dict)   # {"mean", "std"}: the clip store's fbank normalisation
 
     @property
     def ckpt_path(self) -> Path:
@@ -163,7 +164,7 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     if dist.is_main:
         _truncate_log(out / "log.jsonl", step)
     return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), index,
-                 teacher, derived, fingerprints, out, step)
+                 teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std})
 
 
 def build_model(cfg: PretrainConfig, ds: PretrainDataset, tinfo: TargetInfo | None, teacher: OnlineTeacher | None,
@@ -309,10 +310,11 @@ def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
 
 def checkpoint_state(p: Parts, step: int, full: bool = True) -> dict:
     """What a checkpoint holds: the bare model, the full config and derived values, the stores'
-    fingerprints; `full` adds what resuming needs (optimizer, schedule, scaler, RNG states)."""
+    fingerprints, the fbank normalisation (`norm`); `full` adds what resuming needs (optimizer, schedule, scaler, RNG states)."""
     state = {"kind": "pretrain", "model": p.model.state_dict(), "step": step,
              "epoch": step // p.derived.steps_per_epoch, "config": to_dict(p.cfg),
-             "derived": dataclasses.asdict(p.derived), "fingerprints": p.fingerprints, "teacher": p.derived.teacher}
+             "derived": dataclasses.asdict(p.derived), "fingerprints": p.fingerprints, "teacher": p.derived.teacher,
+             "norm": p.norm}                                          # embedding normalises as training did
     if full:
         state |= {"optimizer": p.optimizer.state_dict(), "scheduler": p.scheduler.state_dict(),
                   "scaler": p.scaler.state_dict(), "rng": rng_state()}

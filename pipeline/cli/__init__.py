@@ -2,6 +2,7 @@
 
     data mini | prepare ... | targets | store inspect|verify      pipeline/cli/stage_one.py
     pretrain | finetune | evaluate                               pipeline/cli/stage_two.py
+    embed | export                                               pipeline/cli/use.py
     demo | ablate                                                pipeline/cli/runs.py
 
 Error policy: a SupmamError (bad input, bad store, bad config, missing file; its message names the
@@ -20,7 +21,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from cache_tools.errors import SupmamError  # noqa: E402
-from pipeline.cli import runs, stage_one, stage_two  # noqa: E402
+from pipeline.cli import runs, stage_one, stage_two, use  # noqa: E402
 
 
 class _Root(TyperGroup):
@@ -55,6 +56,8 @@ COMMANDS = {   # pipeline order; a typer.Typer is a group of subcommands
     "pretrain": stage_two.pretrain,
     "finetune": stage_two.finetune,
     "evaluate": stage_two.evaluate,
+    "embed": use.embed,
+    "export": use.export,
     "demo": runs.demo,
     "ablate": runs.ablate,
 }

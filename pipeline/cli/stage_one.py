@@ -110,7 +110,10 @@ def store_verify(path: Path = typer.Argument(..., help="A clip store (.h5) or ta
                  ) -> None:
     """Recompute shard checksums, report incomplete / corrupt shards, check the clip fingerprint."""
     from cache_tools.inspect import verify_store
-    problems = verify_store(path, clips)
+    notes: list[str] = []
+    problems = verify_store(path, clips, notes)
+    for n in notes:
+        typer.echo(f"note: {n}")
     for p in problems:
         typer.echo(f"error: {p}", err=True)
     if problems:

@@ -2,7 +2,7 @@
 
 Readers only look at metadata and file names; decoding happens in `pipeline.prepare`.
 A root that is missing or laid out wrongly raises LayoutError, whose message names the root and
-shows the layout that was expected.
+shows the layout that was expected; a bad list / CSV row raises LayoutError naming `<file>:<line>`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cache_tools.errors import SupmamError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".aiff", ".aif")
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,17 @@ class DatasetSpec:
 
 
 class LayoutError(SupmamError):
-    """A dataset root that is missing or not laid out as the reader expects."""
+    """A dataset root that is missing or not laid out as the reader expects (with the expected layout),
+    or a list / CSV row that is wrong (`root` is then `<file>:<line>`, no layout)."""
 
-    def __init__(self, root: Path | str, problem: str, expected: str):
-        self.root = Path(root)
-        super().__init__(f"{root}: {problem}\nExpected layout:\n{expected.rstrip()}")
+    def __init__(self, root: Path | str, problem: str | None = None, expected: str = ""):
+        if problem is None:              # one string: a whole message (a DataLoader worker re-raise)
+            super().__init__(str(root))
+        elif expected:
+            super().__init__(f"{root}: {problem}\nExpected layout:\n{expected.rstrip()}")
+        else:
+            super().__init__(f"{root}: {problem}")
+        self.root = Path(root) if problem is not None else Path(str(self).partition(": ")[0])
 
 
 def require(cond: bool, root: Path | str, problem: str, expected: str) -> None:

@@ -22,15 +22,30 @@ _SEGMENT_STEM = re.compile(r"^(?P<ytid>.+)_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(
 
 
 def read_class_labels(path: Path) -> tuple[list[str], list[str]]:
-    """class_labels_indices.csv -> (display names, MIDs), ordered by `index`."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
+    """class_labels_indices.csv -> (display names, MIDs), ordered by `index` (a UTF-8 BOM is accepted)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        rows = [(reader.line_num, r) for r in reader]
+    if not rows or not {"index", "mid", "display_name"} <= set(rows[0][1]):
         raise LayoutError(path.parent, f"{path.name} lacks the header `index,mid,display_name`", EXPECTED)
-    rows.sort(key=lambda r: int(r["index"]))
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
-        raise LayoutError(path.parent, f"{path.name}: indices are not 0..{len(rows) - 1}", EXPECTED)
-    return [r["display_name"] for r in rows], [r["mid"] for r in rows]
+    parsed, seen = [], {}
+    for line, r in rows:
+        where = f"{path}:{line}"
+        try:
+            index = int(r["index"])
+        except (TypeError, ValueError):
+            raise LayoutError(where, f"index {r['index']!r} is not an integer") from None
+        mid = (r["mid"] or "").strip()
+        if not mid:
+            raise LayoutError(where, f"empty mid")
+        if mid in seen:
+            raise LayoutError(where, f"mid {mid} is listed twice (first on line {seen[mid]})")
+        seen[mid] = line
+        parsed.append((index, mid, r["display_name"] or ""))
+    parsed.sort()
+    if [i for i, _, _ in parsed] != list(range(len(parsed))):
+        raise LayoutError(path.parent, f"{path.name}: indices are not 0..{len(parsed) - 1} (each once)", EXPECTED)
+    return [n for _, _, n in parsed], [m for _, m, _ in parsed]
 
 
 def _labels(mids: str, mid_index: dict[str, int], where: str) -> list[int]:
@@ -39,10 +54,10 @@ def _labels(mids: str, mid_index: dict[str, int], where: str) -> list[int]:
         if not mid:
             continue
         if mid not in mid_index:
-            raise ValueError(f"{where}: label {mid!r} is not in class_labels_indices.csv")
+            raise LayoutError(where, f"label {mid!r} is not in class_labels_indices.csv")
         out.append(mid_index[mid])
     if not out:
-        raise ValueError(f"{where}: no labels")
+        raise LayoutError(where, f"no labels")
     return sorted(set(out))
 
 
@@ -61,14 +76,36 @@ def _index_audio(folder: Path) -> dict[str, list[tuple[float | None, Path]]]:
     return index
 
 
-def _find(index: dict, ytid: str, start: float, split: str) -> Path | None:
-    """The file of segment (ytid, start); files under a folder named after the split come first."""
-    cands = sorted(index.get(ytid, []), key=lambda c: split not in c[1].parts)
-    for value, path in cands:  # YTID_{start}_{end}: start in seconds or in milliseconds
-        if value is not None and (abs(value - start) < 1e-3 or abs(value / 1000.0 - start) < 1e-3):
-            return path
-    named = [path for value, path in cands if value is None]
-    return named[0] if named else None
+def _find(index: dict, ytid: str, start: float, split: str, where: str) -> Path | None:
+    """The file of segment (ytid, start): a name carrying the start, else the plain YTID name; files
+    under a folder named after the split come first. Two files at the same rank: LayoutError."""
+    cands = index.get(ytid, [])
+    for in_split in (True, False):                          # YTID_{start}_{end}: start in s or in ms
+        level = [path for value, path in cands if (split in path.parts) == in_split]
+        timed = sorted({path for value, path in cands if path in level and value is not None
+                        and (abs(value - start) < 1e-3 or abs(value / 1000.0 - start) < 1e-3)})
+        named = sorted({path for value, path in cands if path in level and value is None})
+        for group in (timed, named):
+            if len(group) > 1:
+                raise LayoutError(where, f"{len(group)} files map to segment {ytid} at {start:g} s: "
+                                 f"{', '.join(str(p) for p in group[:4])}; keep one")
+            if group:
+                return group[0]
+    return None
+
+
+def _segment(row: list[str], where: str) -> tuple[str, float, float]:
+    """(YTID, start, end) of one segment row; LayoutError naming the CSV and line."""
+    if len(row) != 4:
+        raise LayoutError(where, f"expected `YTID, start, end, \"mids\"`, got {row}")
+    ytid = row[0].strip()
+    try:
+        start, end = float(row[1]), float(row[2])
+    except ValueError:
+        raise LayoutError(where, f"start / end {row[1]!r}, {row[2]!r} are not numbers") from None
+    if not ytid or not 0 <= start < end:
+        raise LayoutError(where, f"bad segment {row[:3]} (need a YTID and 0 <= start < end)")
+    return ytid, start, end
 
 
 def _read_segments(root: Path, split: str, mid_index: dict[str, int]) -> tuple[list[ClipRecord], list[str]]:
@@ -76,20 +113,19 @@ def _read_segments(root: Path, split: str, mid_index: dict[str, int]) -> tuple[l
     require(csv_path.is_file(), root, f"no segment list {csv_path.name} for split {split!r}", EXPECTED)
     require((root / "audio").is_dir(), root, "no audio/ folder", EXPECTED)
     index = _index_audio(root / "audio")
-    records, missing, seen = [], [], set()
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f, skipinitialspace=True), 1):
+    records, missing, seen = [], [], {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, skipinitialspace=True)
+        for row in reader:
             if not row or row[0].lstrip().startswith("#"):
                 continue
-            where = f"{csv_path}:{lineno}"
-            if len(row) != 4:
-                raise ValueError(f"{where}: expected `YTID, start, end, \"mids\"`, got {row}")
-            ytid, start, end = row[0].strip(), float(row[1]), float(row[2])
+            where = f"{csv_path}:{reader.line_num}"
+            ytid, start, end = _segment(row, where)
             clip_id = f"{ytid}_{start:.3f}"
             if clip_id in seen:
-                raise ValueError(f"{where}: segment {clip_id} listed twice")
-            seen.add(clip_id)
-            path = _find(index, ytid, start, split)
+                raise LayoutError(where, f"segment {clip_id} listed twice (first on line {seen[clip_id]})")
+            seen[clip_id] = reader.line_num
+            path = _find(index, ytid, start, split, where)
             if path is None:
                 missing.append(clip_id)
                 continue
@@ -100,21 +136,24 @@ def _read_segments(root: Path, split: str, mid_index: dict[str, int]) -> tuple[l
 
 def _read_manifest(manifest: Path, mid_index: dict[str, int]) -> tuple[list[ClipRecord], list[str]]:
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))["data"]
+        data = json.loads(manifest.read_text(encoding="utf-8-sig"))["data"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LayoutError(manifest, f"not a readable JSON manifest with a `data` list ({e})", EXPECTED) from None
-    records, missing, seen = [], [], set()
+    records, missing, seen = [], [], {}
     for i, item in enumerate(data):
         where = f"{manifest}: data[{i}]"
-        if not isinstance(item, dict) or "wav" not in item or "labels" not in item:
-            raise ValueError(f"{where}: expected {{\"wav\": path, \"labels\": \"mid1,mid2\"}}, got {item!r}")
-        wav = Path(item["wav"])
+        if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or "labels" not in item:
+            raise LayoutError(where, f"expected {{\"wav\": path, \"labels\": \"mid1,mid2\"}}, got {item!r}")
+        wav = Path(item["wav"])        # absolute paths are what AST / AudioMAE manifests hold: allowed
+        if not wav.is_absolute() and ".." in wav.parts:
+            raise LayoutError(where, f"{item['wav']!r} climbs out of the manifest's folders (`..`); refusing it")
         cands = [wav] if wav.is_absolute() else [manifest.parent / wav, manifest.parent.parent / wav]
         path = next((c for c in cands if c.is_file()), None)
         clip_id = wav.stem
         if clip_id in seen:
-            raise ValueError(f"{where}: clip {clip_id} listed twice")
-        seen.add(clip_id)
+            raise LayoutError(where, f"{item['wav']} and {seen[clip_id][1]} (data[{seen[clip_id][0]}]) "
+                             f"map to one clip id {clip_id!r}")
+        seen[clip_id] = (i, item["wav"])
         labels = _labels(str(item["labels"]), mid_index, where)
         if path is None:
             missing.append(clip_id)
@@ -128,7 +167,7 @@ def read_audioset(root: Path | str, split: str | None = None, manifest: Path | s
     root = Path(root)
     require(root.is_dir(), root, "AudioSet root does not exist", EXPECTED)
     if (split is None) == (manifest is None):
-        raise ValueError(f"{root}: give exactly one of split ({'|'.join(SPLITS)}) or manifest")
+        raise LayoutError(root, f"give exactly one of split ({'|'.join(SPLITS)}) or manifest")
     labels_csv = root / "class_labels_indices.csv"
     if manifest is not None and not labels_csv.is_file():
         labels_csv = Path(manifest).parent / "class_labels_indices.csv"
@@ -142,6 +181,6 @@ def read_audioset(root: Path | str, split: str | None = None, manifest: Path | s
         split = split or manifest.stem
     else:
         if split not in SPLITS:
-            raise ValueError(f"{root}: unknown AudioSet split {split!r}; known: {', '.join(SPLITS)}")
+            raise LayoutError(root, f"unknown AudioSet split {split!r}; known: {', '.join(SPLITS)}")
         records, missing = _read_segments(root, split, mid_index)
     return DatasetSpec("audioset", split, names, mids, True, TARGET_LENGTH, CLIP_SECONDS, records, missing)

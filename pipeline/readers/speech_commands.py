@@ -40,7 +40,7 @@ def _read_list(path: Path) -> set[str]:
 def _split_files(root: Path, split: str) -> tuple[dict[str, list[str]], list[str]]:
     """The split's files per word, and list entries with no file (missing)."""
     if split not in SPLITS:
-        raise ValueError(f"{root}: unknown split {split!r}; known: {', '.join(SPLITS)}")
+        raise LayoutError(root, f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     words = _word_files(root)
     valid, test = _read_list(root / "validation_list.txt"), _read_list(root / "testing_list.txt")
     present = {f for fs in words.values() for f in fs}
@@ -88,7 +88,7 @@ def read_spc1(root: Path | str, test_root: Path | str | None, split: str) -> Dat
     root = Path(root)
     if split == "test":
         if test_root is None:
-            raise ValueError(f"{root}: the SPC-1 test split reads SUPERB's test set; give test_root")
+            raise LayoutError(root, f"the SPC-1 test split reads SUPERB's test set; give test_root")
         records, missing = _read_spc1_test(Path(test_root)), []
     else:
         files, missing = _split_files(root, split)
