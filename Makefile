@@ -16,8 +16,14 @@ TASK    ?= spc2
 CLAP_CKPT ?=
 CLAP_MODEL ?= HTSAT-tiny
 DEVICE  ?= cpu
+# pretraining clip stores (cache_tools/names.py PRETRAIN_SETS): the mini presets read the unbalanced
+# store; the paper presets (VARIANT=) read AS-2M, both AudioSet training splits; one target store each
+ifeq ($(VARIANT),-mini)
 CLIPS   ?= $(STORES)/audioset_unbalanced_train.h5
-TARGETS ?= $(STORES)/audioset_unbalanced_train.targets.zarr
+else
+CLIPS   ?= $(STORES)/audioset_balanced_train.h5 $(STORES)/audioset_unbalanced_train.h5
+endif
+TARGETS ?= $(patsubst %.h5,%.targets.zarr,$(CLIPS))
 INIT    ?= latest
 ARGS    ?=
 # nothing may reach for a model hub at run time (laion-clap's imports otherwise retry for minutes)
@@ -51,14 +57,18 @@ prepare: data
 	$(SUPMAM) prepare all --root $(DATA) --out $(STORES)
 
 targets: install
-	@test -f $(CLIPS) || $(MAKE) prepare
-	$(SUPMAM) targets --clips $(CLIPS) --out $(TARGETS) --clap-model $(CLAP_MODEL) --device $(DEVICE) \
-		$(if $(CLAP_CKPT),--clap-ckpt $(CLAP_CKPT),)
+	@for c in $(CLIPS); do test -f $$c || { $(MAKE) prepare; break; }; done
+	@c=($(CLIPS)); t=($(TARGETS)); test $${#c[@]} = $${#t[@]} || { echo "error: CLIPS and TARGETS name $${#c[@]} and $${#t[@]} stores"; exit 1; }; \
+	for i in $${!c[@]}; do \
+		$(SUPMAM) targets --clips $${c[i]} --out $${t[i]} --clap-model $(CLAP_MODEL) --device $(DEVICE) \
+			$(if $(CLAP_CKPT),--clap-ckpt $(CLAP_CKPT),) || exit 1; \
+	done
 
 pretrain: install
-	@test -f $(CLIPS) || $(MAKE) prepare
-	@case "$(PRESET)" in *clap*) test -d $(TARGETS) || $(MAKE) targets ;; esac
-	$(SUPMAM) pretrain --preset $(PRESET)$(VARIANT) --clips $(CLIPS) --targets $(TARGETS) --runs $(RUNS) $(ARGS)
+	@for c in $(CLIPS); do test -f $$c || { $(MAKE) prepare; break; }; done
+	@case "$(PRESET)" in *clap*) for t in $(TARGETS); do test -d $$t || { $(MAKE) targets; break; }; done ;; esac
+	$(SUPMAM) pretrain --preset $(PRESET)$(VARIANT) $(foreach c,$(CLIPS),--clips $(c)) \
+		$(foreach t,$(TARGETS),--targets $(t)) --runs $(RUNS) $(ARGS)
 
 finetune: install
 	$(SUPMAM) finetune --task $(TASK) --preset $(TASK)$(VARIANT) --init $(INIT) --stores $(STORES) --runs $(RUNS) $(ARGS)

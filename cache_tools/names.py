@@ -37,9 +37,16 @@ def prepared_store_names() -> list[str]:
     return [clip_store_name(d, s) for d, splits in SPLITS.items() for s in splits]
 
 
-# what pretraining reads: the unbalanced AudioSet clips and their teacher targets
+# what pretraining reads: the unbalanced AudioSet clips and their teacher targets (the mini presets,
+# the demo and the ablation read this one store)
 PRETRAIN_CLIPS = clip_store_name("audioset", "unbalanced_train")    # audioset_unbalanced_train.h5
 PRETRAIN_TARGETS = target_store_name(PRETRAIN_CLIPS)                # audioset_unbalanced_train.targets.zarr
+# the clip stores a pretraining config's `clip_set` names: AS-2M (the paper's pretraining data) is
+# both AudioSet training splits; "unbalanced" is the one store above
+PRETRAIN_SETS: dict[str, tuple[str, ...]] = {
+    "as2m": (clip_store_name("audioset", "balanced_train"), PRETRAIN_CLIPS),
+    "unbalanced": (PRETRAIN_CLIPS,),
+}
 
 # the stores of each fine-tuning task: train (one or more), valid ("" = none), test ("" = the task
 # cross-validates on the folds of its one train store)

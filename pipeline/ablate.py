@@ -7,12 +7,15 @@ fine-tuned on mini as20k (mAP) and mini esc50 (5-fold accuracy).
     table "mask":       MAM-CLAP / SupMAM mask ratio (paper Tables 2 and 3)
     table "objectives": rec / cls / rec+cls / clap / clap+cls (paper Table 4)
     table "lambda":     SupMAM-CLAP lambda_cls (paper Table 5)
+    table "reductions": SupMAM-CLAP with each objective option the paper leaves open switched from
+                        its default (REDUCTIONS; docs/fidelity.md), beside the defaults
 
 On a multi-core CPU two configurations run side by side (pipeline.side_by_side), each with half
 the cores; a configuration's log is runs/<ablate>/logs/<name>.log.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +26,10 @@ from cache_tools.fingerprint import file_sha256
 from cache_tools.names import PRETRAIN_CLIPS, PRETRAIN_TARGETS
 
 TASKS = ("as20k", "esc50")
+TABLES = ("mask", "objectives", "lambda", "reductions")
+# one row each: the option's non-default value (the defaults are the current behaviour)
+REDUCTIONS = (("model.cls_reduction", "sum"), ("model.clap_dim_reduction", "sum"),
+              ("model.clap_visible_from", "encoder"), ("model.tau", "0.1"))
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,12 @@ class Run:
     objectives: tuple      # ("clap", "cls") ...
     mask_ratio: float
     lambda_cls: float
+    options: tuple = ()    # (("model.tau", "0.1"),): further config overrides
 
     @property
     def name(self) -> str:
-        return f"{'+'.join(self.objectives)}-m{self.mask_ratio:g}-l{self.lambda_cls:g}"
+        extra = "".join(f"-{k.split('.')[-1]}={v}" for k, v in self.options)
+        return f"{'+'.join(self.objectives)}-m{self.mask_ratio:g}-l{self.lambda_cls:g}{extra}"
 
 
 def sweep(tables: set[str]) -> dict[str, list[Run]]:
@@ -49,6 +58,9 @@ def sweep(tables: set[str]) -> dict[str, list[Run]]:
                            Run("supmam-clap-mini", ("clap", "cls"), 0.2, 1e-4)]
     if "lambda" in tables:
         t["lambda"] = [Run("supmam-clap-mini", ("clap", "cls"), 0.2, lam) for lam in (1e-4, 1e-2, 1.0)]
+    if "reductions" in tables:
+        base = Run("supmam-clap-mini", ("clap", "cls"), 0.2, 1e-4)
+        t["reductions"] = [base] + [dataclasses.replace(base, options=(o,)) for o in REDUCTIONS]
     return t
 
 
@@ -58,15 +70,23 @@ def store_checksums(path: Path) -> dict[str, str]:
     return {str(f.relative_to(path)): file_sha256(f) for f in files}
 
 
+def pretrain_overrides(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
+                       steps: int | None, extra: list[str]) -> list[str]:
+    """The config overrides of one configuration's pretraining run (on top of its mini preset)."""
+    ovs = [f"clips={clips}", f"targets={targets}", f"run_dir={runs}", f"name=pretrain-{run.name}",
+           f"device={device}", f"seed={seed}", f"model.objectives={','.join(run.objectives)}",
+           f"model.mask_ratio={run.mask_ratio}", f"model.lambda_cls={run.lambda_cls}",
+           *(f"{k}={v}" for k, v in run.options)]
+    if steps:
+        ovs.append(f"max_steps={steps}")
+    return ovs + list(extra)
+
+
 def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
                  steps: int | None, extra: list[str]) -> Path:
     from train.pretrain import load_pretrain_config, run_pretrain
-    ovs = [f"clips={clips}", f"targets={targets}", f"run_dir={runs}", f"name=pretrain-{run.name}",
-           f"device={device}", f"seed={seed}", f"model.objectives={','.join(run.objectives)}",
-           f"model.mask_ratio={run.mask_ratio}", f"model.lambda_cls={run.lambda_cls}"]
-    if steps:
-        ovs.append(f"max_steps={steps}")
-    return run_pretrain(load_pretrain_config(run.preset, ovs + list(extra)), resume=True)
+    ovs = pretrain_overrides(run, clips, targets, runs, seed, device, steps, extra)
+    return run_pretrain(load_pretrain_config(run.preset, ovs), resume=True)
 
 
 def config_job(run: Run, clips: Path, targets: Path, stores: Path, runs: Path, seed: int, device: str,
@@ -81,7 +101,8 @@ def config_job(run: Run, clips: Path, targets: Path, stores: Path, runs: Path, s
             f"init={ckpt}", f"stores={stores}", f"run_dir={runs}", f"name=ft-{task}-{run.name}", f"device={device}",
             f"seed={seed}", *finetune_overrides.get(task, [])], task=task))
         scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
-    return {"run": run.__dict__ | {"objectives": list(run.objectives)}, "scores": scores}
+    return {"run": run.__dict__ | {"objectives": list(run.objectives), "options": [list(o) for o in run.options]},
+            "scores": scores}
 
 
 def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", tables: str = "all",
@@ -97,7 +118,9 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
     targets = Path(targets or stores / PRETRAIN_TARGETS)
     if not targets.exists():
         raise StoreError(targets, "no target store; run `make targets` first")
-    chosen = {"mask", "objectives", "lambda"} if tables == "all" else set(tables.split(","))
+    chosen = set(TABLES) if tables == "all" else set(tables.split(","))
+    if chosen - set(TABLES):
+        raise ValueError(f"unknown ablation table(s) {sorted(chosen - set(TABLES))}; known: {TABLES}")
     before = store_checksums(targets)
     t0 = time.time()
     unique = {run.name: run for table_runs in sweep(chosen).values() for run in table_runs}
@@ -121,23 +144,27 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
     return summary
 
 
-_TITLES = {"mask": "Tables 2-3: mask ratio", "objectives": "Table 4: objectives", "lambda": "Table 5: lambda_cls"}
+_TITLES = {"mask": "Tables 2-3: mask ratio", "objectives": "Table 4: objectives", "lambda": "Table 5: lambda_cls",
+           "reductions": "Objective options the paper leaves open (SupMAM-CLAP)"}
 
 
 def ablation_tables(s: dict) -> str:
     out = [f"# Ablations on the mini data (one target store: {s['store']}, unchanged: {s['store_unchanged']})"]
     for table, names in s["tables"].items():
         tasks = list(s["results"][names[0]]["scores"])
+        with_options = any(s["results"][n]["run"].get("options") for n in names)   # a column only if used
         out += ["", f"## {_TITLES[table]}", "",
-                "| objectives | mask ratio | lambda_cls | " + " | ".join(
+                "| objectives | mask ratio | lambda_cls | " + ("options | " if with_options else "") + " | ".join(
                     f"{t} {s['results'][names[0]]['scores'][t]['metric']}" for t in tasks) + " |",
-                "|---|---|---|" + "---|" * len(tasks)]
+                "|---|---|---|" + ("---|" if with_options else "") + "---|" * len(tasks)]
         for n in names:
             r = s["results"][n]
             cells = [f"{r['scores'][t]['score']:.3f}" + (f" ± {r['scores'][t]['std']:.3f}"
                                                          if r["scores"][t]["std"] is not None else "") for t in tasks]
+            opts = ", ".join(f"{k}={v}" for k, v in r["run"].get("options") or []) or "defaults"
             out.append(f"| {'+'.join(r['run']['objectives'])} | {r['run']['mask_ratio']:g} | "
-                       f"{r['run']['lambda_cls']:g} | " + " | ".join(cells) + " |")
+                       f"{r['run']['lambda_cls']:g} | " + (f"{opts} | " if with_options else "")
+                       + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

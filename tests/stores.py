@@ -70,8 +70,9 @@ def fake_teacher(wave: torch.Tensor) -> torch.Tensor:
     return out.reshape(-1, *GRID, DIM).to(torch.float16)                      # [B,Tt,Ft,D]
 
 
-def write_clips(path: Path, n: int, seed: int = 0, prefix: str = "clip") -> Path:
-    """A clip store of n structured clips (class-dependent tones in the fbank and the wave)."""
+def write_clips(path: Path, n: int, seed: int = 0, prefix: str = "clip", class_names: list[str] | None = None) -> Path:
+    """A clip store of n structured clips (class-dependent tones in the fbank and the wave); C classes
+    named c0, c1, ... unless `class_names` (C of them) says otherwise."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % C
     t = np.arange(T)[:, None] / T
@@ -83,17 +84,18 @@ def write_clips(path: Path, n: int, seed: int = 0, prefix: str = "clip") -> Path
     wave = np.stack([0.3 * np.sin(2 * np.pi * (200 * (1 + c)) * s) + rng.normal(0, .05, s.size)
                      for c in labels])
     wave = (np.clip(wave, -1, 1) * 32767).astype(np.int16)                    # [n,S]
-    write_clip_store(path, fbank, wave, labels, [f"c{i}" for i in range(C)],
+    write_clip_store(path, fbank, wave, labels, class_names or [f"c{i}" for i in range(C)],
                      ids=[f"{prefix}{i:03d}" for i in range(n)], norm_mean=-4.0, norm_std=2.0)
     return path
 
 
-def write_targets(path: Path, clips_path: Path, teacher=fake_teacher) -> Path:
-    """The fake teacher's targets for every clip of `clips_path`, as stage one writes them."""
+def write_targets(path: Path, clips_path: Path, teacher=fake_teacher, **identity) -> Path:
+    """The fake teacher's targets for every clip of `clips_path`, as stage one writes them
+    (`identity` overrides the store's teacher identity attrs, e.g. checkpoint_sha256)."""
     clips = cs.ClipStore(clips_path)
     waves = torch.from_numpy(np.stack([clips.wave(i) for i in range(len(clips))]).astype(np.float32) / 32768.0)
     ident = {"teacher": "fake-teacher", "checkpoint": None, "checkpoint_sha256": "untrained:seed=7",
-             "teacher_mel": TEACHER_MEL, "clip_fingerprint": clips.fingerprint}
+             "teacher_mel": TEACHER_MEL, "clip_fingerprint": clips.fingerprint, **identity}
     return write_target_store(path, teacher(waves).numpy(), ident)           # [N,Tt,Ft,D]
 
 

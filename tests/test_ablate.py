@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ablate import Run, run_ablation, store_checksums, sweep
+from pipeline.ablate import REDUCTIONS, Run, pretrain_overrides, run_ablation, store_checksums, sweep
 from tests.stores import TINY_PRETRAIN as TINY
 from tests.stores import spc_stores, write_clips, write_targets
 
@@ -65,7 +65,7 @@ def test_lambda_sweep_reuses_one_store_unchanged(stores, tmp_path):
 
 
 def test_sweep_tables_cover_the_paper_ablations():
-    t = sweep({"mask", "objectives", "lambda"})
+    t = sweep({"mask", "objectives", "lambda", "reductions"})
     assert {tuple(r.objectives) for r in t["objectives"]} == {("rec",), ("cls",), ("rec", "cls"), ("clap",),
                                                               ("clap", "cls")}
     assert len({r.mask_ratio for r in t["mask"] if r.objectives == ("clap",)}) >= 3
@@ -73,3 +73,35 @@ def test_sweep_tables_cover_the_paper_ablations():
     assert len({r.name for rs in t.values() for r in rs}) == len({r for rs in t.values() for r in rs})
     assert Run("x", ("clap",), 0.2, 0.0).name == "clap-m0.2-l0"
     assert np.isclose(min(r.mask_ratio for r in t["mask"]), 0.2)
+
+
+def test_reductions_table_switches_one_option_per_row(stores, tmp_path):
+    """One row per objective option the paper leaves open, each run configured with exactly that option
+    changed from the preset's default (read back from each run's saved config), beside the defaults."""
+    from train.pretrain import load_pretrain_config
+    torch.set_num_threads(1)
+    d, clips, targets = stores
+    runs = sweep({"reductions"})["reductions"]
+    assert [r.options for r in runs] == [()] + [(o,) for o in REDUCTIONS]
+    assert {k for k, _ in REDUCTIONS} == {"model.cls_reduction", "model.clap_dim_reduction",
+                                          "model.clap_visible_from", "model.tau"}
+    base = load_pretrain_config("supmam-clap-mini").model
+    pre = [o for o in TINY if not o.startswith("log_every")] + ["batch_size=4", "log_every=1"]
+    summary = run_ablation(d, tmp_path / "runs", tables="reductions", steps=1, tasks=("spc2",),
+                           pretrain_overrides=pre, clips=clips, targets=targets,
+                           finetune_overrides={"spc2": ["epochs=1", "batch_size=8", "eval_batch_size=16"]})
+    table = (tmp_path / "runs" / "ablation.md").read_text().splitlines()
+    assert "| objectives | mask ratio | lambda_cls | options | spc2 accuracy |" in table
+    for run in runs:
+        saved = json.loads((tmp_path / "runs" / f"pretrain-{run.name}" / "config.json").read_text())["config"]
+        cfg = load_pretrain_config(run.preset, pretrain_overrides(run, clips, targets, tmp_path, 0, "cpu", 1, pre))
+        changed = {k for k in saved["model"] if saved["model"][k] != getattr(base, k)}
+        want = {k.removeprefix("model.") for k, _ in run.options}
+        # the tiny test model's sizes differ from the preset's; the objective options are the run's own
+        assert changed - {"encoder_depth", "decoder_dim", "decoder_heads", "cls_hidden"} == want, run.name
+        for key, value in run.options:
+            field = key.removeprefix("model.")
+            assert str(saved["model"][field]) == value and str(getattr(cfg.model, field)) == value
+        opts = ", ".join(f"{k}={v}" for k, v in run.options) or "defaults"
+        assert any(row.startswith(f"| clap+cls | 0.2 | 0.0001 | {opts} | ") for row in table), opts
+    assert summary["store_unchanged"] and set(summary["results"]) == {r.name for r in runs}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from timm.optim import param_groups_layer_decay
@@ -254,3 +255,112 @@ def test_forward_with_mask_probs_pools_only_the_kept_tokens():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         assert mask.sum(1).tolist() == [64 - 24] * 2                         # 40 of 64 tokens masked
         assert not torch.allclose(got, enc(x, 0.25, 0.5, generator=torch.Generator().manual_seed(10)))
+
+
+# ---- AudioMAE's decoder: attention init, shifted blocks, position layout; objective options
+
+def test_decoder_attention_starts_as_audiomae_scale_1_and_meta_mlp_dropout():
+    """AudioMAE's Swin V2-CR (timm_patch) divides cosine logits by tau = 1 and drops 0.1 / 0.1 in the
+    position-bias MLP; timm's block would start at scale exp(log 10) = 10 and 0.125 / 0."""
+    torch.manual_seed(0)
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec"], decoder_depth=2), target_length=128)
+    for blk in model.decoder_blocks:
+        assert torch.equal(blk.attn.logit_scale, torch.zeros(2))                 # exp(0) = 1
+        assert (blk.attn.meta_mlp.drop1.p, blk.attn.meta_mlp.drop2.p) == (0.1, 0.1)
+    attn = model.decoder_blocks[0].attn.eval()
+    x = torch.randn(3, 16, 64)                                                  # [windows, 4x4 tokens, Dd]
+    with torch.no_grad():
+        W, b = attn.qkv.weight, attn.qkv.bias
+        q, k, v = (x @ W.T + b).reshape(3, 16, 3, 2, 32).permute(2, 0, 3, 1, 4)  # each [3, heads, 16, 32]
+        cos = (q / q.norm(dim=-1, keepdim=True)) @ (k / k.norm(dim=-1, keepdim=True)).transpose(-2, -1)
+        m = attn.meta_mlp                                                       # bias MLP on log coordinates
+        rel = attn.relative_coordinates_log                                     # [16*16, 2]
+        bias = (torch.relu(rel @ m.fc1.weight.T + m.fc1.bias) @ m.fc2.weight.T + m.fc2.bias)  # [256, heads]
+        logits = cos * 1.0 + bias.T.reshape(1, 2, 16, 16)                       # scale 1 (AudioMAE tau = 1)
+        out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(3, 16, 64) @ attn.proj.weight.T + attn.proj.bias
+        torch.testing.assert_close(attn(x), out, atol=1e-5, rtol=1e-5)
+        attn.logit_scale.fill_(torch.log(torch.tensor(10.0)))                   # timm's init: another output
+        assert not torch.allclose(attn(x), out, atol=1e-3)
+
+
+@pytest.mark.parametrize("rule,depth,shifted", [("odd", 16, [i % 2 == 1 for i in range(16)]),
+                                                ("odd", 1, [False]), ("all", 1, [True]),
+                                                ("all", 3, [True] * 3), ("none", 2, [False, False])])
+def test_decoder_shift_blocks(rule, depth, shifted):
+    """odd: AudioMAE's alternation (16 blocks: even none, odd (2, 0)); all: the paper's single block
+    "with shifted local attention" shifts."""
+    model = MaskedAudioModel(tiny_cfg(objectives=["clap"], decoder_depth=depth, decoder_dim=32,
+                                      decoder_shift_blocks=rule), target_length=128, target_dim=8)
+    got = [tuple(b.shift_size) for b in model.decoder_blocks]
+    assert got == [(2, 0) if s else (0, 0) for s in shifted]
+    assert [b.attn_mask is not None for b in model.decoder_blocks] == shifted
+    with pytest.raises(ConfigError, match="decoder_shift_blocks must be one of"):
+        MAMConfig(decoder_shift_blocks="even")
+
+
+def audiomae_flexible_table(dim: int, grid_hw: tuple[int, int]) -> np.ndarray:
+    """AudioMAE's util/pos_embed.py get_2d_sincos_pos_embed_flexible, re-derived in numpy: grid
+    (h, w), meshgrid(w, h) ("w goes first"), first half from the w coordinate, second from h."""
+    h, w = grid_hw
+    gw, gh = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))   # each [h, w]
+
+    def one(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))         # [d/2]
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)                                # [h*w, d/2]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)                         # [h*w, d]
+    return np.concatenate([one(dim // 2, gw), one(dim // 2, gh)], axis=1)                 # [h*w, dim]
+
+
+def test_pos_layout_audiomae_is_audiomaes_fresh_table():
+    """A fresh model with pos_layout="audiomae" carries the table AudioMAE's models_mae.py builds:
+    get_2d_sincos_pos_embed_flexible(D, patch_hw) with PatchEmbed_org's patch_hw = (F/p, T/p)."""
+    model = MaskedAudioModel(tiny_cfg(objectives=["rec"], pos_layout="audiomae"), target_length=1024)
+    enc = model.encoder
+    assert enc.pos_width == 64 and enc.pos_layout == "audiomae"
+    np.testing.assert_allclose(enc.pos_embed[0, 1:].numpy(), audiomae_flexible_table(192, (8, 64)), atol=1e-6)
+    assert torch.equal(enc.pos_embed[0, 0], torch.zeros(192))                  # cls row 0 (AudioMAE's cls_token=True)
+    np.testing.assert_allclose(model.decoder_pos_embed[0].numpy(), audiomae_flexible_table(64, (8, 64)), atol=1e-6)
+    fresh = MaskedAudioModel(tiny_cfg(objectives=["rec"]), target_length=1024).encoder   # default: timefreq
+    assert not np.allclose(fresh.pos_embed[0, 1:].numpy(), audiomae_flexible_table(192, (8, 64)), atol=1e-3)
+    with pytest.raises(ConfigError, match="pos_layout must be one of"):
+        MAMConfig(pos_layout="table")
+
+
+def test_objective_reductions():
+    pred, target = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0]])
+    mean, sum_ = clap_loss(pred, target, mask), clap_loss(pred, target, mask, "sum")
+    for a, b in zip(mean, sum_):                                                # summed over D = 5x the mean
+        torch.testing.assert_close(b, 5 * a)
+    logits, y = torch.randn(3, 4), (torch.rand(3, 4) > 0.5).float()
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits / 2, y, reduction="none")   # [3,4]
+    torch.testing.assert_close(cls_loss(logits, y, tau=2.0, multilabel=True), per.mean())
+    torch.testing.assert_close(cls_loss(logits, y, tau=2.0, multilabel=True, reduction="sum"), per.sum(1).mean())
+    ids = torch.tensor([0, 3, 1])                                               # single-label: one term per clip
+    assert cls_loss(logits, ids, reduction="sum") == cls_loss(logits, ids)
+
+
+def test_clap_visible_predictions_from_the_encoder():
+    """clap_visible_from="encoder": the visible tokens' clap term depends only on the encoder-side head,
+    the masked tokens' only on the decoder's; "decoder" (default) has no encoder-side head."""
+    torch.manual_seed(0)
+    model = MaskedAudioModel(tiny_cfg(objectives=["clap"], clap_visible_from="encoder", mask_ratio=0.5),
+                             target_length=128, target_dim=16).eval()
+    x, t = torch.randn(2, 1, 128, 128), torch.randn(2, 64, 16)
+
+    def parts():
+        with torch.no_grad():
+            _, p, _ = model(x, t, generator=torch.Generator().manual_seed(3))
+        return p["clap_vis"].item(), p["clap_mask"].item()
+    vis, masked = parts()
+    with torch.no_grad():
+        model.target_head_visible[1].bias += 1.0
+    vis2, masked2 = parts()
+    assert vis2 != vis and masked2 == masked
+    with torch.no_grad():
+        model.target_head[1].bias += 1.0
+    vis3, masked3 = parts()
+    assert vis3 == vis2 and masked3 != masked2
+    model.init_target_head(torch.ones(16), torch.full((16,), 2.0))            # both heads start at the stats
+    assert torch.equal(model.target_head_visible[1].bias, torch.ones(16))
+    assert not hasattr(MaskedAudioModel(tiny_cfg(objectives=["clap"]), 128, 16), "target_head_visible")

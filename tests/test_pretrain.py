@@ -123,7 +123,7 @@ def test_cli_pretrain_runs_a_preset_with_overrides(stores, tmp_path):
     assert (tmp_path / "mam-clap" / "checkpoint-final.pt").is_file() and len(losses(tmp_path / "mam-clap")) == 2
     cfg = torch.load(tmp_path / "mam-clap" / "checkpoint-final.pt", weights_only=True)["config"]
     assert (cfg["clips"], cfg["targets"], cfg["run_dir"], cfg["name"]) == (      # the flags are config keys
-        str(stores["clips"]), str(stores["targets"]), str(tmp_path), "mam-clap")
+        [str(stores["clips"])], [str(stores["targets"])], str(tmp_path), "mam-clap")
     r = CliRunner().invoke(app, args + ["model.bogus=3"])
     assert r.exit_code == 1 and "bogus" in r.output
 
@@ -142,15 +142,25 @@ def test_config_rejects_unknown_keys_and_presets_load():
     with pytest.raises(ConfigError, match="mam-clap.toml: model: mask_ratio must be in"):
         load_pretrain_config("mam-clap", ["model.mask_ratio=1.0"])
     cfg = load_pretrain_config("mam-clap", ["stores=/s"])           # store paths: default names under `stores`
-    assert (cfg.clips, cfg.targets, cfg.name) == ("/s/audioset_unbalanced_train.h5",
-                                                   "/s/audioset_unbalanced_train.targets.zarr", "mam-clap")
-    want = {"audiomae": (["rec"], 0.8, 16), "supmam": (["rec", "cls"], 0.4, 16),
-            "mam-clap": (["clap"], 0.2, 1), "supmam-clap": (["clap", "cls"], 0.2, 1)}
-    for name, (obj, ratio, depth) in want.items():
+    assert cfg.clips == ["/s/audioset_balanced_train.h5", "/s/audioset_unbalanced_train.h5"]     # AS-2M
+    assert cfg.targets == ["/s/audioset_balanced_train.targets.zarr", "/s/audioset_unbalanced_train.targets.zarr"]
+    assert cfg.name == "mam-clap"
+    mini = load_pretrain_config("mam-clap-mini", ["stores=/s"])     # the mini data: the one unbalanced store
+    assert (mini.clips, mini.targets) == (["/s/audioset_unbalanced_train.h5"],
+                                          ["/s/audioset_unbalanced_train.targets.zarr"])
+    one = load_pretrain_config("mam-clap", ["clips=/a/x.h5"])       # a single path is a list of one
+    assert (one.clips, one.targets) == (["/a/x.h5"], ["/a/x.targets.zarr"])
+    with pytest.raises(ConfigError, match="one target store per clip store"):
+        load_pretrain_config("mam-clap", ['clips=["/a.h5", "/b.h5"]', "targets=/a.targets.zarr"])
+    want = {"audiomae": (["rec"], 0.8, 16, "odd"), "supmam": (["rec", "cls"], 0.4, 16, "odd"),
+            "mam-clap": (["clap"], 0.2, 1, "all"), "supmam-clap": (["clap", "cls"], 0.2, 1, "all")}
+    for name, (obj, ratio, depth, shifts) in want.items():
         full, mini = load_pretrain_config(name), load_pretrain_config(f"{name}-mini")
         assert (full.model.objectives, full.model.mask_ratio, full.model.decoder_depth) == (obj, ratio, depth)
+        assert full.model.decoder_shift_blocks == mini.model.decoder_shift_blocks == shifts
         assert full.model.encoder == "base" and full.batch_size == 128 and full.lr == 2e-4   # blr 4e-4
         assert full.betas == (0.9, 0.95) and mini.lr == 5e-4                              # blr 8e-3 at batch 16
+        assert full.weight_decay == 1e-4 and full.clip_set == "as2m" and mini.clip_set == "unbalanced"
         assert mini.model.objectives == obj and mini.model.mask_ratio == ratio and mini.model.encoder == "tiny"
         assert 0 < mini.max_steps <= 500 and mini.batch_size <= 32
     assert load_pretrain_config("supmam").model.lambda_cls == 0.01
@@ -240,3 +250,72 @@ def test_compiled_step_gives_the_eager_losses(stores, tmp_path):
     assert saved["config"]["compile"] == "eager"
     np.testing.assert_allclose(losses(tmp_path / "compiled" / "supmam-clap"),
                                losses(tmp_path / "plain" / "supmam-clap"), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, stores):
+    """Two clip stores (8 + 4 clips, same classes) and their target stores: one pretraining dataset."""
+    d = tmp_path_factory.mktemp("two")
+    b = write_clips(d / "b.h5", 4, seed=1, prefix="b")
+    return {"clips": [stores["clips"], b], "targets": [stores["targets"], write_targets(d / "b.targets.zarr", b)]}
+
+
+def test_several_stores_are_one_dataset(two):
+    from train.data import PretrainDataset
+    ds = PretrainDataset(two["clips"], two["targets"])
+    a, b = (PretrainDataset(c, t) for c, t in zip(two["clips"], two["targets"]))
+    assert len(ds) == 12 and ds.locate(9) == (1, 1) and ds.locate(7) == (0, 7)
+    item, ref = ds[9], b[1]                                        # dataset clip 9 = clip 1 of the second store
+    for key in ("fbank", "label", "targets"):
+        assert torch.equal(item[key], ref[key]), key
+    assert int(item["index"]) == 9 and torch.equal(ds[3]["targets"], a[3]["targets"])
+    np.testing.assert_array_equal(ds.read_targets([9, 0]), np.stack([b.read_targets([1])[0], a.read_targets([0])[0]]))
+    with pytest.raises(IndexError):
+        ds[12]
+
+
+def two_cfg(two, run_dir: Path, *extra: str) -> PretrainConfig:
+    return load_pretrain_config("supmam-clap", [f"clips={json.dumps([str(c) for c in two['clips']])}",
+                                                f"targets={json.dumps([str(t) for t in two['targets']])}",
+                                                f"run_dir={run_dir}", "name=two", *TINY, *extra])
+
+
+def test_several_stores_pretrain_and_resume_exactly(two, tmp_path):
+    """12 clips from two stores, 4 per update: 3 updates per epoch; the run is cut mid-epoch and resumed."""
+    torch.set_num_threads(1)
+    extra = ("batch_size=4", "max_steps=5", "ckpt_every=2", "blr=0.064")
+    run_pretrain(two_cfg(two, tmp_path / "a", *extra))
+    run_pretrain(two_cfg(two, tmp_path / "b", *extra), stop_after=2)
+    run_pretrain(two_cfg(two, tmp_path / "b", *extra), resume=True)
+    a, b = losses(tmp_path / "a" / "two"), losses(tmp_path / "b" / "two")
+    assert len(a) == 5 and a == b
+    saved = json.loads((tmp_path / "a" / "two" / "config.json").read_text())
+    assert saved["derived"]["num_clips"] == 12 and saved["derived"]["steps_per_epoch"] == 3
+    fps = saved["fingerprints"]
+    assert fps["clips"] == [cs.ClipStore(c).fingerprint for c in two["clips"]] and len(set(fps["targets"])) == 2
+    other = write_clips(tmp_path / "o.h5", 4, seed=2, prefix="o")   # other stores: the checkpoint refuses them
+    swapped = dict(two, clips=[two["clips"][0], other], targets=[two["targets"][0],
+                                                                 write_targets(tmp_path / "o.targets.zarr", other)])
+    with pytest.raises(StoreMismatch, match="trained on stores"):
+        run_pretrain(two_cfg(swapped, tmp_path / "b", *extra), resume=True)
+
+
+def test_stores_of_another_label_space_or_teacher_are_refused(two, tmp_path):
+    from tests.stores import write_clip_store
+    from train.data import PretrainDataset
+    from train.pretrain_targets import target_info
+    first = two["clips"][0]
+    named = write_clips(tmp_path / "named.h5", 4, prefix="n", class_names=["x", "y", "z"])
+    with pytest.raises(StoreMismatch) as e:
+        PretrainDataset([first, named])
+    assert str(e.value).startswith(f"{named}: class_ids, class_names differ from the clip store {first}")
+    short = write_clip_store(tmp_path / "short.h5", np.zeros((4, 64, 128), np.float16), np.zeros((4, 16000), np.int16),
+                             np.arange(4) % 3, ["c0", "c1", "c2"], norm_mean=-4.0, norm_std=2.0)
+    with pytest.raises(StoreMismatch, match=f"^{short.path}: target_length differs from the clip store {first}"):
+        PretrainDataset([first, short.path])
+    with pytest.raises(StoreMismatch, match=f"target store {two['targets'][0]} was computed from a clip store"):
+        PretrainDataset(two["clips"], [two["targets"][0], two["targets"][0]])     # each pair is checked
+    other_teacher = write_targets(tmp_path / "b2.targets.zarr", two["clips"][1], checkpoint_sha256="another")
+    ds = PretrainDataset(two["clips"], [two["targets"][0], other_teacher])
+    with pytest.raises(StoreMismatch, match=f"^{other_teacher}: checkpoint_sha256 differs from the target store"):
+        target_info(ds, None)

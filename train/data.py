@@ -1,20 +1,27 @@
-"""Pretraining data over the two stores: normalised fbank, label, cached CLAP targets (and the wave
+"""Pretraining data over the stores: normalised fbank, label, cached CLAP targets (and the wave
 for `--teacher online`), read in a deterministic order that can start mid-epoch for resume; and what
 fine-tuning's data (train.finetune_data) shares with it: the fbank normalisation and the worker init.
 
-    ds = PretrainDataset(clips_path, targets_path)        # validates the pair, opens lazily per process
+    ds = PretrainDataset([clips_a, clips_b], [targets_a, targets_b])   # validates, opens lazily per process
     sampler = StepBatchSampler(len(ds), batch_size=128, accum_steps=1, rank=0, world_size=1, seed=0)
     loader = build_loader(ds, sampler, num_workers=4, pin_memory=True, seed=0)
     sampler.set_position(epoch, step_in_epoch); for batch in loader: ...
 
+Several clip stores (AS-2M: balanced + unbalanced) are one dataset: clip i of the dataset is clip
+i - offset[k] of store k, stores in the order given. They must share the label space and the
+features (check_label_space); each target store must belong to its clip store (check_stores).
+A single path (not a list) is one store.
+
 A batch is a dict: `fbank` float32 [B,1,T,128] (normalize_fbank: AudioMAE's normalisation),
-`label` (int64 [B] or float32 multi-hot [B,C]), `index` int64 [B], and optionally
+`label` (int64 [B] or float32 multi-hot [B,C]), `index` int64 [B] (in the dataset), and optionally
 `targets` float16 [B,Tt,Ft,D] (the teacher's own grid; mapped to patches on the device) and
 `wave` float32 [B,S] in [-1, 1].
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +34,8 @@ from train.config import ConfigError
 
 
 class StoreMismatch(SupmamError):
-    """A target store that was not computed from the clip store it is paired with."""
+    """A store that does not belong with the others: a target store computed from another clip store,
+    or clip stores with different label spaces read as one dataset."""
 
 
 def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Path) -> None:
@@ -51,33 +59,81 @@ def normalize_fbank(fbank: torch.Tensor, mean: float, std: float) -> torch.Tenso
     return (fbank - mean) / (2.0 * std)
 
 
-class PretrainDataset(Dataset):
-    """Clip i of the clip store with its cached targets. Stores open lazily in each process."""
+def label_space(store: ClipStore) -> dict:
+    """What clip stores read as one dataset must share: labels, input geometry, features, normalisation."""
+    return {"class_ids": store.class_ids, "class_names": store.class_names, "multilabel": store.multilabel,
+            "target_length": store.target_length, "sample_rate": store.sample_rate,
+            "feature_params": store.attrs.get("feature_params"), "norm": (store.norm_mean, store.norm_std),
+            "wave_samples": len(store.wave(0)) if len(store) else None}
 
-    def __init__(self, clips_path: str | Path, targets_path: str | Path | None = None, with_wave: bool = False):
-        self.clips_path = Path(clips_path)
-        self.targets_path = Path(targets_path) if targets_path is not None else None
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def check_label_space(stores: Sequence[ClipStore]) -> None:
+    """Refuse clip stores that cannot be one dataset: the first differing property names both stores."""
+    ref = label_space(stores[0])
+    for s in stores[1:]:
+        got = label_space(s)
+        diff = [k for k in ref if got[k] != ref[k]]
+        if diff:
+            k, verb = diff[0], "differs" if len(diff) == 1 else "differ"
+            raise StoreMismatch(
+                f"{s.path}: {', '.join(diff)} {verb} from the clip store {stores[0].path} ({k}: {_short(got[k])} "
+                f"here, {_short(ref[k])} there); clip stores pretrained on as one dataset must share the class "
+                f"ids and names, the label kind, the input length and the feature parameters")
+
+
+def _paths(p: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    if p is None:
+        return []
+    return [Path(p)] if isinstance(p, (str, Path)) else [Path(q) for q in p]
+
+
+class PretrainDataset(Dataset):
+    """Clip i of the concatenated clip stores with its cached targets. Stores open lazily in each process."""
+
+    def __init__(self, clips_path: str | Path | Sequence[str | Path],
+                 targets_path: str | Path | Sequence[str | Path] | None = None, with_wave: bool = False):
+        self.clips_paths = _paths(clips_path)
+        self.targets_paths = _paths(targets_path) or None
         self.with_wave = with_wave
-        self._clips: ClipStore | None = None
-        self._targets: TargetStore | None = None
-        if self.targets_path is not None:
-            check_stores(self.clips, self.targets, self.targets_path)
+        if not self.clips_paths:
+            raise ConfigError("pretraining needs at least one clip store")
+        if self.targets_paths is not None and len(self.targets_paths) != len(self.clips_paths):
+            raise ConfigError(f"{len(self.clips_paths)} clip stores {[str(p) for p in self.clips_paths]} but "
+                              f"{len(self.targets_paths)} target stores {[str(p) for p in self.targets_paths]}: "
+                              f"give one target store per clip store, in the same order")
+        self._clips: list[ClipStore] | None = None
+        self._targets: list[TargetStore] | None = None
+        check_label_space(self.clip_stores)
+        if self.targets_paths is not None:
+            for c, t, tp in zip(self.clip_stores, self.target_stores, self.targets_paths):
+                check_stores(c, t, tp)
+        self.offsets = np.cumsum([0] + [len(c) for c in self.clip_stores])     # [S+1] first index of each store
         self.norm_mean = float(self.clips.norm_mean)
         self.norm_std = float(self.clips.norm_std)
         self.reopen()  # drop the handles used for validation; each worker opens its own
 
     @property
-    def clips(self) -> ClipStore:
+    def clip_stores(self) -> list[ClipStore]:
         if self._clips is None:
-            self._clips = ClipStore(self.clips_path)
+            self._clips = [ClipStore(p) for p in self.clips_paths]
         return self._clips
 
     @property
-    def targets(self) -> TargetStore:
-        if self.targets_path is None:
+    def clips(self) -> ClipStore:
+        """The first clip store: its geometry, labels and features are every store's (checked)."""
+        return self.clip_stores[0]
+
+    @property
+    def target_stores(self) -> list[TargetStore]:
+        if self.targets_paths is None:
             raise RuntimeError("this dataset was built without a target store")
         if self._targets is None:
-            self._targets = TargetStore(self.targets_path)
+            self._targets = [TargetStore(p) for p in self.targets_paths]
         return self._targets
 
     def reopen(self) -> None:
@@ -85,17 +141,30 @@ class PretrainDataset(Dataset):
         self._clips = None
         self._targets = None
 
+    def locate(self, i: int) -> tuple[int, int]:
+        """(store, clip in that store) of dataset clip i."""
+        if not 0 <= i < self.offsets[-1]:
+            raise IndexError(f"clip {i} outside the {self.offsets[-1]} clips of {len(self.clips_paths)} store(s)")
+        k = bisect_right(self.offsets, i) - 1
+        return k, i - int(self.offsets[k])
+
+    def read_targets(self, indices) -> np.ndarray:
+        """float16 [n,Tt,Ft,D]: the cached targets of dataset clips `indices`, in that order."""
+        return np.stack([self.target_stores[k][j] for k, j in (self.locate(int(i)) for i in indices)])
+
     def __len__(self) -> int:
-        return len(self.clips)
+        return int(self.offsets[-1])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        fb = torch.from_numpy(np.asarray(self.clips.fbank(i), dtype=np.float32))   # [T,128]
+        k, j = self.locate(int(i))
+        clips = self.clip_stores[k]
+        fb = torch.from_numpy(np.asarray(clips.fbank(j), dtype=np.float32))        # [T,128]
         fb = normalize_fbank(fb, self.norm_mean, self.norm_std).unsqueeze(0)        # [1,T,128]
-        item = {"fbank": fb, "label": torch.as_tensor(self.clips.label(i)), "index": torch.tensor(i)}
-        if self.targets_path is not None:
-            item["targets"] = torch.from_numpy(np.ascontiguousarray(self.targets[i]))  # f16 [Tt,Ft,D]
+        item = {"fbank": fb, "label": torch.as_tensor(clips.label(j)), "index": torch.tensor(i)}
+        if self.targets_paths is not None:
+            item["targets"] = torch.from_numpy(np.ascontiguousarray(self.target_stores[k][j]))  # f16 [Tt,Ft,D]
         if self.with_wave:
-            w = np.asarray(self.clips.wave(i), dtype=np.float32) / 32768.0          # [S] in [-1, 1)
+            w = np.asarray(clips.wave(j), dtype=np.float32) / 32768.0               # [S] in [-1, 1)
             item["wave"] = torch.from_numpy(w)
         return item
 

@@ -19,18 +19,24 @@ Checkpoints: `model` = MaskedAudioModel.state_dict(); train.checkpoint.load_enco
 `encoder.*` keys (prefix stripped) and ignores decoder_* / mask_token / heads.
 
 Decoder: decoder_embed (Linear D->Dd), mask tokens at masked positions, fixed sin-cos decoder
-positions (time/frequency layout), timm SwinTransformerV2CrBlock x decoder_depth over the FULL
-(Tp, Fp) grid, window decoder_window, shift decoder_shift on odd blocks (AudioMAE: 4x4, (2, 0)),
-decoder_norm. One decoder feeds both heads when rec and clap are on. Heads: decoder_pred
-(Linear -> p*p pixels, rec), target_head (Linear + LayerNorm -> Dt, clap), cls_head
+positions (pos_layout, as the encoder's), timm SwinTransformerV2CrBlock x decoder_depth over the
+FULL (Tp, Fp) grid, window decoder_window, shift decoder_shift on the blocks decoder_shift_blocks
+names ("odd": AudioMAE's alternation, 4x4 windows, (2, 0); "all": every block, so a single block
+shifts), decoder_norm. The blocks start with AudioMAE's attention init (audiomae_attention_init).
+One decoder feeds both heads when rec and clap are on. Heads: decoder_pred (Linear -> p*p pixels,
+rec), target_head (Linear + LayerNorm -> Dt, clap; with clap_visible_from="encoder" the visible
+tokens get target_head_visible on the encoder's output instead), cls_head
 (Linear-BatchNorm1d-ReLU-Linear on the mean of the visible encoder tokens, cls).
-Note: timm >= 1.0 resets any non-zero Swin shift to half the window on both axes, so odd blocks
+Note: timm >= 1.0 resets any non-zero Swin shift to half the window on both axes, so shifted blocks
 get shift_size set back to decoder_shift and their masks rebuilt (init_non_persistent_buffers).
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +48,11 @@ from train.masking import gather_tokens, random_masking
 from train.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
 
 OBJECTIVES = ("rec", "clap", "cls")
+CHOICES = ("decoder_shift_blocks", "pos_layout", "cls_reduction", "clap_dim_reduction", "clap_visible_from")
+# AudioMAE's Swin V2-CR attention (timm_patch/swin_transformer.py): logits / tau with tau = 1 at init,
+# position-bias MLP dropouts 0.1 / 0.1 (timm 1.0 starts logit_scale at log(10) and uses 0.125 / 0)
+ATTN_LOGIT_SCALE = 1.0
+META_MLP_DROP = (0.1, 0.1)
 
 
 @dataclass
@@ -55,8 +66,13 @@ class MAMConfig:
     decoder_heads: int = 16
     decoder_window: list[int] = field(default_factory=lambda: [4, 4])
     decoder_shift: list[int] = field(default_factory=lambda: [2, 0])
+    decoder_shift_blocks: Literal["odd", "all", "none"] = "odd"   # which blocks shift (AudioMAE: odd)
+    pos_layout: Literal["timefreq", "audiomae"] = "timefreq"      # fresh sin-cos tables (train.models_vit)
     lambda_cls: float = 1.0e-4
     tau: float = 1.0                       # cls temperature (the paper gives no value)
+    cls_reduction: Literal["mean", "sum"] = "mean"              # multi-label BCE over classes
+    clap_dim_reduction: Literal["mean", "sum"] = "mean"         # Eq. 1's per-token error over the D dims
+    clap_visible_from: Literal["decoder", "encoder"] = "decoder"  # where visible tokens' clap predictions come from
     target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; mae: LayerNorm 1 / 0
     norm_pix_loss: bool = True
     cls_hidden: int = 512                  # hidden width of the cls head (not given in the paper)
@@ -71,6 +87,19 @@ class MAMConfig:
             raise ConfigError(f"target_head_init must be 'stats' or 'mae', got {self.target_head_init!r}")
         if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:
             raise ConfigError("decoder_window and decoder_shift are [time, frequency] pairs")
+        for name in CHOICES:
+            allowed = typing.get_args(typing.get_type_hints(MAMConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+def audiomae_attention_init(blk: SwinTransformerV2CrBlock) -> None:
+    """Give timm's Swin V2-CR block AudioMAE's attention init: cosine logits times 1 (AudioMAE divides
+    by tau = 1; timm multiplies by exp(logit_scale), here log 1 = 0) and dropout 0.1 / 0.1 in the
+    position-bias meta-MLP. Both clamp the scale at 100 (tau >= 0.01 / logit_scale <= log 100)."""
+    with torch.no_grad():
+        blk.attn.logit_scale.fill_(math.log(ATTN_LOGIT_SCALE))
+    blk.attn.meta_mlp.drop1.p, blk.attn.meta_mlp.drop2.p = META_MLP_DROP
 
 
 class MaskedAudioModel(nn.Module):
@@ -83,14 +112,15 @@ class MaskedAudioModel(nn.Module):
             raise ValueError("the clap objective needs target_dim (the teacher's token dim)")
         if "cls" in self.objectives and not num_classes:
             raise ValueError("the cls objective needs num_classes")
-        self.encoder = build_encoder(cfg.encoder, cfg.encoder_depth, target_length)
+        self.encoder = build_encoder(cfg.encoder, cfg.encoder_depth, target_length, pos_layout=cfg.pos_layout)
         D, grid, p = self.encoder.embed_dim, self.encoder.patch_grid, self.encoder.patch
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         if self.objectives & {"rec", "clap"}:
             Dd = cfg.decoder_dim
             self.decoder_embed = nn.Linear(D, Dd)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
-            self.register_buffer("decoder_pos_embed", sincos_pos_embed(Dd, grid)[None], persistent=False)
+            pos = sincos_pos_embed(Dd, grid, cfg.pos_layout, self.encoder.pos_width)          # [N,Dd]
+            self.register_buffer("decoder_pos_embed", pos[None], persistent=False)
             self.decoder_blocks = nn.ModuleList([self._swin_block(i, Dd, grid, norm_layer)
                                                  for i in range(cfg.decoder_depth)])
             self.decoder_norm = norm_layer(Dd)
@@ -98,13 +128,21 @@ class MaskedAudioModel(nn.Module):
             self.decoder_pred = nn.Linear(cfg.decoder_dim, p * p)
         if "clap" in self.objectives:
             self.target_head = nn.Sequential(nn.Linear(cfg.decoder_dim, target_dim), nn.LayerNorm(target_dim))
+            if cfg.clap_visible_from == "encoder":                  # visible tokens: from the encoder's output
+                self.target_head_visible = nn.Sequential(nn.Linear(D, target_dim), nn.LayerNorm(target_dim))
         if "cls" in self.objectives:
             self.cls_head = nn.Sequential(nn.Linear(D, cfg.cls_hidden), nn.BatchNorm1d(cfg.cls_hidden),
                                           nn.ReLU(inplace=True), nn.Linear(cfg.cls_hidden, num_classes))
         self._init_weights()
 
+    def _shifted(self, i: int) -> bool:
+        """Does decoder block i shift its windows? odd: AudioMAE's alternation (even none, odd shifted);
+        all: every block (the paper's single CLAP decoder block "with shifted local attention")."""
+        rule = self.cfg.decoder_shift_blocks
+        return rule == "all" or (rule == "odd" and i % 2 == 1)
+
     def _swin_block(self, i: int, dim: int, grid: tuple[int, int], norm_layer) -> SwinTransformerV2CrBlock:
-        shift = (0, 0) if i % 2 == 0 else tuple(self.cfg.decoder_shift)
+        shift = tuple(self.cfg.decoder_shift) if self._shifted(i) else (0, 0)
         blk = SwinTransformerV2CrBlock(dim=dim, num_heads=self.cfg.decoder_heads, feat_size=grid,
                                        window_size=tuple(self.cfg.decoder_window), shift_size=shift,
                                        norm_layer=norm_layer)
@@ -113,6 +151,7 @@ class MaskedAudioModel(nn.Module):
         if tuple(blk.shift_size) != want:
             blk.shift_size = want
             blk.init_non_persistent_buffers()                  # rebuild the shifted-window mask
+        audiomae_attention_init(blk)
         return blk
 
     def _init_weights(self) -> None:
@@ -129,12 +168,15 @@ class MaskedAudioModel(nn.Module):
         bias = mean, weight = std. The loss is unchanged; without this the head can only reach a
         large constant target offset through the encoder, which then collapses its tokens onto one
         direction (measured with an untrained teacher: 91% of the target energy is that offset)."""
-        ln = self.target_head[1]
-        if mean.shape != ln.bias.shape or std.shape != ln.weight.shape:
-            raise ValueError(f"init_target_head: stats {tuple(mean.shape)}/{tuple(std.shape)} do not match "
-                             f"the head's {tuple(ln.bias.shape)}")
-        ln.bias.copy_(mean)
-        ln.weight.copy_(std)
+        for head in (self.target_head, getattr(self, "target_head_visible", None)):
+            if head is None:
+                continue
+            ln = head[1]
+            if mean.shape != ln.bias.shape or std.shape != ln.weight.shape:
+                raise ValueError(f"init_target_head: stats {tuple(mean.shape)}/{tuple(std.shape)} do not match "
+                                 f"the head's {tuple(ln.bias.shape)}")
+            ln.bias.copy_(mean)
+            ln.weight.copy_(std)
 
     # ---- patches ---------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:
@@ -173,12 +215,21 @@ class MaskedAudioModel(nn.Module):
             x = blk(x)
         return self.decoder_norm(x.reshape(B, Tp * Fp, Dd))              # [B,N,Dd]
 
+    def _clap_pred(self, h: Tensor, latent: Tensor, ids_keep: Tensor) -> Tensor:
+        """[B,N,Dt] clap predictions: the decoder's at every position, or (clap_visible_from="encoder")
+        the encoder's own head at the visible positions ids_keep [B,K] (latent [B,K,D])."""
+        pred = self.target_head(h)                                       # [B,N,Dt]
+        if self.cfg.clap_visible_from == "decoder":
+            return pred
+        vis = self.target_head_visible(latent)                           # [B,K,Dt]
+        return pred.scatter(1, ids_keep[..., None].expand(-1, -1, vis.shape[-1]), vis.to(pred.dtype))
+
     def forward(self, fbank: Tensor, targets: Tensor | None = None, labels: Tensor | None = None,
                 generator: torch.Generator | None = None):
         T = self.encoder.patch_grid[0] * self.encoder.patch                 # fbank frames
         if fbank.dim() != 4 or fbank.shape[2] != T:
             raise ValueError(f"MaskedAudioModel expects fbank [B,1,{T},F], got {tuple(fbank.shape)}")
-        latent, _, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)
+        latent, ids_keep, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)
         parts: dict[str, Tensor] = {}
         if self.objectives & {"rec", "clap"}:
             h = self.forward_decoder(latent, ids_restore)                # [B,N,Dd]
@@ -189,14 +240,14 @@ class MaskedAudioModel(nn.Module):
                 if targets is None:
                     raise ValueError("the clap objective needs per-patch targets [B,N,Dt]")
                 parts["clap"], parts["clap_vis"], parts["clap_mask"] = clap_loss(
-                    self.target_head(h), targets, mask)
+                    self._clap_pred(h, latent, ids_keep), targets, mask, self.cfg.clap_dim_reduction)
         if "cls" in self.objectives:
             if labels is None:
                 raise ValueError("the cls objective needs labels")
             if latent.shape[1] == 0:
                 raise ValueError("the cls objective needs visible tokens (mask_ratio leaves none)")
             logits = self.cls_head(latent.mean(dim=1))                    # [B,D] -> [B,C]
-            parts["cls"] = cls_loss(logits, labels, self.cfg.tau, self.multilabel)
+            parts["cls"] = cls_loss(logits, labels, self.cfg.tau, self.multilabel, self.cfg.cls_reduction)
         target_terms = [parts[k] for k in ("rec", "clap") if k in parts]
         if target_terms:
             loss = sum(target_terms)

@@ -28,10 +28,11 @@ State-dict keys are AudioMAE's: patch_embed.proj.*, cls_token, pos_embed [1,1+N,
 norm.*, fc_norm.*, head.*.
 
 Positional tables (fixed sin-cos, stored as a frozen `pos_embed` parameter, cls row = 0):
-- "timefreq" (fresh models): row n=(t,f) = [sincos_{D/2}(t), sincos_{D/2}(f)].
-- "audiomae" (AudioMAE checkpoints): AudioMAE builds its table with grid (F/p, T/p) = (8, 64) and
-  meshgrid(w, h), so row n = [sincos_{D/2}(n % W), sincos_{D/2}(n // W)] with W = the checkpoint's
-  time patches (64 for 1024 frames), applied to time-major tokens as they come.
+- "timefreq" (fresh models by default): row n=(t,f) = [sincos_{D/2}(t), sincos_{D/2}(f)].
+- "audiomae" (AudioMAE checkpoints, or a fresh model with pos_layout="audiomae"): AudioMAE builds its
+  table with grid (F/p, T/p) = (8, 64) and meshgrid(w, h), so row n = [sincos_{D/2}(n % W),
+  sincos_{D/2}(n // W)] with W = the checkpoint's time patches (64 for 1024 frames; a fresh model's
+  own T/p when pos_width is None), applied to time-major tokens as they come.
 - "table" (a learned / unknown table): only inputs up to the stored length.
 All three are prefix-consistent in time-major order: a shorter input (Tp' <= Tp) uses the first
 1 + Tp'*Fp rows (the token at (t, f) keeps the embedding it had in the full-length input, exactly
@@ -95,6 +96,8 @@ class AudioViT(nn.Module):
             raise ValueError(f"AudioViT: input ({target_length}, {n_mels}) is not a multiple of patch {patch}")
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.n_mels, self.patch = n_mels, patch
+        if pos_layout == "audiomae" and pos_width is None:      # a fresh AudioMAE table: as wide as this input
+            pos_width = target_length // patch
         self.pos_layout, self.pos_width = pos_layout, pos_width
         self.patch_embed = PatchEmbed(img_size=(target_length, n_mels), patch_size=patch, in_chans=1,
                                       embed_dim=embed_dim, strict_img_size=False)

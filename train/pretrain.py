@@ -27,7 +27,7 @@ from timm.optim import param_groups_weight_decay
 from tqdm import tqdm
 
 from cache_tools.grid_map import map_targets
-from cache_tools.names import PRETRAIN_CLIPS, target_store_path
+from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -42,8 +42,9 @@ from train.pretrain_targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch
 @dataclass
 class PretrainConfig(RunConfig):
     model: MAMConfig = field(default_factory=MAMConfig)
-    clips: str = ""               # clip store; "" = <stores>/audioset_unbalanced_train.h5
-    targets: str = ""             # target store; "" = beside the clip store (unused by rec/cls-only presets)
+    clips: list[str] = field(default_factory=list)    # clip stores read as one dataset; [] = clip_set's in `stores`
+    targets: list[str] = field(default_factory=list)  # one per clip store; [] = each beside its clip store
+    clip_set: Literal["as2m", "unbalanced"] = "as2m"   # the stores `clips = []` means (names.PRETRAIN_SETS)
     teacher: Literal["cached", "online"] = "cached"   # online: the teacher runs inside the step
     batch_size: int = 128
     accum_steps: int = 1          # micro-steps per update (per-rank micro batch = batch / (accum * world))
@@ -147,7 +148,7 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     model = build_model(cfg, ds, tinfo, teacher, dist)
     index = patch_index(ds.clips, model.encoder, tinfo).to(dist.device) if tinfo else None  # [Tp*Fp]
     derived = derive(cfg, dist, sampler, ds, model, tinfo)
-    fingerprints = {"clips": ds.clips.fingerprint, "targets": tinfo.fingerprint if tinfo else None}
+    fingerprints = {"clips": [c.fingerprint for c in ds.clip_stores], "targets": tinfo.fingerprint if tinfo else None}
     out = Path(cfg.run_dir) / cfg.name
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -355,8 +356,13 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def load_pretrain_config(preset: str | None, overrides: list[str] | None = None) -> PretrainConfig:
     """PretrainConfig from configs/pretrain/<preset>.toml (or a .toml path) and key=value overrides;
-    empty store paths and run name are filled in (default store names, the preset's name)."""
+    empty store lists and run name are filled in (`clip_set`'s stores in `stores`, each target store
+    beside its clip store, the preset's name). A single store path is a list of one."""
     cfg = load_config(PretrainConfig, preset, overrides, kind="pretrain")
-    clips = cfg.clips or str(Path(cfg.stores) / PRETRAIN_CLIPS)
-    return dataclasses.replace(cfg, clips=clips, targets=cfg.targets or str(target_store_path(clips)),
+    clips = cfg.clips or [str(Path(cfg.stores) / n) for n in PRETRAIN_SETS[cfg.clip_set]]
+    targets = cfg.targets or [str(target_store_path(c)) for c in clips]
+    if len(targets) != len(clips):
+        raise ConfigError(f"{len(clips)} clip stores {clips} but {len(targets)} target stores {targets}: give one "
+                          f"target store per clip store, in the same order (or none: each beside its clip store)")
+    return dataclasses.replace(cfg, clips=clips, targets=targets,
                                name=cfg.name or (Path(preset).stem if preset else "pretrain"))

@@ -12,7 +12,7 @@ import torch
 
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.grid_map import teacher_to_patch_index
-from train.data import PretrainDataset
+from train.data import PretrainDataset, StoreMismatch
 
 TARGET_IDENTITY = ("clip_fingerprint", "teacher", "checkpoint_sha256", "grid", "dim", "num_clips", "teacher_mel")
 STATS_CLIPS = 256     # clips sampled for the clap head's initial statistics
@@ -37,22 +37,37 @@ class OnlineTeacher:
 
 @dataclass
 class TargetInfo:
-    """The teacher behind the targets: its token grid (Tt, Ft), dim, mel bank, id and the store's fingerprint."""
+    """The teacher behind the targets: its token grid (Tt, Ft), dim, mel bank, id and each target
+    store's fingerprint (None: the online teacher)."""
     grid: tuple[int, int]
     dim: int
     teacher_mel: dict
     name: str
-    fingerprint: str | None
+    fingerprint: list[str] | None
+
+
+# what may differ between the target stores of one dataset: what ties each to its own clip store
+PER_STORE = ("clip_fingerprint", "num_clips")
 
 
 def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> TargetInfo:
+    """The teacher of the run; several target stores must come from the same teacher (else StoreMismatch)."""
     if online_teacher is not None:
         t = online_teacher
         return TargetInfo(tuple(t.grid), int(t.dim), dict(t.teacher_mel), t.name, None)
-    ts = ds.targets
+    stores = ds.target_stores
+    idents = [{k: ts.attrs.get(k) for k in TARGET_IDENTITY} for ts in stores]
+    teacher = [{k: v for k, v in i.items() if k not in PER_STORE} for i in idents]
+    for ts, t in zip(stores[1:], teacher[1:]):
+        diff = sorted(k for k in t if t[k] != teacher[0][k])
+        if diff:
+            verb = "differs" if len(diff) == 1 else "differ"
+            raise StoreMismatch(f"{ts.path}: {', '.join(diff)} {verb} from the target store {stores[0].path} "
+                                f"({ {k: t[k] for k in diff} } here, { {k: teacher[0][k] for k in diff} } there): "
+                                f"the target stores of one pretraining run must come from the same teacher")
+    ts = stores[0]
     name = f"{ts.teacher_name} ({ts.attrs.get('checkpoint_sha256', ts.attrs.get('checkpoint', '?'))})"
-    return TargetInfo(tuple(ts.grid), ts.dim, ts.attrs["teacher_mel"], name,
-                      json_fingerprint({k: ts.attrs.get(k) for k in TARGET_IDENTITY}))
+    return TargetInfo(tuple(ts.grid), ts.dim, ts.attrs["teacher_mel"], name, [json_fingerprint(i) for i in idents])
 
 
 def patch_index(clips, encoder, tinfo: TargetInfo) -> torch.Tensor:
@@ -74,7 +89,7 @@ def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed
     for lo in range(0, len(idx), batch):
         part = idx[lo:lo + batch]
         if online_teacher is None:
-            g = torch.from_numpy(ds.targets.read(part))                               # f16 [b,Tt,Ft,D]
+            g = torch.from_numpy(ds.read_targets(part))                               # f16 [b,Tt,Ft,D]
         else:
             wave = torch.stack([ds[int(i)]["wave"] for i in part])                    # [b,S]
             with torch.no_grad():

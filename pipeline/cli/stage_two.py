@@ -26,8 +26,11 @@ def pretrain(
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value "
                                                                "(e.g. model.mask_ratio=0.3 max_steps=50)"),
     preset: str = typer.Option("supmam-clap-mini", help="configs/pretrain/<preset>.toml or a path to a .toml"),
-    clips: Optional[Path] = typer.Option(None, help="clip store (.h5)"),
-    targets: Optional[Path] = typer.Option(None, help="target store (.zarr); not needed by rec/cls-only presets"),
+    clips: Optional[List[Path]] = typer.Option(None, help="clip store (.h5); repeat for several stores read as "
+                                                          "one dataset (default: the preset's clip_set in stores)"),
+    targets: Optional[List[Path]] = typer.Option(None, help="target store (.zarr), one per --clips in the same "
+                                                            "order (default: beside each clip store); not "
+                                                            "needed by rec/cls-only presets"),
     runs: Optional[Path] = typer.Option(None, help="runs folder (the run goes to <runs>/<name>)"),
     name: Optional[str] = typer.Option(None, help="run name (default: the preset's name)"),
     resume: bool = typer.Option(False, "--resume", help="continue from <runs>/<name>/checkpoint.pt if it exists"),
@@ -41,8 +44,9 @@ def pretrain(
 ) -> None:
     """Pretrain the masked audio model (AudioMAE / SupMAM / MAM-CLAP / SupMAM-CLAP); torchrun for DDP."""
     from train.pretrain import load_pretrain_config, run_pretrain
-    opts = {"clips": clips, "targets": targets, "run_dir": runs, "device": device, "teacher": teacher.value,
-            "name": name}
+    opts = {"clips": json.dumps([str(c) for c in clips]) if clips else None,
+            "targets": json.dumps([str(t) for t in targets]) if targets else None,
+            "run_dir": runs, "device": device, "teacher": teacher.value, "name": name}
     cfg = load_pretrain_config(preset, [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or []))
     fn = None
     if cfg.teacher == "online" and "clap" in cfg.model.objectives:
