@@ -132,6 +132,20 @@ def test_our_pretraining_checkpoint_yields_its_encoder(tmp_path):
     assert back["step"] == 3 and np.array_equal(back["rng"]["numpy"][1], np_rng[1])
 
 
+def test_a_checkpoint_pretrained_with_audiomaes_layout_is_read_as_audiomaes(tmp_path):
+    """pos_layout="audiomae" (the paper presets): the pretrained encoder's table is AudioMAE's own
+    layout, which load_encoder recognises (width 64 for 1024 frames) and extends the same way."""
+    torch.manual_seed(0)
+    cfg = MAMConfig(encoder="tiny", encoder_depth=1, objectives=["rec"], decoder_dim=64, decoder_heads=2,
+                    pos_layout="audiomae")
+    mam = MaskedAudioModel(cfg, target_length=1024).eval()
+    enc = load_encoder(save_checkpoint(tmp_path / "c.pt", {"model": mam.state_dict(), "kind": "pretrain"}))
+    assert (enc.pos_layout, enc.pos_width) == ("audiomae", 64)
+    torch.testing.assert_close(enc.pos_embed, mam.encoder.pos_embed, atol=0, rtol=0)
+    longer = load_encoder(tmp_path / "c.pt", target_length=1280)
+    torch.testing.assert_close(longer.pos_embed[:, :1 + 512], mam.encoder.pos_embed, atol=1e-6, rtol=0)
+
+
 def test_bad_files_raise_errors_naming_the_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(CheckpointError, match="nope.pth"):

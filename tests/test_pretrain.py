@@ -202,7 +202,7 @@ def test_target_stats_are_the_stores_per_dim_mean_and_std(stores):
     from train.pretrain import target_stats
     ds = PretrainDataset(stores["clips"], stores["targets"])
     mean, std = target_stats(ds, None, seed=0, n=100, batch=3)            # n > clips: every clip
-    every = ds.targets.read(np.arange(len(ds))).astype(np.float64).reshape(-1, DIM)
+    every = ds.read_targets(np.arange(len(ds))).astype(np.float64).reshape(-1, DIM)
     np.testing.assert_allclose(mean.numpy(), every.mean(0), atol=1e-5)
     np.testing.assert_allclose(std.numpy(), every.std(0), atol=1e-5)
     m2, _ = target_stats(ds, None, seed=0, n=4)                            # a seeded sample: deterministic
