@@ -25,6 +25,10 @@ from cache_tools.fingerprint import clip_fingerprint
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
+# where each clip came from (optional: stores written before they existed fall back to `wave`):
+# source_path (utf-8, relative to the root attr `source_root`), source_start / source_seconds
+# (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`)
+SOURCE_DATASETS = ("source_path", "source_start", "source_seconds", "wave_length")
 
 
 def parts_dir(path: Path | str) -> Path:
@@ -69,8 +73,10 @@ def finished_blocks(d: Path) -> set[int]:
 
 
 def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave: np.ndarray,
-               labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict]) -> Path:
-    """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n]."""
+               labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict],
+               sources: dict[str, np.ndarray] | None = None) -> Path:
+    """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n];
+    sources: the SOURCE_DATASETS, each [n] (source_path as str objects)."""
     out = part_path(d, block)
     need = fbank.size * 2 + wave.size * 2 + labels.nbytes + 2**20
     if free_bytes(d) < need:     # h5py on a full file system may crash the process instead of raising
@@ -82,6 +88,8 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
         f.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
         if folds is not None:
             f.create_dataset("fold", data=folds.astype(np.int8))
+        for k, v in (sources or {}).items():
+            f.create_dataset(k, data=v, dtype=h5py.string_dtype("utf-8") if k == "source_path" else v.dtype)
         f.attrs["skipped"] = json.dumps(skipped)
     return out
 
@@ -217,6 +225,7 @@ class ClipStore:
             self.clip_ids = list(f["clip_id"].asstr()[:])
             self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
             self._n = len(f["fbank"])
+            self.has_sources = all(k in f for k in SOURCE_DATASETS)
         a = self.attrs
         self.fingerprint, self.dataset, self.split = a["fingerprint"], a["dataset"], a["split"]
         self.multilabel, self.class_names, self.class_ids = bool(a["multilabel"]), a["class_names"], a["class_ids"]
@@ -254,6 +263,19 @@ class ClipStore:
             return self.labels[i].astype(np.float32)             # [C] multi-hot
         return np.asarray(self.labels[i], dtype=np.int64)        # [] class id
 
+    def source(self, i: int, root: Path | str | None = None) -> tuple[Path, float, float]:
+        """(file, start s, seconds) clip i was read from; `root` replaces the recorded source_root.
+        Only for stores with has_sources."""
+        rel = self._dset("source_path").asstr()[i]
+        base = Path(root if root is not None else self.attrs["source_root"])
+        return base / rel, float(self._dset("source_start")[i]), float(self._dset("source_seconds")[i])
+
+    def wave_length(self, i: int) -> int:
+        """Samples of clip i's real audio in wave(i) (the rest is zero padding); S where not recorded."""
+        if self.has_sources:
+            return int(self._dset("wave_length")[i])
+        return int(self._dset("wave").shape[1])
+
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
@@ -277,4 +299,6 @@ class ClipStore:
         ]
         if self.folds is not None:
             lines.append(f"  folds {sorted(set(int(x) for x in self.folds))}")
+        lines.append(f"  sources under {a['source_root']}" if self.has_sources else
+                     "  no source records (an older store): stage one's teacher hears `wave`, upsampled")
         return "\n".join(lines)

@@ -7,14 +7,16 @@ Layout of `T.zarr` (any zarr v3 client opens it: `zarr.open_group(T)["targets"]`
                                       shard (K, Tt, Ft, D) = K clips; codecs bytes (+ zstd optional)
     T.zarr/targets/c/<k>/0/0/0        shard k = clips [k*K, (k+1)*K); chunks then index at the end
     T.zarr/progress/zarr.json         an empty zarr group holding the completion records below
-    T.zarr/progress/shard-<k>.json    {"complete": true, "sha256": <of the shard file or null>, "clips": n}
+    T.zarr/progress/shard-<k>.json    {"complete": true, "sha256": <of the shard file or null>, "clips": n,
+                                      "inputs": {<teacher input>: clips}}  (inputs: what the teacher heard)
 
 Completion: zarr-python writes each shard file atomically (temp file + rename), so a shard is on
 disk whole or not at all. Only after that is its record written (temp file + rename). A rerun
 skips shards whose record exists and whose file still has the recorded size, and rewrites every
 other shard from scratch, so a store finished after `kill -9` is byte-identical to one written in a
 single run. When every shard has a record, `finalize` copies the records into the array attrs
-(`shards`) and sets `complete=True`; `TargetStore` refuses a store without that.
+(`shards`), sums their `inputs` into `teacher_input_counts` (and `teacher_input`: the one kind, or
+"mixed") and sets `complete=True`; `TargetStore` refuses a store without that.
 
 Empty chunks: zarr does not store a chunk equal to the fill value (0), and a shard whose chunks
 are all empty has no file (record sha256 null). Readers return zeros for such clips.
@@ -128,8 +130,9 @@ class ShardWriter:
         f = shard_file(self.path, k)
         return (rec.get("sha256") is None) == (not f.exists()) and (not f.exists() or f.stat().st_size == rec.get("bytes"))
 
-    def write(self, k: int, data: np.ndarray) -> dict:
-        """data: float16 [n_k, Tt, Ft, D] for clips(k). Writes the shard, then its record."""
+    def write(self, k: int, data: np.ndarray, info: dict | None = None) -> dict:
+        """data: float16 [n_k, Tt, Ft, D] for clips(k). Writes the shard, then its record (plus `info`,
+        e.g. {"inputs": {kind: clips}})."""
         rng = self.clips(k)
         if data.shape != (len(rng), *self.array.shape[1:]):
             raise ValueError(f"shard {k} of {self.path}: expected {(len(rng), *self.array.shape[1:])}, got {data.shape}")
@@ -140,7 +143,7 @@ class ShardWriter:
                 stale.unlink()
         self.array[rng.start:rng.stop] = data
         rec = {"complete": True, "sha256": file_sha256(f), "bytes": f.stat().st_size if f.exists() else 0,
-               "clips": len(rng)}
+               "clips": len(rng), **(info or {})}
         atomic_write_text(_record_file(self.path, k), json.dumps(rec, sort_keys=True))
         return rec
 
@@ -153,8 +156,21 @@ def finalize(path) -> bool:
     shards = {str(k): writer.record(k) for k in range(writer.num_shards) if writer.is_complete(k)}
     complete = len(shards) == writer.num_shards
     array = zarr.open_array(str(Path(path) / ARRAY), mode="r+")
-    array.update_attributes({"shards": shards, "complete": complete})
+    array.update_attributes({"shards": shards, "complete": complete, **input_counts(shards.values())})
     return complete
+
+
+def input_counts(records) -> dict:
+    """{"teacher_input_counts": {kind: clips}, "teacher_input": kind or "mixed"} summed over shard
+    records that say what the teacher heard; {} when none does (stores written before they did)."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        for kind, n in (rec.get("inputs") or {}).items():
+            counts[kind] = counts.get(kind, 0) + int(n)
+    if not counts:
+        return {}
+    used = [k for k, n in counts.items() if n]
+    return {"teacher_input_counts": dict(sorted(counts.items())), "teacher_input": used[0] if len(used) == 1 else "mixed"}
 
 
 class TargetStore:

@@ -153,26 +153,35 @@ def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:
     return resample(mono, sr, SAMPLE_RATE).numpy()                                     # [m]
 
 
+def decode_native(path: Path | str, seconds: float | None, start: float = 0.0,
+                  max_samples: int | None = None) -> tuple[np.ndarray, int]:
+    """(samples [n, channels] float32, the file's own rate) of the window (start, seconds), or
+    Unusable(reason): load_clip's checks and decoders without its downmix and resampling (stage
+    one's full-band teacher input reads the clip's source with it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise Unusable("corrupt: file does not exist")
+    if path.stat().st_size == 0:
+        raise Unusable("empty")
+    truncated = _wav_truncation(path)
+    if truncated:
+        raise Unusable(truncated)
+    x, sr = _decode(path, start, seconds, MAX_DECODE_SAMPLES if max_samples is None else max_samples)
+    if x.size == 0:
+        raise Unusable("empty")
+    if not np.isfinite(x).all():
+        raise Unusable("non-finite samples")
+    return x, sr
+
+
 def load_clip(path: Path | str, seconds: float, start: float = 0.0,
               max_samples: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """(wave [n] float32 16 kHz, n <= seconds*16000, None) or (None, reason). Not padded: see pad_to.
     `max_samples`: the most samples (frames x channels) one clip may decode (None: MAX_DECODE_SAMPLES)."""
-    path = Path(path)
-    if not path.is_file():
-        return None, "corrupt: file does not exist"
-    if path.stat().st_size == 0:
-        return None, "empty"
-    truncated = _wav_truncation(path)
-    if truncated:
-        return None, truncated
     try:
-        x, sr = _decode(path, start, seconds, MAX_DECODE_SAMPLES if max_samples is None else max_samples)
+        x, sr = decode_native(path, seconds, start, max_samples)    # [n, channels] at the file's rate
     except Unusable as e:
         return None, str(e)
-    if x.size == 0:
-        return None, "empty"
-    if not np.isfinite(x).all():
-        return None, "non-finite samples"
     wave = to_mono_16k(x, sr)[: int(round(seconds * SAMPLE_RATE))]  # [n]
     if len(wave) < MIN_SAMPLES:
         return None, f"too short: {len(wave)} samples at 16 kHz (< {MIN_SAMPLES})"

@@ -49,14 +49,15 @@ class _Geometry:            # what a worker needs to turn a record into arrays
     multilabel: bool
     num_classes: int
     with_folds: bool
+    source_root: str = "/"  # clip sources are recorded relative to it (clip_store.SOURCE_DATASETS)
 
     @property
     def samples(self) -> int:
         return int(round(self.clip_seconds * SAMPLE_RATE))
 
 
-def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray] | str:
-    """(fbank [T,128] float16, wave [S] int16), or the reason the clip is unusable."""
+def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray, int] | str:
+    """(fbank [T,128] float16, wave [S] int16, real samples n <= S), or the reason the clip is unusable."""
     seconds = g.clip_seconds if rec.duration is None else min(rec.duration, g.clip_seconds)
     wave, reason = load_clip(rec.path, seconds, rec.start)       # [n], n <= S
     if wave is None:
@@ -65,12 +66,23 @@ def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray] | 
     fb = fbank(w16.astype(np.float32) / 32768.0, g.target_length)  # [T,128]
     if not torch.isfinite(fb).all():
         return "non-finite features"
-    return fb.numpy().astype(np.float16), pad_to(w16, g.samples)
+    return fb.numpy().astype(np.float16), pad_to(w16, g.samples), min(len(w16), g.samples)
+
+
+def source_of(rec: ClipRecord, g: _Geometry, length: int) -> tuple[str, float, float, int]:
+    """What the clip store records of where a clip came from (clip_store.SOURCE_DATASETS)."""
+    seconds = g.clip_seconds if rec.duration is None else min(rec.duration, g.clip_seconds)
+    return os.path.relpath(Path(rec.path).resolve(), g.source_root), float(rec.start), float(seconds), length
+
+
+def source_root(records: list[ClipRecord]) -> str:
+    """The deepest folder holding every record's file (absolute): the clip store's `source_root`."""
+    return os.path.commonpath([str(Path(r.path).resolve().parent) for r in records])
 
 
 def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: Path) -> tuple[int, int, int]:
     """Featurise one block and write its part file. Returns (block, clips in it, skipped)."""
-    ids, fbanks, waves, labels, folds, skipped = [], [], [], [], [], []
+    ids, fbanks, waves, labels, folds, skipped, sources = [], [], [], [], [], [], []
     for rec in records:
         try:
             out = featurise(rec, g)
@@ -82,6 +94,7 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
         ids.append(rec.clip_id)
         fbanks.append(out[0])
         waves.append(out[1])
+        sources.append(source_of(rec, g, out[2]))
         if g.multilabel:
             hot = np.zeros(g.num_classes, np.uint8)               # [C]
             hot[list(rec.label)] = 1
@@ -95,8 +108,11 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
     lab = np.array(labels, dtype=np.uint8 if g.multilabel else np.int64)
     if g.multilabel and not n:
         lab = lab.reshape(0, g.num_classes)                      # [0,C]
+    paths, starts, seconds, lengths = zip(*sources) if n else ((), (), (), ())
+    src = {"source_path": np.array(paths, dtype=object), "source_start": np.array(starts, np.float64),
+           "source_seconds": np.array(seconds, np.float64), "wave_length": np.array(lengths, np.int32)}
     clip_store.write_part(parts, block, ids, fb, wv, lab, np.array(folds, np.int8) if g.with_folds else None,
-                          skipped)
+                          skipped, src)
     return block, len(records), len(skipped)
 
 
@@ -126,9 +142,9 @@ def _run_block(args) -> tuple[int, int, int]:
     return _process_block(*args)
 
 
-def store_attrs(spec: DatasetSpec, source: str) -> dict:
+def store_attrs(spec: DatasetSpec, source: str, root: str = "/") -> dict:
     mean, std = NORM_STATS[spec.dataset]
-    return dict(dataset=spec.dataset, split=spec.split, multilabel=spec.multilabel,
+    return dict(source_root=root, dataset=spec.dataset, split=spec.split, multilabel=spec.multilabel,
                 class_names=list(spec.class_names), class_ids=list(spec.class_ids),
                 target_length=spec.target_length, clip_seconds=spec.clip_seconds,
                 feature_params=dict(FBANK_PARAMS), norm_mean=mean, norm_std=std, source_fingerprint=source)
@@ -165,9 +181,10 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
         raise PrepareError(f"{out}: {spec.dataset}/{spec.split} lists no clips with audio "
                            f"({len(spec.missing)} listed clips have no file)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records)})
+    parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records),
+                                        "datasets": ["fbank", "wave", *clip_store.SOURCE_DATASETS]})
     g = _Geometry(spec.clip_seconds, spec.target_length, spec.multilabel, spec.num_classes,
-                  with_folds=any(r.fold is not None for r in spec.records))
+                  with_folds=any(r.fold is not None for r in spec.records), source_root=source_root(spec.records))
     blocks = [spec.records[i:i + block_size] for i in range(0, len(spec.records), block_size)]
     done = clip_store.finished_blocks(parts)
     todo = [(b, recs, g, parts) for b, recs in enumerate(blocks) if b not in done]
@@ -179,7 +196,7 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
     try:
         _run_blocks(todo, workers, bar)
         bar.close()
-        report = clip_store.assemble(out, len(blocks), store_attrs(spec, source), {
+        report = clip_store.assemble(out, len(blocks), store_attrs(spec, source, g.source_root), {
             "store": str(out), "dataset": spec.dataset, "split": spec.split,
             "listed": len(spec.records) + len(spec.missing), "missing": list(spec.missing)})
     except OSError as e:                                         # finished parts stay: a rerun resumes

@@ -9,12 +9,22 @@ takes shards r, r+K, ...), writes the same bytes as a single uninterrupted proce
 
 A teacher has `token_grid(wave [B, S]) -> [B, Tt, Ft, D]`, `name`, `checkpoint_id` and `mel`
 (pipeline.teacher.teacher_mel); `teacher_targets` is what the store holds of it (fp16).
+
+The teacher's input (docs/fidelity.md, "Stage one: the teacher's input"): a teacher with
+`token_grid_waves` and `sample_rate` (ClapTeacher) hears each clip read again from its source file at
+its own rate, as laion-clap loads audio (pipeline.teacher_audio); clips whose source is not reachable,
+and every clip with teacher_input="clipstore", get the clip store's 16 kHz wave upsampled. Each shard
+record counts what its clips got; the store's attrs sum them (`teacher_input`, `teacher_input_counts`)
+and `progress/fallback-<k>.jsonl` lists each clip that fell back and why.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +33,20 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cache_tools.atomic import atomic_write_text
 from cache_tools.disk_space import disk_full, is_disk_full, require_space
+from cache_tools.errors import SupmamError
 from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
 from cache_tools.writer_lock import writer_lock
+from pipeline import teacher_audio
+
+log = logging.getLogger(__name__)
+TEACHER_INPUTS = ("auto", "clipstore")   # auto: each clip from its source where reachable
 
 
 class WaveDataset(Dataset):
-    """Clip i of a clip store as (i, float32 wave [S] in [-1, 1))."""
+    """Clip i of a clip store as (i, float32 wave [S] in [-1, 1), input kind, ""): for teachers
+    without token_grid_waves."""
 
     def __init__(self, clips):
         self.clips = clips
@@ -38,7 +55,35 @@ class WaveDataset(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int):
-        return i, torch.from_numpy(np.asarray(self.clips.wave(i), dtype=np.float32) / 32768.0)
+        return i, torch.from_numpy(np.asarray(self.clips.wave(i), dtype=np.float32) / 32768.0), teacher_audio.PLAIN, ""
+
+
+def input_dataset(clips, teacher, teacher_input: str, source_root=None) -> tuple[Dataset, callable]:
+    """(dataset, collate_fn) giving the teacher its input: clips at its own rate from their sources
+    (falling back per clip) when it takes them, else the clip store's 16 kHz batches."""
+    if teacher_input not in TEACHER_INPUTS:
+        raise SupmamError(f"--teacher-input: must be one of {TEACHER_INPUTS}, got {teacher_input!r}")
+    if not hasattr(teacher, "token_grid_waves"):
+        return WaveDataset(clips), None
+    use = teacher_input == "auto"
+    if source_root is not None and not Path(source_root).is_dir():
+        raise SupmamError(f"{source_root}: not a folder (source_root: where the clip store's source files lie now)")
+    if use and not getattr(clips, "has_sources", False):
+        log.warning("%s: %s; the teacher hears its 16 kHz wave upsampled (nothing above 8 kHz)",
+                    getattr(clips, "path", "clip store"), teacher_audio.NO_SOURCES)
+    elif use and source_root is None and not Path(clips.attrs["source_root"]).is_dir():
+        log.warning("%s: its source_root %s is not a folder here: every clip falls back to 16 kHz "
+                    "(give source_root / --source-root where the files lie now)", clips.path, clips.attrs["source_root"])
+    return teacher_audio.TeacherInputDataset(clips, teacher.sample_rate, use, source_root), teacher_audio.collate
+
+
+def _write_fallbacks(out, k: int, entries: list[dict]) -> None:
+    """Shard k's clips that fell back, one JSON line each (none: no file), before the shard's record."""
+    path = Path(out) / "progress" / f"fallback-{k:06d}.jsonl"
+    if entries:
+        atomic_write_text(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -83,24 +128,30 @@ def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
 
 
 @torch.no_grad()
-def teacher_targets(teacher, wave: torch.Tensor, device: str) -> torch.Tensor:
-    """wave [B, S] float in [-1, 1] -> [B, Tt, Ft, D] float16 on `device`: what the target store holds
-    for these clips (on CUDA the teacher runs under fp16 autocast). The online teacher calls this too."""
-    wave = wave.to(device, non_blocking=True)
+def teacher_targets(teacher, wave: torch.Tensor | list[torch.Tensor], device: str) -> torch.Tensor:
+    """wave [B, S] float in [-1, 1] at 16 kHz, or a list of B clips (S_i,) at the teacher's own rate
+    -> [B, Tt, Ft, D] float16 on `device`: what the target store holds for these clips (on CUDA the
+    teacher runs under fp16 autocast). The online teacher calls this too (16 kHz batches)."""
     with torch.autocast("cuda", dtype=torch.float16, enabled=str(device).startswith("cuda")):
-        return teacher.token_grid(wave).to(torch.float16)  # [B, Tt, Ft, D]
+        if isinstance(wave, list):
+            return teacher.token_grid_waves(wave).to(torch.float16)  # [B, Tt, Ft, D]
+        return teacher.token_grid(wave.to(device, non_blocking=True)).to(torch.float16)  # [B, Tt, Ft, D]
 
 
 def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_size: int = 8,
                   device: str = "cpu", clips_per_shard: int | None = None, workers: int = 0,
-                  compression: str | None = None, progress: bool = True) -> dict:
+                  compression: str | None = None, progress: bool = True, teacher_input: str = "auto",
+                  source_root: Path | str | None = None) -> dict:
     """Run `teacher` over every clip of `clips` (a ClipStore or the same interface) into the target
     store `out`, skipping complete shards. Returns a summary dict (rank 0's view). One writer per
-    store: rank 0 holds `out.lock`; a second `targets` run on the same `out` is refused at once."""
+    store: rank 0 holds `out.lock`; a second `targets` run on the same `out` is refused at once.
+    teacher_input "auto": clips from their source files at the teacher's rate where reachable
+    (source_root replaces the clip store's recorded one); "clipstore": the 16 kHz waves, upsampled."""
     rank, world, started = _init_distributed(device)
     t0 = time.perf_counter()
     n, s = len(clips), len(clips.wave(0))
-    identity = teacher_identity(teacher, clips, checkpoint)
+    data = input_dataset(clips, teacher, teacher_input, source_root)   # (dataset, collate_fn)
+    identity = {**teacher_identity(teacher, clips, checkpoint), "teacher_input_mode": teacher_input}
     if "grid" in identity and hasattr(teacher, "dim"):  # ClapTeacher.describe(): grid in (Tt, Ft) order
         (tt, ft), d = identity.pop("grid"), int(teacher.dim)
     else:  # any other teacher: one forward on silence tells the geometry
@@ -122,7 +173,8 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     if verdict[0] is not None:
         raise StoreError(out, f"rank 0 refused the store: {verdict[0]}")
     with lock:
-        summary = _compute(clips, out, teacher, (tt, ft, d), rank, world, batch_size, device, workers, progress)
+        summary = _compute(clips, out, teacher, (tt, ft, d), data, rank, world, batch_size, device, workers,
+                           progress)
     if started:
         dist.destroy_process_group()
     summary.update(clips=n, teacher=identity["teacher"], checkpoint=identity["checkpoint_sha256"],
@@ -132,8 +184,8 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
     return summary
 
 
-def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_size: int, device: str,
-             workers: int, progress: bool) -> dict:
+def _compute(clips, out, teacher, geometry: tuple, data: tuple, rank: int, world: int, batch_size: int,
+             device: str, workers: int, progress: bool) -> dict:
     """This rank's unfinished shards -> the store; finalize on rank 0. Returns the summary's counts."""
     tt, ft, d = geometry
     writer = ShardWriter(out)
@@ -141,8 +193,8 @@ def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_
     need = sum(len(writer.clips(k)) for k in mine) * tt * ft * d * 2 + 2**20 * (1 + len(mine))
     require_space(out, need)                                       # this rank's shards, before the teacher runs
     try:
-        todo = _write_shards(clips, writer, mine, teacher, geometry, rank, world, batch_size, device, workers,
-                             progress)
+        todo, inputs = _write_shards(clips, out, writer, mine, teacher, geometry, data, rank, world, batch_size,
+                                     device, workers, progress)
     except OSError as e:                                           # finished shards keep their records
         if is_disk_full(e):
             raise disk_full(out, need) from None
@@ -151,40 +203,53 @@ def _compute(clips, out, teacher, geometry: tuple, rank: int, world: int, batch_
     complete = finalize(out) if rank == 0 else None
     _barrier(world)
     return {"out": str(out), "computed": todo, "shards": writer.num_shards, "complete": complete,
-            "grid": [tt, ft], "dim": d, "rank": rank, "world": world}
+            "grid": [tt, ft], "dim": d, "rank": rank, "world": world, "teacher_input": dict(sorted(inputs.items())),
+            "fallback_lists": len(list((Path(out) / "progress").glob("fallback-*.jsonl")))}
 
 
-def _write_shards(clips, writer: ShardWriter, mine: list[int], teacher, geometry: tuple, rank: int, world: int,
-                  batch_size: int, device: str, workers: int, progress: bool) -> int:
-    """The teacher over the clips of shards `mine`, each shard written whole when full; returns clips done."""
+def _write_shards(clips, out, writer: ShardWriter, mine: list[int], teacher, geometry: tuple, data: tuple,
+                  rank: int, world: int, batch_size: int, device: str, workers: int,
+                  progress: bool) -> tuple[int, Counter]:
+    """The teacher over the clips of shards `mine`, each shard written whole when full, after its
+    fallback list, with its record counting what its clips heard. Returns (clips done, those counts)."""
     tt, ft, d = geometry
-    loader = DataLoader(WaveDataset(clips), batch_sampler=_shard_batches(writer, mine, batch_size),
+    dataset, collate = data
+    loader = DataLoader(dataset, batch_sampler=_shard_batches(writer, mine, batch_size), collate_fn=collate,
                         num_workers=workers, worker_init_fn=_one_thread if workers else None,
                         pin_memory=str(device).startswith("cuda"))
     todo = sum(len(writer.clips(k)) for k in mine)
     bar = tqdm(total=todo, unit="clip", desc=f"targets[{rank}/{world}]", disable=not progress or rank != 0,
                dynamic_ncols=True)
-    shard, buf = None, None
-    for idx, wave in loader:
+    shard, buf, counts, fell, total, warned = None, None, Counter(), [], Counter(), 0
+    for idx, wave, kinds, reasons in loader:
         k = int(idx[0]) // writer.k
         if k != shard:
-            shard, buf = k, np.zeros((len(writer.clips(k)), tt, ft, d), dtype=np.float16)  # [n_k, Tt, Ft, D]
+            shard, buf, counts, fell = k, np.zeros((len(writer.clips(k)), tt, ft, d), dtype=np.float16), Counter(), []
         rows = idx.numpy() - k * writer.k
-        buf[rows] = teacher_targets(teacher, wave, device).cpu().numpy()  # [b, Tt, Ft, D]
-        if rows[-1] == len(buf) - 1:  # shard full: write it whole, then its record
-            writer.write(k, buf)
+        buf[rows] = teacher_targets(teacher, wave, device).cpu().numpy()  # [b, Tt, Ft, D]; buf [n_k, Tt, Ft, D]
+        counts.update(kinds)
+        new = [{"clip": i, "clip_id": clips.clip_ids[i], "reason": why} for i, why in zip(idx.tolist(), reasons) if why]
+        for e in new[:max(0, 5 - warned)]:   # the rest: progress/fallback-<k>.jsonl and the summary's counts
+            log.warning("clip %d (%s): the teacher hears the 16 kHz fallback: %s", e["clip"], e["clip_id"], e["reason"])
+        fell, warned = fell + new, warned + len(new)
+        if rows[-1] == len(buf) - 1:  # shard full: its fallbacks, the shard, then its record
+            _write_fallbacks(out, k, fell)
+            writer.write(k, buf, {"inputs": dict(sorted(counts.items()))})
+            total += counts
         bar.update(len(idx))
     bar.close()
-    return todo
+    return todo, total
 
 
 def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | None = None,
                  clap_model: str = "HTSAT-tiny", fusion: bool = False, seed: int = 0, device: str = "cpu",
                  batch_size: int = 8, clips_per_shard: int | None = None, workers: int = 2,
-                 compression: str | None = None) -> dict:
+                 compression: str | None = None, teacher_input: str = "auto",
+                 source_root: Path | str | None = None) -> dict:
     """The clip store at `clips` -> the target store `out`, with laion-clap's `clap_model` loaded from
     `clap_ckpt` (None: weights seeded by `seed`). device "cuda" means this rank's GPU (LOCAL_RANK);
-    on CUDA the teacher runs in fp16. Returns build_targets' summary."""
+    on CUDA the teacher runs in fp16. teacher_input / source_root: see build_targets.
+    Returns build_targets' summary."""
     from cache_tools.clip_store import ClipStore
     from pipeline.teacher import ClapTeacher
 
@@ -195,7 +260,7 @@ def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | Non
                                           amp_dtype="fp16" if device.startswith("cuda") else None)
     return build_targets(store, out, teacher, checkpoint=str(clap_ckpt) if clap_ckpt else None,
                          batch_size=batch_size, device=device, clips_per_shard=clips_per_shard, workers=workers,
-                         compression=compression)
+                         compression=compression, teacher_input=teacher_input, source_root=source_root)
 
 
 def summary_line(s: dict) -> str:
@@ -203,6 +268,10 @@ def summary_line(s: dict) -> str:
             f"{s['computed']} computed here in {s['seconds']:.1f} s "
             f"({s['computed'] / max(s['seconds'], 1e-9):.1f} clips/s), {s['shards']} shards, "
             f"complete={s['complete']}; teacher {s['teacher']} ({s['checkpoint']})")
+    if s.get("teacher_input"):
+        line += "\nteacher input (clips computed here): " + ", ".join(f"{k} {v}" for k, v in s["teacher_input"].items())
+        if s.get("fallback_lists"):
+            line += f" (why clips fell back: {s['out']}/progress/fallback-*.jsonl)"
     if str(s["checkpoint"]).startswith("untrained"):
         line += ("\nWARNING: the teacher has untrained (seeded random) weights: these targets carry no CLAP "
                  "semantics. Pass --clap-ckpt with a laion-clap checkpoint for real targets.")

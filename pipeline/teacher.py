@@ -190,16 +190,26 @@ class ClapTeacher:
         if not isinstance(wave16k, torch.Tensor) or wave16k.dim() != 2 or wave16k.shape[1] == 0:
             shape = tuple(wave16k.shape) if isinstance(wave16k, torch.Tensor) else type(wave16k).__name__
             raise ValueError(f"{self.name}: token_grid needs a (B, S) float wave tensor with S > 0, got {shape}")
-        if not wave16k.is_floating_point():
-            raise ValueError(f"{self.name}: token_grid needs float waves in [-1, 1], got {wave16k.dtype} "
+        wave = self._checked(wave16k)
+        wave = resample(wave, sr, self.sample_rate)           # (B, S * 48000 / sr)
+        return self.layout(list(wave))
+
+    def _checked(self, wave: torch.Tensor) -> torch.Tensor:
+        """A float wave with finite samples, as fp32 on the teacher's device."""
+        if not wave.is_floating_point():
+            raise ValueError(f"{self.name}: the teacher needs float waves in [-1, 1], got {wave.dtype} "
                              "(scale int16 clip-store waves by 1/32768)")
-        wave = wave16k.to(self.device, torch.float32)
+        wave = wave.to(self.device, torch.float32)
         if not torch.isfinite(wave).all():
             raise ValueError(f"{self.name}: the wave holds NaN or inf values")
-        wave = resample(wave, sr, self.sample_rate)           # (B, S * 48000 / sr)
+        return wave
+
+    def layout(self, waves: list[torch.Tensor]) -> dict:
+        """Clips at the teacher's rate, each (S_i,) -> laion-clap's input dict: the int16 round trip
+        (hook.py), then repeatpad of the clip / the fixed long-clip window (teacher_input.layout_batch)."""
         if self.quantize:
-            wave = quantize_int16(wave)
-        return layout_batch(list(wave), self.audio_cfg, self._fusion_mel)
+            waves = [quantize_int16(w) for w in waves]
+        return layout_batch(waves, self.audio_cfg, self._fusion_mel)
 
     def forward_input(self, batch: dict) -> dict:
         """laion-clap's HTSAT on a prepared batch; returns its output dict plus 'grid' [B, Tt, Ft, D]."""
@@ -236,6 +246,17 @@ class ClapTeacher:
             batch = self.model_input(wave16k, sr)
         return self.forward_input(batch)["grid"]
 
+    @torch.no_grad()
+    def token_grid_waves(self, waves: list[torch.Tensor]) -> torch.Tensor:
+        """B clips at the teacher's own rate (`sample_rate`), each (S_i,) float in [-1, 1], any lengths
+        -> [B, Tt, Ft, D] float32: laion-clap's path from a loaded file (stage one's full-band input)."""
+        bad = [tuple(w.shape) for w in waves if not isinstance(w, torch.Tensor) or w.dim() != 1 or not len(w)]
+        if not waves or bad:
+            raise ValueError(f"{self.name}: token_grid_waves needs a non-empty list of (S,) waves, S > 0; got {bad}")
+        with torch.autocast(self.device.type, enabled=False):
+            batch = self.layout([self._checked(w) for w in waves])
+        return self.forward_input(batch)["grid"]
+
     def describe(self) -> dict:
         """Target-store attrs for this teacher (grid = [Tt, Ft])."""
         untrained = self.checkpoint_id.startswith("untrained:")
@@ -246,8 +267,9 @@ class ClapTeacher:
                 "checkpoint_id": self.checkpoint_id,
                 "grid": list(self.grid), "dim": self.dim, "teacher_mel": dict(self.mel),
                 "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
-                "input": "16 kHz -> 48 kHz (torchaudio resample)" + (", int16 round trip" if self.quantize else "")
-                         + ", repeatpad to the window, long clips: centre window / middle fusion chunks"}
+                "input": "token_grid: 16 kHz -> 48 kHz (torchaudio resample); token_grid_waves: clips at 48 kHz"
+                         + (", int16 round trip" if self.quantize else "")
+                         + ", repeatpad of the clip to the window, long clips: centre window / middle fusion chunks"}
 
     def __repr__(self) -> str:
         return f"ClapTeacher({self.name}, {self.checkpoint_id}, dim={self.dim}, grid={self.grid}, device={self.device})"

@@ -94,9 +94,9 @@ def test_spc1_silence_clips_are_background_windows(tmp_path):
     sil = [r for r in spec.records if r.kind == "silence"]
     assert [r.start for r in sil] == [0.0, 10.0]
     g = _Geometry(1.0, 128, False, 12, False)
-    fb, wave = featurise(sil[1], g)
+    fb, wave, length = featurise(sil[1], g)
     noise = sf.read(str(sil[1].path), dtype="int16")[0]
-    assert np.array_equal(wave, noise[160000:176000]) and fb.shape == (128, 128)
+    assert np.array_equal(wave, noise[160000:176000]) and fb.shape == (128, 128) and length == 16000
 
 
 def _compare_stores(a: Path, b: Path) -> None:

@@ -92,11 +92,17 @@ def targets(clips: Path = typer.Option(..., help="Clip store (HDF5) to run the t
             clips_per_shard: Optional[int] = typer.Option(None, min=1, help="Default: ~128 MiB shards."),
             compression: Optional[str] = typer.Option(None, help="None (memory-mappable) or zstd."),
             workers: int = typer.Option(2, min=0, help="DataLoader workers reading the clip store."),
-            seed: int = typer.Option(0, help="Seed of the random teacher weights (no checkpoint).")) -> None:
+            seed: int = typer.Option(0, help="Seed of the random teacher weights (no checkpoint)."),
+            teacher_input: str = typer.Option("auto", help="auto: each clip read again from its source file at "
+                                              "48 kHz where reachable (else its 16 kHz wave); clipstore: always "
+                                              "the 16 kHz wave, upsampled (docs/fidelity.md)."),
+            source_root: Optional[Path] = typer.Option(None, help="Folder that now holds the clip store's "
+                                                       "sources (default: the source_root it records).")) -> None:
     """Clip store -> target store: run the CLAP teacher once over every clip (resumable; torchrun shards)."""
     from pipeline.targets import make_targets
     make_targets(clips, out, clap_ckpt=clap_ckpt, clap_model=clap_model, fusion=fusion, seed=seed, device=device,
-                 batch_size=batch_size, clips_per_shard=clips_per_shard, workers=workers, compression=compression)
+                 batch_size=batch_size, clips_per_shard=clips_per_shard, workers=workers, compression=compression,
+                 teacher_input=teacher_input, source_root=source_root)
 
 
 def store_inspect(path: Path = typer.Argument(..., help="A clip store (.h5) or target store (.zarr).")) -> None:
