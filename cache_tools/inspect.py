@@ -32,6 +32,8 @@ def inspect_store(path) -> str:
         f"{2 * tt * ft * d} bytes per clip; compression {a.get('compression')}",
         f"  teacher {a.get('teacher')}  checkpoint {a.get('checkpoint')}  id {a.get('checkpoint_sha256')}",
         f"  teacher mel {a.get('teacher_mel')}; clips of {a.get('clip_seconds')} s",
+        f"  teacher input {a.get('teacher_input', 'not recorded (the 16 kHz clip-store wave)')} "
+        f"{a.get('teacher_input_counts', '')}",
         f"  clip fingerprint {a.get('clip_fingerprint')}",
         f"  shards {done}/{writer.num_shards} complete, {writer.k} clips per shard",
     ])

@@ -96,7 +96,8 @@ def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Pat
 def _teacher_id(targets: Path) -> str:
     from cache_tools.target_store import TargetStore
     attrs = TargetStore(targets).attrs
-    return f"{attrs.get('teacher', '?')} ({attrs.get('checkpoint_sha256', '?')})"
+    heard = attrs.get("teacher_input", "clipstore-16k-upsampled")   # stores written before it was recorded
+    return f"{attrs.get('teacher', '?')} ({attrs.get('checkpoint_sha256', '?')}; input {heard})"
 
 
 def _fmt(score: float, std: float | None) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
+from cache_tools.inspect import inspect_store
 from cache_tools.target_store import TargetStore
 from pipeline.audio_io import resample
 from pipeline.prepare import prepare
@@ -109,6 +110,7 @@ def test_high_band_reaches_the_teacher_only_from_the_source(setup):
         hi_src, hi_low = high_band_db(teacher, w_src), high_band_db(teacher, w_low)
         assert hi_src > -40 and hi_low < -60 and hi_src - hi_low > 40, (j, hi_src, hi_low)
     assert len(src[2][1]) == 72000 and clips.wave_length(2) == 24000    # 1.5 s at 48 kHz / 16 kHz
+    assert f"sources under {setup['tmp'] / 'audio'}" in clips.summary()
 
 
 def test_missing_source_falls_back_and_is_recorded(setup, tmp_path, monkeypatch):
@@ -126,6 +128,7 @@ def test_missing_source_falls_back_and_is_recorded(setup, tmp_path, monkeypatch)
         assert store.attrs["teacher_input"] == "mixed" and s["teacher_input"] == {"clipstore-16k-upsampled": 1,
                                                                                    "source-48k": 3}
         assert store.attrs["teacher_input_counts"] == s["teacher_input"]
+        assert "teacher input mixed" in inspect_store(tmp_path / "t.zarr")
         lines = [json.loads(x) for x in (tmp_path / "t.zarr" / "progress" / "fallback-000000.jsonl").read_text().splitlines()]
         assert [(e["clip"], e["clip_id"]) for e in lines] == [(1, "clip1")] and "does not exist" in lines[0]["reason"]
         assert not (tmp_path / "t.zarr" / "progress" / "fallback-000001.jsonl").exists()
