@@ -80,10 +80,10 @@ def test_targets_disk_full_keeps_finished_shards(tmp_path, monkeypatch):
     out = tmp_path / "t.zarr"
     real = target_store.ShardWriter.write
 
-    def full_after_one(self, k, data):
+    def full_after_one(self, k, data, info=None):
         if k >= 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, k, data)
+        return real(self, k, data, info)
 
     monkeypatch.setattr(target_store.ShardWriter, "write", full_after_one)
     with pytest.raises(StoreError, match=f"^{re.escape(str(out))}" + FULL.pattern):
