@@ -29,6 +29,17 @@ JSON_ATTRS = ("class_names", "class_ids", "feature_params")
 # source_path (utf-8, relative to the root attr `source_root`), source_start / source_seconds
 # (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`)
 SOURCE_DATASETS = ("source_path", "source_start", "source_seconds", "wave_length")
+REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", "target_length", "sample_rate",
+                  "feature_params", "norm_mean", "norm_std", "fingerprint")
+# what h5py raises on damaged metadata (zeroed object headers, heaps, B-trees) or bad JSON attrs
+H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+
+
+def damaged(path: Path | str, e: BaseException) -> StoreError:
+    """One line for a clip store whose HDF5 metadata h5py cannot read."""
+    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return StoreError(path, f"damaged HDF5 file ({type(e).__name__}: {why.strip(chr(39))}); rebuild it with "
+                            "`supmam prepare`")
 
 
 def parts_dir(path: Path | str) -> Path:
@@ -203,7 +214,11 @@ def check_store(path: Path | str) -> dict:
             attrs = _read_attrs(f)
             keys = set(f.keys())
     except OSError as e:
+        if h5py.is_hdf5(path):
+            raise damaged(path, e) from None
         raise StoreError(path, f"not a readable HDF5 file ({e})") from None
+    except H5_ERRORS as e:
+        raise damaged(path, e) from None
     if attrs.get("format") != FORMAT:
         raise StoreError(path, f"not a supmam clip store (format={attrs.get('format')!r}, expected {FORMAT!r})")
     if attrs.get("complete") is not True:
@@ -211,6 +226,9 @@ def check_store(path: Path | str) -> dict:
     lacking = {"fbank", "wave", "labels", "clip_id"} - keys
     if lacking:
         raise StoreError(path, f"corrupt: datasets {sorted(lacking)} are missing")
+    lacking = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if lacking:
+        raise StoreError(path, f"corrupt: attrs {lacking} are missing")
     return attrs
 
 
@@ -220,12 +238,15 @@ class ClipStore:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.attrs = check_store(self.path)
-        with h5py.File(self.path, "r") as f:
-            self.labels = f["labels"][:]                          # [N,C] uint8 or [N] int64
-            self.clip_ids = list(f["clip_id"].asstr()[:])
-            self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
-            self._n = len(f["fbank"])
-            self.has_sources = all(k in f for k in SOURCE_DATASETS)
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.labels = f["labels"][:]                      # [N,C] uint8 or [N] int64
+                self.clip_ids = list(f["clip_id"].asstr()[:])
+                self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
+                self._n = len(f["fbank"])
+                self.has_sources = all(k in f for k in SOURCE_DATASETS)
+        except H5_ERRORS as e:
+            raise damaged(self.path, e) from None
         a = self.attrs
         self.fingerprint, self.dataset, self.split = a["fingerprint"], a["dataset"], a["split"]
         self.multilabel, self.class_names, self.class_ids = bool(a["multilabel"]), a["class_names"], a["class_ids"]
@@ -252,11 +273,17 @@ class ClipStore:
     def __len__(self) -> int:
         return self._n
 
+    def _row(self, name: str, i: int) -> np.ndarray:
+        try:
+            return self._dset(name)[i]
+        except H5_ERRORS as e:
+            raise damaged(self.path, e) from None
+
     def fbank(self, i: int) -> np.ndarray:
-        return self._dset("fbank")[i]                            # [T,128] float16
+        return self._row("fbank", i)                             # [T,128] float16
 
     def wave(self, i: int) -> np.ndarray:
-        return self._dset("wave")[i]                             # [S] int16
+        return self._row("wave", i)                              # [S] int16
 
     def label(self, i: int) -> np.ndarray:
         if self.multilabel:
@@ -284,8 +311,7 @@ class ClipStore:
     def summary(self) -> str:
         a = self.attrs
         counts = self.labels.sum(0) if self.multilabel else np.bincount(self.labels, minlength=self.num_classes)
-        with h5py.File(self.path, "r") as f:
-            wave_len = f["wave"].shape[1]
+        wave_len = self._row("wave", 0).shape[0]
         lines = [
             f"clip store {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB, {a['format']})",
             f"  dataset {self.dataset}  split {self.split}  clips {len(self)}  skipped {a.get('skipped', 0)}",

@@ -49,15 +49,18 @@ def verify_store(path, clips=None, notes: list[str] | None = None) -> list[str]:
         return [f"{path}: no such file or directory"]
     if not is_target_store(path):
         from cache_tools.clip_checksums import old_store_note, verify_checksums
-        from cache_tools.clip_store import ClipStore
+        from cache_tools.clip_store import H5_ERRORS, ClipStore, damaged
 
         try:
             ClipStore(path)
         except StoreError as e:
             return [str(e)]
-        if notes is not None and (note := old_store_note(path)):
-            notes.append(note)
-        return verify_checksums(path)
+        try:
+            if notes is not None and (note := old_store_note(path)):
+                notes.append(note)
+            return verify_checksums(path)
+        except H5_ERRORS as e:
+            return [str(damaged(path, e))]
     try:
         a = read_attrs(path)
         writer = ShardWriter(path)

@@ -99,7 +99,7 @@ def config_job(run: Run, clips: Path, targets: Path, stores: Path, runs: Path, s
     for task in tasks:
         m = run_finetune(load_finetune_config(f"{task}-mini", [
             f"init={ckpt}", f"stores={stores}", f"run_dir={runs}", f"name=ft-{task}-{run.name}", f"device={device}",
-            f"seed={seed}", *finetune_overrides.get(task, [])], task=task))
+            f"seed={seed}", *finetune_overrides.get(task, [])], task=task), overwrite=True)
         scores[task] = {"metric": m["metric"], "score": m["score"], "std": m.get("std")}
     return {"run": run.__dict__ | {"objectives": list(run.objectives), "options": [list(o) for o in run.options]},
             "scores": scores}

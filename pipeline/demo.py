@@ -74,7 +74,7 @@ def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Pat
     for task in TASKS:
         jobs = {label: dict(cfg=load_finetune_config(f"{task}-mini", [
                     f"init={init}", f"stores={stores}", f"run_dir={runs}", f"name=demo-{task}-{label}",
-                    f"seed={seed}", f"device={device}"], task=task))
+                    f"seed={seed}", f"device={device}"], task=task), overwrite=True)   # the demo's own folders
                 for label, init in (("scratch", "none"), ("pretrained", str(ckpt)))}
         logs = {label: runs / kw["cfg"].name / "stdout.log" for label, kw in jobs.items()}
         res = _stage(f"finetune {task} (scratch | pretrained)", times,

@@ -56,6 +56,7 @@ from cache_tools.errors import SupmamError
 from pipeline.audio_io import resample
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from train.checkpoint import CheckpointError, encoder_from_checkpoint, load_checkpoint
+from train.distributed import resolve_device
 from train.models_vit import AudioViT
 
 SAMPLE_RATE = FBANK_PARAMS["sample_frequency"]
@@ -242,7 +243,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
         (mean, std), source = norm, "given by the caller"
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise EncoderLoadError(f"{path}: normalisation stats mean={mean} std={std} are not usable")
-    return PretrainedEncoder(vit, mean, std, str(path), source).to(device).eval()
+    return PretrainedEncoder(vit, mean, std, str(path), source).to(resolve_device(str(device))).eval()
 
 
 def describe(enc: PretrainedEncoder) -> dict:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from pipeline.targets import teacher_targets
 from pipeline.teacher import ClapTeacher
 
@@ -26,7 +24,9 @@ def online_teacher(clap_ckpt: Path | str | None, clap_model: str = "HTSAT-tiny",
     with the teacher's name, grid (Tt, Ft), dim and mel bank. Built as `supmam targets` builds it."""
     from train.pretrain import OnlineTeacher
 
-    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    from train.distributed import resolve_device
+
+    dev = str(resolve_device(device))
     t = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=False, seed=seed, device=dev,
                                     amp_dtype="fp16" if dev.startswith("cuda") else None)
     d = t.describe()

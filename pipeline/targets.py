@@ -253,6 +253,9 @@ def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | Non
     from cache_tools.clip_store import ClipStore
     from pipeline.teacher import ClapTeacher
 
+    from train.distributed import resolve_device
+
+    resolve_device(device)                                         # one line if there is no such device
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     store = ClipStore(clips)

@@ -125,12 +125,14 @@ def test_init_from_audiomae_layout_file(tmp_path):
     sd = {k: v for k, v in enc.state_dict().items() if not k.startswith("head")}
     sd.update({"mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.zeros(512, 192)})
     torch.save({"model": sd}, tmp_path / "pretrained.pth")
-    m = finetune("spc2", tmp_path, *TINY, "epochs=1", "blr=0", name="amae", init=str(tmp_path / "pretrained.pth"))
+    m = finetune("spc2", tmp_path, *TINY, "epochs=1", "blr=1e-30", name="amae",     # blr must be > 0; 1e-30 moves
+                 init=str(tmp_path / "pretrained.pth"))                              # no float32 weight
+
     assert m["init"].endswith("pretrained.pth")
     state = load_checkpoint(tmp_path / "runs" / "amae" / "checkpoint.pt")
     args, got = state["model_args"], state["model"]
     assert (args["depth"], args["embed_dim"], args["target_length"]) == (2, 192, T)  # sizes from the file
-    assert torch.equal(got["blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"])  # lr=0: unchanged
+    assert torch.equal(got["blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"])  # lr ~0: unchanged
     assert torch.equal(got["pos_embed"], sd["pos_embed"][:, :1 + (T // 16) * 8])        # time-major prefix
     assert got["head.weight"].shape == (3, 192)
 

@@ -2,7 +2,9 @@
 
 Unknown keys and values of the wrong type are rejected with a message that names the source
 (file or command line) and the key. Nested dataclasses are addressed with dots (`model.encoder=tiny`).
-A dataclass may check its values in `__post_init__` by raising ConfigError.
+A dataclass may check its values in `__post_init__` by raising ConfigError; numeric fields are
+checked against the class's RANGES table (`check_ranges`: field -> Range, merged along the class
+hierarchy; None values skipped, lists checked item by item), whose message gives the allowed range.
 
 RunConfig holds what pretraining and fine-tuning share, under one name each; both stage configs
 (train.pretrain.PretrainConfig, train.finetune.FinetuneConfig) extend it. The lr is not configured:
@@ -31,6 +33,43 @@ class ConfigError(SupmamError):
     pass
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric config field: lo <= v (lo < v if lo_open), v <= hi (v < hi if hi_open)."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below and v == v                      # NaN is in no range
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+UNIT, UNIT_OPEN = Range(0, 1), Range(0, 1, hi_open=True)      # [0, 1] and [0, 1)
+
+
+def check_ranges(obj: Any) -> None:
+    """ConfigError for the first field of `obj` outside its range in the RANGES tables of its classes."""
+    table: dict[str, Range] = {}
+    for klass in reversed(type(obj).__mro__):
+        table.update(vars(klass).get("RANGES", {}))
+    for name, rng in table.items():
+        value = getattr(obj, name)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None and v not in rng:
+                raise ConfigError(f"{name} must be {rng}, got {value!r}")
+
+
 @dataclass
 class RunConfig:
     """The keys every training stage shares (each stage overrides the defaults that differ)."""
@@ -51,6 +90,16 @@ class RunConfig:
     warmup_epochs: float = 0.0
     grad_clip: float = 0.0        # max grad norm; 0 = off
     log_every: int = 20           # updates between log lines
+
+    RANGES = {"seed": AT_LEAST_0, "num_workers": AT_LEAST_0, "batch_size": AT_LEAST_1, "blr": POSITIVE,
+              "min_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0, "betas": UNIT_OPEN, "epochs": AT_LEAST_1,
+              "warmup_epochs": AT_LEAST_0, "grad_clip": AT_LEAST_0, "log_every": AT_LEAST_1}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                            and self.device[5:].isdigit())):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @property
     def lr(self) -> float:

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import SupmamError
+from cache_tools.errors import StoreError, SupmamError
 from cache_tools.target_store import TargetStore
 from train.config import ConfigError
 
@@ -52,6 +52,16 @@ def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Pat
             f"target store {targets_path} holds {len(targets)} clips but the clip store "
             f"{clips.path} holds {len(clips)} (same fingerprint {clips.fingerprint}): the target store is "
             f"incomplete or was written wrongly; rerun `supmam targets --clips {clips.path} --out <target store>`.")
+
+
+def require_finite(x: torch.Tensor, store: Path | str, i: int, clip_id: str, what: str) -> torch.Tensor:
+    """`x` if every value is finite; else StoreError naming the store, the clip's index and id (a
+    NaN would otherwise surface steps later as a non-finite loss blamed on the lr). One reduction."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise StoreError(store, f"clip {i} ({clip_id}): {bad} non-finite values (NaN / inf) in its {what}; "
+                                "rebuild the store or drop that clip")
+    return x
 
 
 def normalize_fbank(fbank: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -159,10 +169,12 @@ class PretrainDataset(Dataset):
         k, j = self.locate(int(i))
         clips = self.clip_stores[k]
         fb = torch.from_numpy(np.asarray(clips.fbank(j), dtype=np.float32))        # [T,128]
+        fb = require_finite(fb, clips.path, j, clips.clip_ids[j], "fbank")
         fb = normalize_fbank(fb, self.norm_mean, self.norm_std).unsqueeze(0)        # [1,T,128]
         item = {"fbank": fb, "label": torch.as_tensor(clips.label(j)), "index": torch.tensor(i)}
         if self.targets_paths is not None:
-            item["targets"] = torch.from_numpy(np.ascontiguousarray(self.target_stores[k][j]))  # f16 [Tt,Ft,D]
+            t = torch.from_numpy(np.ascontiguousarray(self.target_stores[k][j]))  # f16 [Tt,Ft,D]
+            item["targets"] = require_finite(t, self.targets_paths[k], j, clips.clip_ids[j], "targets")
         if self.with_wave:
             w = np.asarray(clips.wave(j), dtype=np.float32) / 32768.0               # [S] in [-1, 1)
             item["wave"] = torch.from_numpy(w)

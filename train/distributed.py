@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from train.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,17 +37,30 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "cuda") -> DistInfo:
-    """Join the process group torchrun set up (if any) and choose this rank's device.
-
-    `device` is "auto" (CUDA if available, else CPU), "cuda", "cuda:N" or "cpu"; "cuda" asked for on a
-    machine without CUDA is an error (silently training on CPU would waste a cluster job).
-    """
+def resolve_device(device: str) -> torch.device:
+    """"auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N" -> torch.device; ConfigError (one
+    line) for anything else and for CUDA asked for where there is none (silently training on CPU would
+    waste a cluster job)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    want = torch.device(device)
+    try:
+        want = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: not a device (auto | cpu | cuda | cuda:N)") from None
+    if want.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: only cpu and cuda are supported")
     if want.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} asked for, but CUDA is not available here (use device=cpu)")
+        raise ConfigError(f"device {device!r}: CUDA is not available here (no GPU visible to torch); "
+                          "use --device cpu")
+    if want.index is not None and want.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible here")
+    return want
+
+
+def init_distributed(device: str = "cuda") -> DistInfo:
+    """Join the process group torchrun set up (if any) and choose this rank's device
+    (`device` as resolve_device takes it)."""
+    want = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cache_tools.errors import SupmamError
 from train import finetune_data as fd
 from train.checkpoint import load_checkpoint
+from train.distributed import resolve_device
 from train.engine_finetune import evaluate
 from train.models_vit import AudioViT
 from train.tasks import TASKS
@@ -54,7 +54,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
         ds, where = fd.ClipDataset(store, np.flatnonzero(np.asarray(store.folds) == fold)), f"{store.path} fold {fold}"
     else:
         ds, where = fd.ClipDataset(store), str(store.path)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     vit = rebuild(state["model_args"], state["model"]).to(dev)
     if store.num_classes != vit.head.out_features:
         raise EvaluateError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "

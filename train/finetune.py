@@ -24,9 +24,11 @@ from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
 from train import distributed, finetune_data as fd, report
 from train.checkpoint import load_encoder
-from train.config import ConfigError, EncoderSize, RunConfig, load_config, to_dict
+from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_OPEN, ConfigError, EncoderSize, Range,
+                          RunConfig, check_ranges, load_config, to_dict)
 from train.engine_finetune import EvalResult, FitResult, Splits, fit
 from train.models_vit import build_encoder
+from train.run_folder import claim
 from train.tasks import TASKS, Task, TaskName
 
 
@@ -40,6 +42,11 @@ class FinetuneModel:
     encoder: EncoderSize = "base"
     encoder_depth: int | None = None   # None: the size's 12 blocks
     drop_path: float = 0.1
+
+    RANGES = {"encoder_depth": AT_LEAST_1, "drop_path": UNIT_OPEN}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -71,6 +78,11 @@ class FinetuneConfig(RunConfig):
     # evaluation
     eval_batch_size: int = 64
     eval_every: int = 1              # epochs between evaluations (the last epoch always evaluates)
+
+    RANGES = {"epoch_len": AT_LEAST_0, "layer_decay": Range(0, 1, lo_open=True), "mask_t_prob": UNIT_OPEN,
+              "mask_f_prob": UNIT_OPEN, "freqm": AT_LEAST_0, "timem": AT_LEAST_0, "mixup": UNIT,
+              "mixup_beta": POSITIVE, "label_smoothing": UNIT_OPEN, "eval_batch_size": AT_LEAST_1,
+              "eval_every": AT_LEAST_1, "folds": AT_LEAST_0}
 
 
 @dataclass
@@ -140,11 +152,13 @@ def build_model(cfg: FinetuneConfig, target_length: int, num_classes: int) -> to
     return vit
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict:
+def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
     """Fine-tune and evaluate `cfg.task`; writes <run_dir>/<name>/ and returns the metrics
-    (on the main rank; other ranks return {})."""
+    (on the main rank; other ranks return {}). A run folder holding a checkpoint is refused unless
+    `overwrite` (train.run_folder)."""
     task = TASKS[cfg.task]
     dist = distributed.init_distributed(cfg.device)
+    claim(Path(cfg.run_dir) / cfg.name, overwrite=overwrite, is_main=dist.is_main)
     if dist.device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads() // dist.world_size))
     out = Path(cfg.run_dir) / cfg.name

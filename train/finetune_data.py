@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Sampler
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
 from train.config import ConfigError
-from train.data import normalize_fbank
+from train.data import normalize_fbank, require_finite
 
 
 class DataError(SupmamError):
@@ -73,6 +73,7 @@ class ClipDataset(Dataset):
     def __getitem__(self, k: int):
         i = int(self.indices[k])
         fb = torch.from_numpy(self.store.fbank(i).astype(np.float32))    # [T, 128]
+        fb = require_finite(fb, self.store.path, i, self.store.clip_ids[i], "fbank")
         if self.masks:
             spec = fb.T.unsqueeze(0)                                      # [1, 128, T] as torchaudio wants
             for mask in self.masks:

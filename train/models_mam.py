@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 
-from train.config import ConfigError, EncoderSize
+from train.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, ConfigError, EncoderSize, check_ranges
 from train.losses import clap_loss, cls_loss, rec_loss
 from train.masking import gather_tokens, random_masking
 from train.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
@@ -77,12 +77,15 @@ class MAMConfig:
     norm_pix_loss: bool = True
     cls_hidden: int = 512                  # hidden width of the cls head (not given in the paper)
 
+    RANGES = {"encoder_depth": AT_LEAST_1, "mask_ratio": UNIT_OPEN, "decoder_depth": AT_LEAST_1,
+              "decoder_dim": AT_LEAST_1, "decoder_heads": AT_LEAST_1, "decoder_window": AT_LEAST_1,
+              "decoder_shift": AT_LEAST_0, "lambda_cls": AT_LEAST_0, "tau": POSITIVE, "cls_hidden": AT_LEAST_1}
+
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or bad or len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(f"objectives must be a non-empty subset of {OBJECTIVES}, got {self.objectives}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        check_ranges(self)
         if self.target_head_init not in ("stats", "mae"):
             raise ConfigError(f"target_head_init must be 'stats' or 'mae', got {self.target_head_init!r}")
         if len(self.decoder_window) != 2 or len(self.decoder_shift) != 2:

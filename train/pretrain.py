@@ -31,11 +31,12 @@ from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import ConfigError, RunConfig, load_config, to_dict
+from train.config import AT_LEAST_0, AT_LEAST_1, ConfigError, RunConfig, load_config, to_dict
 from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, build_loader, endless_batches
 from train.lr_sched import build_scheduler
 from train.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
+from train.run_folder import claim, truncate_log
 from train.pretrain_targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch_index, target_info, target_stats
 
 
@@ -55,6 +56,9 @@ class PretrainConfig(RunConfig):
     max_steps: int = 0            # > 0 caps the run at this many updates (the schedule spans them)
     compile: str = ""             # torch.compile backend for the model step ("inductor" on GPUs; "" = eager)
     ckpt_every: int = 1000
+
+    RANGES = {"accum_steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "max_steps": AT_LEAST_0,
+              "ckpt_every": AT_LEAST_1}
 
 
 @dataclass
@@ -129,9 +133,12 @@ def set_rng_state(st: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- build
 
-def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False) -> Parts:
-    """Everything the loop needs, from the config, the stores and (with `resume`) the run's checkpoint."""
+def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
+          overwrite: bool = False) -> Parts:
+    """Everything the loop needs, from the config, the stores and (with `resume`) the run's checkpoint.
+    A run folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
     dist = D.init_distributed(cfg.device)
+    claim(Path(cfg.run_dir) / cfg.name, resume, overwrite, dist.is_main)
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
     use_targets = "clap" in cfg.model.objectives
     teacher = online_teacher if cfg.teacher == "online" and use_targets else None
@@ -163,7 +170,7 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     ddp_model = D.wrap_ddp(model, dist)
     step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
     if dist.is_main:
-        _truncate_log(out / "log.jsonl", step)
+        truncate_log(out / "log.jsonl", step)       # a resumed run rewrites what came after its checkpoint
     return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), index,
                  teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std})
 
@@ -258,7 +265,7 @@ def train(p: Parts, stop_after: int | None = None) -> Path:
         if step % cfg.ckpt_every == 0 or step == end:                 # checkpoint
             if not torch.isfinite(D.all_reduce_mean(loss.detach())).item():   # never save a diverged model
                 raise FloatingPointError(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
-                                         f"not overwriting {p.ckpt_path}. Lower blr or enable grad_clip.")
+                                         f"{last_good(p)}. Lower blr or enable grad_clip.")
             if p.dist.is_main:
                 save_checkpoint(p.ckpt_path, checkpoint_state(p, step))
             D.barrier()
@@ -297,7 +304,7 @@ def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
         raise FloatingPointError(
             f"[pretrain] {p.cfg.name}: the loss became non-finite ({loss}) between updates "
             f"{step - w.updates + 1} and {step}; stopping. Lower blr, enable grad_clip, or use amp=bf16/off. "
-            f"The last good checkpoint is {p.ckpt_path}.")
+            f"{last_good(p).capitalize()}.")
     dt = time.perf_counter() - w.t0
     rec = {"step": step, "epoch": step / p.derived.steps_per_epoch, "lr": p.optimizer.param_groups[0]["lr"],
            "loss": loss, **({"teacher": p.derived.teacher} if p.derived.teacher else {}),
@@ -309,9 +316,17 @@ def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
 
 
+def last_good(p: Parts) -> str:
+    """Where a diverged run can restart from: the checkpoint this run wrote, if it wrote one."""
+    if p.ckpt_path.exists():
+        return f"the last good checkpoint is {p.ckpt_path} (not overwritten)"
+    return f"no checkpoint was written yet (the first is due at update {min(p.cfg.ckpt_every, p.derived.total_steps)})"
+
+
 def checkpoint_state(p: Parts, step: int, full: bool = True) -> dict:
     """What a checkpoint holds: the bare model, the full config and derived values, the stores'
-    fingerprints, the fbank normalisation (`norm`); `full` adds what resuming needs (optimizer, schedule, scaler, RNG states)."""
+    fingerprints, the fbank normalisation (`norm`); `full` adds what resuming needs (optimizer,
+    schedule, scaler, RNG states)."""
     state = {"kind": "pretrain", "model": p.model.state_dict(), "step": step,
              "epoch": step // p.derived.steps_per_epoch, "config": to_dict(p.cfg),
              "derived": dataclasses.asdict(p.derived), "fingerprints": p.fingerprints, "teacher": p.derived.teacher,
@@ -336,22 +351,14 @@ def finish(p: Parts, step: int) -> Path:
 
 
 def run_pretrain(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
-                 stop_after: int | None = None) -> Path:
+                 stop_after: int | None = None, overwrite: bool = False) -> Path:
     """Pretrain; returns the final checkpoint's path (the last one written when `stop_after` cut the run)."""
-    parts = build(cfg, online_teacher, resume)
+    parts = build(cfg, online_teacher, resume, overwrite)
     path = train(parts, stop_after)
     del parts                         # free DDP's reducer before its process group (else gloo can hang at exit)
     D.barrier()
     D.cleanup()
     return path
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep only log lines up to update `step` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def load_pretrain_config(preset: str | None, overrides: list[str] | None = None) -> PretrainConfig:

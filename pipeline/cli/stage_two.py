@@ -34,6 +34,7 @@ def pretrain(
     runs: Optional[Path] = typer.Option(None, help="runs folder (the run goes to <runs>/<name>)"),
     name: Optional[str] = typer.Option(None, help="run name (default: the preset's name)"),
     resume: bool = typer.Option(False, "--resume", help="continue from <runs>/<name>/checkpoint.pt if it exists"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a checkpoint"),
     teacher: TeacherMode = typer.Option(TeacherMode.cached, help="cached: read the target store; "
                                                                  "online: run the CLAP teacher in the step"),
     clap_ckpt: Optional[Path] = typer.Option(None, help="CLAP checkpoint for --teacher online "
@@ -52,7 +53,7 @@ def pretrain(
     if cfg.teacher == "online" and "clap" in cfg.model.objectives:
         from pipeline.online_teacher import online_teacher
         fn = online_teacher(clap_ckpt, clap_model, teacher_seed, cfg.device)
-    typer.echo(str(run_pretrain(cfg, online_teacher=fn, resume=resume)))
+    typer.echo(str(run_pretrain(cfg, online_teacher=fn, resume=resume, overwrite=overwrite)))
 
 
 def finetune(
@@ -67,13 +68,14 @@ def finetune(
     name: Optional[str] = typer.Option(None, "--name", help="run name (default: finetune-<preset>-<init>)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU "
                                                                "per rank)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a checkpoint"),
 ) -> None:
     """Fine-tune an encoder on a task and evaluate it; results in RUNS/NAME/. The options set the
     config keys init, stores, run_dir, name and device."""
     from train.finetune import load_finetune_config, run_finetune
     opts = {"init": init, "stores": stores, "run_dir": runs, "name": name, "device": device}
     ovs = [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
-    m = run_finetune(load_finetune_config(preset, ovs, task=task.value))
+    m = run_finetune(load_finetune_config(preset, ovs, task=task.value), overwrite=overwrite)
     if m:
         std = f" ± {m['std']:.4f}" if "std" in m else ""
         typer.echo(f"{m['task']}: test {m['metric']} {m['score']:.4f}{std} ({m['num_test_clips']} clips)")
