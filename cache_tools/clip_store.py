@@ -33,6 +33,7 @@ REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", 
                   "feature_params", "norm_mean", "norm_std", "fingerprint")
 # what h5py raises on damaged metadata (zeroed object headers, heaps, B-trees) or bad JSON attrs
 H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
+SPLIT_NAMES = ("train", "valid", "test")   # codes 0, 1, 2 of the optional per-clip `split` dataset
 
 
 def damaged(path: Path | str, e: BaseException) -> StoreError:
@@ -85,9 +86,9 @@ def finished_blocks(d: Path) -> set[int]:
 
 def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave: np.ndarray,
                labels: np.ndarray, folds: np.ndarray | None, skipped: list[dict],
-               sources: dict[str, np.ndarray] | None = None) -> Path:
+               sources: dict[str, np.ndarray] | None = None, splits: np.ndarray | None = None) -> Path:
     """One block of clips -> part file, atomically. fbank [n,T,F] f16, wave [n,S] i16, labels [n,C]|[n];
-    sources: the SOURCE_DATASETS, each [n] (source_path as str objects)."""
+    sources: the SOURCE_DATASETS, each [n] (source_path as str objects); splits [n]: codes into SPLIT_NAMES."""
     out = part_path(d, block)
     need = fbank.size * 2 + wave.size * 2 + labels.nbytes + 2**20
     if free_bytes(d) < need:     # h5py on a full file system may crash the process instead of raising
@@ -101,6 +102,8 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
             f.create_dataset("fold", data=folds.astype(np.int8))
         for k, v in (sources or {}).items():
             f.create_dataset(k, data=v, dtype=h5py.string_dtype("utf-8") if k == "source_path" else v.dtype)
+        if splits is not None:
+            f.create_dataset("split", data=splits.astype(np.int8))
         f.attrs["skipped"] = json.dumps(skipped)
     return out
 
@@ -243,6 +246,7 @@ class ClipStore:
                 self.labels = f["labels"][:]                      # [N,C] uint8 or [N] int64
                 self.clip_ids = list(f["clip_id"].asstr()[:])
                 self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
+                self.splits = f["split"][:] if "split" in f else None  # [N] int8 codes into SPLIT_NAMES, or None
                 self._n = len(f["fbank"])
                 self.has_sources = all(k in f for k in SOURCE_DATASETS)
         except H5_ERRORS as e:
@@ -327,4 +331,7 @@ class ClipStore:
             lines.append(f"  folds {sorted(set(int(x) for x in self.folds))}")
         lines.append(f"  sources under {a['source_root']}" if self.has_sources else
                      "  no source records (an older store): stage one's teacher hears `wave`, upsampled")
+        if self.splits is not None:
+            counts = np.bincount(self.splits, minlength=len(SPLIT_NAMES))
+            lines.append("  splits " + ", ".join(f"{n} {c}" for n, c in zip(SPLIT_NAMES, counts)))
         return "\n".join(lines)

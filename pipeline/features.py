@@ -16,6 +16,7 @@ NORM_STATS: dict[str, tuple[float, float]] = {
     "esc50": (-6.6268077, 5.358466),
     "spc1": (-6.845978, 5.5654526),
     "spc2": (-6.845978, 5.5654526),
+    "custom": (-4.2677393, 4.5689974),   # your own data (prepare folder): AudioSet's, what pretraining used
 }
 
 

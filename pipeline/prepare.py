@@ -50,6 +50,7 @@ class _Geometry:            # what a worker needs to turn a record into arrays
     num_classes: int
     with_folds: bool
     source_root: str = "/"  # clip sources are recorded relative to it (clip_store.SOURCE_DATASETS)
+    with_splits: bool = False   # per-clip train/valid/test (readers/folder.py)
 
     @property
     def samples(self) -> int:
@@ -82,7 +83,7 @@ def source_root(records: list[ClipRecord]) -> str:
 
 def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: Path) -> tuple[int, int, int]:
     """Featurise one block and write its part file. Returns (block, clips in it, skipped)."""
-    ids, fbanks, waves, labels, folds, skipped, sources = [], [], [], [], [], [], []
+    ids, fbanks, waves, labels, folds, splits, skipped, sources = [], [], [], [], [], [], [], []
     for rec in records:
         try:
             out = featurise(rec, g)
@@ -102,6 +103,7 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
         else:
             labels.append(np.int64(rec.label))
         folds.append(rec.fold or 0)
+        splits.append(clip_store.SPLIT_NAMES.index(rec.split) if rec.split else -1)
     n = len(ids)
     fb = np.stack(fbanks) if n else np.zeros((0, g.target_length, FBANK_PARAMS["num_mel_bins"]), np.float16)
     wv = np.stack(waves) if n else np.zeros((0, g.samples), np.int16)
@@ -112,7 +114,7 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
     src = {"source_path": np.array(paths, dtype=object), "source_start": np.array(starts, np.float64),
            "source_seconds": np.array(seconds, np.float64), "wave_length": np.array(lengths, np.int32)}
     clip_store.write_part(parts, block, ids, fb, wv, lab, np.array(folds, np.int8) if g.with_folds else None,
-                          skipped, src)
+                          skipped, src, np.array(splits, np.int8) if g.with_splits else None)
     return block, len(records), len(skipped)
 
 
@@ -154,7 +156,8 @@ def source_fingerprint(spec: DatasetSpec, block_size: int) -> str:
     """Hash of everything that decides the store's contents (records, geometry, features, blocks).
 
     File names, not full paths: the same dataset reached through another path is the same input."""
-    recs = [(r.clip_id, r.path.name, r.label, r.fold, r.start, r.duration, r.kind) for r in spec.records]
+    recs = [(r.clip_id, r.path.name, r.label, r.fold, r.start, r.duration, r.kind)
+            + ((r.split,) if r.split is not None else ()) for r in spec.records]   # as before for split-less data
     return json_fingerprint([spec.dataset, spec.split, spec.class_ids, spec.target_length, spec.clip_seconds,
                              FBANK_PARAMS, block_size, recs])
 
@@ -184,7 +187,8 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
     parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records),
                                         "datasets": ["fbank", "wave", *clip_store.SOURCE_DATASETS]})
     g = _Geometry(spec.clip_seconds, spec.target_length, spec.multilabel, spec.num_classes,
-                  with_folds=any(r.fold is not None for r in spec.records), source_root=source_root(spec.records))
+                  with_folds=any(r.fold is not None for r in spec.records), source_root=source_root(spec.records),
+                  with_splits=any(r.split is not None for r in spec.records))
     blocks = [spec.records[i:i + block_size] for i in range(0, len(spec.records), block_size)]
     done = clip_store.finished_blocks(parts)
     todo = [(b, recs, g, parts) for b, recs in enumerate(blocks) if b not in done]

@@ -172,7 +172,7 @@ def test_task_registry_is_the_single_source(tmp_path):
     import typing
     from pipeline.cli.stage_two import TaskName
     from pipeline.demo import chance_level
-    assert [t.value for t in TaskName] == list(TASKS) == ["as2m", "as20k", "esc50", "spc1", "spc2"]
+    assert [t.value for t in TaskName] == list(TASKS) == ["as2m", "as20k", "esc50", "spc1", "spc2", "custom"]
     assert typing.get_args(typing.get_type_hints(FinetuneConfig)["task"]) == tuple(TASKS)
     with pytest.raises(ConfigError, match="'spc3' is not one of"):
         load_finetune_config("spc2-mini", ["task=spc3", "init=none"])

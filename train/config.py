@@ -243,6 +243,11 @@ def load_config(cls: type[T], preset: str | Path | None, overrides: list[str] | 
         raise ConfigError(f"{e} (preset {where}, overrides {overrides or []})") from None
 
 
+def preset_value(path_or_name: str | Path, kind: str, key: str, default: Any = None) -> Any:
+    """One top-level value of a preset, `base` chain followed (e.g. a fine-tuning preset's task)."""
+    return _read_toml(resolve_preset(path_or_name, kind), kind).get(key, default)
+
+
 def _read_toml(path: Path, kind: str, depth: int = 0) -> dict:
     try:
         data = tomllib.loads(path.read_text())

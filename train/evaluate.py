@@ -47,9 +47,12 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     if task is not None and task != cfg["task"]:
         raise EvaluateError(f"{ckpt}: fine-tuned for task {cfg['task']!r}, not {task!r}")
     t = TASKS[cfg["task"]]
-    path = Path(cfg["train_clips"][0] if t.protocol == "cv" else cfg["test_clips"])
+    path = Path(cfg["train_clips"][0] if t.protocol in ("cv", "store") else cfg["test_clips"])
     store = fd.open_stores([Path(stores) / path.name if stores is not None else path])[0]
-    if t.protocol == "cv":
+    if t.protocol == "store":                              # your own data: the part the run held out
+        from train.custom import checkpoint_test_set
+        ds, where, t = checkpoint_test_set(store, cfg, state)
+    elif t.protocol == "cv":
         fold = state["fold"]
         ds, where = fd.ClipDataset(store, np.flatnonzero(np.asarray(store.folds) == fold)), f"{store.path} fold {fold}"
     else:

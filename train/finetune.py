@@ -25,7 +25,7 @@ from cache_tools.errors import SupmamError
 from train import distributed, finetune_data as fd, report
 from train.checkpoint import load_encoder
 from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_OPEN, ConfigError, EncoderSize, Range,
-                          RunConfig, check_ranges, load_config, to_dict)
+                          RunConfig, check_ranges, load_config, preset_value, to_dict)
 from train.engine_finetune import EvalResult, FitResult, Splits, fit
 from train.models_vit import build_encoder
 from train.run_folder import claim
@@ -98,7 +98,8 @@ def load_finetune_config(preset: str | None = None, overrides: Sequence[str] = (
     with the data, the init checkpoint and the run name resolved: what the run records."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; known: {sorted(TASKS)}")
-    cfg = load_config(FinetuneConfig, preset or task, list(overrides), kind="finetune")
+    cfg = load_config(_config_class(preset or task, overrides, task), preset or task, list(overrides),
+                      kind="finetune")
     if task is not None and cfg.task != task:
         raise ConfigError(f"preset {preset!r} is for task {cfg.task!r}, not {task!r}")
     t = TASKS[cfg.task]
@@ -108,6 +109,16 @@ def load_finetune_config(preset: str | None = None, overrides: Sequence[str] = (
         cfg, train_clips=cfg.train_clips or [under(n) for n in t.train], valid_clips=cfg.valid_clips or under(t.valid),
         test_clips=cfg.test_clips or under(t.test), init=str(init) if init else "none",
         name=cfg.name or f"finetune-{Path(cfg.preset).stem or cfg.task}-{_init_tag(init)}")
+
+
+def _config_class(preset: str | None, overrides: Sequence[str], task: str | None) -> type[FinetuneConfig]:
+    """FinetuneConfig, or for the `custom` task its subclass with the split keys (train/custom.py)."""
+    named = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "task"]
+    name = named[-1] if named else task or (preset_value(preset, "finetune", "task") if preset else None)
+    if name == "custom":
+        from train.custom import CustomFinetuneConfig
+        return CustomFinetuneConfig
+    return FinetuneConfig
 
 
 def resolve_init(init: str, runs: str | Path) -> Path | None:
@@ -166,7 +177,11 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         meta = {"config": to_dict(cfg), "derived": {"lr": cfg.lr, "world_size": dist.world_size}}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
-    outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist)
+    if task.protocol == "store":                             # your own data: train/custom.py
+        from train.custom import run_custom
+        outcome = run_custom(cfg, task, out, dist)
+    else:
+        outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist)
     if outcome is not None:
         report.write_report(out, outcome.metrics, outcome.test.scores, outcome.test.targets)
     distributed.cleanup()

@@ -2,7 +2,7 @@
 
 curves.png (training loss / lr per update, via train.plots.plot_curves; per fold for ESC-50),
 eval.png (the selection metric per epoch) and, for single-label tasks, confusion.png labelled with
-the class names.
+the class names; for multi-label tasks, class_ap.png (average precision per class).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from train.metrics import confusion  # noqa: E402
+from train.metrics import confusion, per_class_average_precision  # noqa: E402
 from train.plots import plot_curves, read_log  # noqa: E402
 
 
@@ -38,6 +38,9 @@ def write_report(out: Path, metrics: dict, scores: np.ndarray | None = None,
         cm = confusion(scores, targets, metrics["num_classes"])
         written["confusion"] = plot_confusion(cm, metrics["class_names"], out / "confusion.png",
                                               f"{metrics['task']} ({metrics['metric']} {metrics['score']:.3f})")
+    if scores is not None and metrics["multilabel"]:
+        written["class_ap"] = plot_class_ap(per_class_average_precision(scores, targets), metrics["class_names"],
+                                            out / "class_ap.png", f"{metrics['task']} (mAP {metrics['score']:.3f})")
     return written
 
 
@@ -99,6 +102,23 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], png: Path, title: str
                 if cm[i, j]:
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def plot_class_ap(ap: np.ndarray, class_names: list[str], png: Path, title: str) -> Path:
+    """ap: [C] per-class average precision (NaN: no positive clip) -> horizontal bars, best first."""
+    order = [c for c in np.argsort(-np.nan_to_num(ap, nan=-1.0)) if not np.isnan(ap[c])]
+    shown = order if len(order) <= 60 else order[:30] + order[-30:]          # long lists: best and worst 30
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.2 * len(shown)))
+    ax.barh(range(len(shown)), ap[shown], color="tab:blue")
+    ax.set_yticks(range(len(shown)), [class_names[c] for c in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision")
+    ax.set_title(title + ("" if len(shown) == len(order) else f": best and worst 30 of {len(order)}"))
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

@@ -4,6 +4,8 @@ the demo read. Each task names its clip stores (file names from cache_tools.name
 
     split  train on `train`, select on `valid` (if any, else the last epoch), report on `test`
     cv     cross-validation over the folds stored in the one `train` store (ESC-50's five folds)
+    store  your own data (`supmam prepare folder`, train/custom.py): labels, metric and protocol come
+           from the one store: its split column, its folds, or a seeded stratified split
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ class Task:
     test: str                       # "" with protocol "cv": the held-out fold of `train` is the test set
     multilabel: bool                # multi-hot labels (AudioSet) or one class id per clip
     metric: Literal["mAP", "accuracy"]
-    protocol: Literal["split", "cv"]
+    protocol: Literal["split", "cv", "store"]
     num_classes: int | None = None  # checked against the stores when the task fixes it
 
     @property
@@ -41,6 +43,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          num_classes=12),                                       # SUPERB's split: 10 words + unknown + silence
     Task("spc2", (clip_store_name("spc2", "train"),), clip_store_name("spc2", "valid"),
          clip_store_name("spc2", "test"), multilabel=False, metric="accuracy", protocol="split"),
+    Task("custom", (clip_store_name("custom"),), "", "", multilabel=False, metric="accuracy",
+         protocol="store"),                                     # multilabel / metric: read from the store
 )}
 
 TaskName = Literal[tuple(TASKS)]     # the config's `task` type: exactly the registry's keys

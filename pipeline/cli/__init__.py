@@ -1,7 +1,7 @@
 """`supmam`: the command line, every command registered here in pipeline order.
 
     data mini | prepare ... | targets | store inspect|verify      pipeline/cli/stage_one.py
-    pretrain | finetune | evaluate                               pipeline/cli/stage_two.py
+    pretrain | finetune | evaluate | probe                       pipeline/cli/stage_two.py
     embed | export                                               pipeline/cli/use.py
     demo | ablate                                                pipeline/cli/runs.py
 
@@ -49,13 +49,14 @@ COMMANDS = {   # pipeline order; a typer.Typer is a group of subcommands
     "data": _group("Built-in mini datasets.", {"mini": stage_one.data_mini}),
     "prepare": _group("Audio folders -> HDF5 clip stores.", {
         "audioset": stage_one.prepare_audioset, "esc50": stage_one.prepare_esc50, "spc2": stage_one.prepare_spc2,
-        "spc1": stage_one.prepare_spc1, "all": stage_one.prepare_all}),
+        "spc1": stage_one.prepare_spc1, "all": stage_one.prepare_all, "folder": stage_one.prepare_folder}),
     "targets": stage_one.targets,
     "store": _group("Inspect / verify clip and target stores.", {
         "inspect": stage_one.store_inspect, "verify": stage_one.store_verify}),
     "pretrain": stage_two.pretrain,
     "finetune": stage_two.finetune,
     "evaluate": stage_two.evaluate,
+    "probe": stage_two.probe,
     "embed": use.embed,
     "export": use.export,
     "demo": runs.demo,

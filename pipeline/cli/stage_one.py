@@ -74,6 +74,26 @@ def prepare_spc1(root: Path = typer.Option(..., "--root", help="Speech Commands 
     _prepare(lambda: read_spc1(root, test_root, split), out, workers, block_size)
 
 
+def prepare_folder(root: Path = typer.Option(..., "--root", help="folder of your audio files (any format)"),
+                   labels: Optional[Path] = typer.Option(None, "--labels", help="CSV: file,label[,split|fold]; "
+                                                         "label `a;b` = multi-label; none: one sub-folder per class"),
+                   target_length: Optional[int] = typer.Option(None, "--target-length", help="fbank frames per clip "
+                                                               "(a multiple of 16); default: from the data"),
+                   clip_seconds: Optional[float] = typer.Option(None, "--clip-seconds", help="seconds per clip; "
+                                                                "default: from the data (95th percentile)"),
+                   out: Path = OUT, workers: int = WORKERS, block_size: int = BLOCK) -> None:
+    """Your own labelled audio (a CSV or a class-per-folder tree) -> one clip store, per-clip split/fold kept
+    (`supmam finetune --task custom --clips OUT`, `supmam probe --task custom --clips OUT`)."""
+    from pipeline.readers.folder import read_folder
+
+    def read():
+        spec = read_folder(root, labels, target_length, clip_seconds)
+        typer.echo(f"{out}: {len(spec.records)} clips, {spec.num_classes} classes "
+                   f"({'multi-label' if spec.multilabel else 'single-label'}); {spec.note}")
+        return spec
+    _prepare(read, out, workers, block_size)
+
+
 def prepare_all(root: Path = typer.Option(Path("data/mini"), "--root", help="mini-data root"),
                 out: Path = typer.Option(Path("data/stores"), "--out", help="folder for the stores"),
                 workers: int = WORKERS, block_size: int = BLOCK) -> None:

@@ -1,7 +1,7 @@
-"""Stage-two commands: `supmam pretrain`, `finetune`, `evaluate`.
+"""Stage-two commands: `supmam pretrain`, `finetune`, `evaluate`, `probe`.
 
 Each parses its options and calls one library function (train.pretrain, train.finetune,
-train.evaluate); errors are left to the app's policy (pipeline.cli).
+train.evaluate, train.probe); errors are left to the app's policy (pipeline.cli).
 """
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ def finetune(
     init: Optional[str] = typer.Option(None, "--init", help="encoder checkpoint (ours or AudioMAE's .pth), "
                                        "`latest` (RUNS/latest-pretrain, the default) or `none` (random init)"),
     stores: Optional[Path] = typer.Option(None, "--stores", help="folder of clip stores (default data/stores)"),
+    clips: Optional[Path] = typer.Option(None, "--clips", help="train on this clip store (key train_clips; "
+                                         "--task custom: the store `supmam prepare folder` wrote)"),
     runs: Optional[Path] = typer.Option(None, "--runs", help="folder for run outputs (default runs)"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (default: finetune-<preset>-<init>)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU "
@@ -71,9 +73,9 @@ def finetune(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a checkpoint"),
 ) -> None:
     """Fine-tune an encoder on a task and evaluate it; results in RUNS/NAME/. The options set the
-    config keys init, stores, run_dir, name and device."""
+    config keys init, stores, train_clips, run_dir, name and device."""
     from train.finetune import load_finetune_config, run_finetune
-    opts = {"init": init, "stores": stores, "run_dir": runs, "name": name, "device": device}
+    opts = {"init": init, "stores": stores, "train_clips": clips, "run_dir": runs, "name": name, "device": device}
     ovs = [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
     m = run_finetune(load_finetune_config(preset, ovs, task=task.value), overwrite=overwrite)
     if m:
@@ -91,3 +93,36 @@ def evaluate(
     """Evaluate a fine-tuned checkpoint on its task's test set (ESC-50: its held-out fold)."""
     from train.evaluate import evaluate_checkpoint
     typer.echo(json.dumps(evaluate_checkpoint(ckpt, task.value if task else None, stores, device), indent=2))
+
+
+class ProbeHead(str, Enum):
+    linear = "linear"
+    mlp = "mlp"          # one hidden layer
+
+
+def probe(
+    task: TaskName = typer.Option(..., "--task", help=" | ".join(TASKS)),
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value (train.probe.ProbeConfig: "
+                                                               "layer=, pooling=, lrs=, weight_decays=, steps=, ...)"),
+    init: Optional[str] = typer.Option(None, "--init", help="encoder checkpoint (ours or AudioMAE's .pth), `latest` "
+                                       "(the default) or `none` (seeded random: encoder=, encoder_depth=)"),
+    stores: Optional[Path] = typer.Option(None, "--stores", help="folder of clip stores (default data/stores)"),
+    clips: Optional[Path] = typer.Option(None, "--clips", help="the clip store (--task custom: from `supmam prepare "
+                                         "folder`)"),
+    head: ProbeHead = typer.Option(ProbeHead.linear, "--head", help="linear | mlp"),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="folder for run outputs and the feature cache "
+                                        "(default runs)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: probe-<task>-<init>-<head>)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Linear probe of a frozen encoder: features computed once (cached), heads swept on validation;
+    results in RUNS/NAME/. The options set the config keys init, stores, train_clips, head, run_dir,
+    name and device."""
+    from train.probe import load_probe_config, run_probe
+    opts = {"task": task.value, "init": init, "stores": stores, "train_clips": clips, "head": head.value,
+            "run_dir": runs, "name": name, "device": device}
+    m = run_probe(load_probe_config([f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])))
+    p, std = m["probe"], f" ± {m['std']:.4f}" if "std" in m else ""
+    typer.echo(f"{m['task']}: probe ({p['head']}) test {m['metric']} {m['score']:.4f}{std} ({m['num_test_clips']} "
+               f"clips); encoder unchanged (sha256 {p['encoder_sha256'][:12]}); features {p['embed_seconds']:.1f} s"
+               f"{' (cached)' if all(c['hit'] for c in p['features']) else ''}, heads {p['head_seconds']:.1f} s")

@@ -23,6 +23,7 @@ class ClipRecord:
     start: float = 0.0           # seconds into the file
     duration: float | None = None
     kind: str = "file"           # "file", or "silence" (SPC-1 silence cut from background noise)
+    split: str | None = None     # your own data (readers/folder.py): "train" | "valid" | "test" from its CSV
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DatasetSpec:
     clip_seconds: float          # 10, 5, 1
     records: list[ClipRecord]
     missing: list[str] = field(default_factory=list)   # listed clips without an audio file
+    note: str = ""               # what the reader decided that is worth printing (readers/folder.py: clip length)
 
     @property
     def num_classes(self) -> int:
