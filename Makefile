@@ -26,14 +26,20 @@ endif
 TARGETS ?= $(patsubst %.h5,%.targets.zarr,$(CLIPS))
 INIT    ?= latest
 ARGS    ?=
+LABELS  ?=
+CUSTOM_CLIPS ?= $(STORES)/custom.h5
+# TASK=custom: your own audio (DATA=<folder>, LABELS=<csv> or one sub-folder per class) -> CUSTOM_CLIPS first
+CUSTOM_STORE := $(if $(filter custom,$(TASK)),custom-store,)
+CUSTOM_ARGS  := $(if $(filter custom,$(TASK)),--clips $(CUSTOM_CLIPS),)
 # nothing may reach for a model hub at run time (laion-clap's imports otherwise retry for minutes)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test data prepare targets pretrain finetune demo ablate bench clean help
+.PHONY: install test data prepare targets pretrain finetune probe custom-store demo ablate bench clean help
 
 help:
-	@echo "make install | test | demo | data | prepare | targets | pretrain [PRESET=] | finetune TASK= | ablate | bench"
+	@echo "make install | test | demo | data | prepare | targets | pretrain [PRESET=] | finetune TASK= | probe TASK= | ablate | bench"
+	@echo "your own data: make finetune TASK=custom DATA=<audio folder> [LABELS=<csv>]  (or probe)"
 
 install: $(STAMP)
 
@@ -70,8 +76,17 @@ pretrain: install
 	$(SUPMAM) pretrain --preset $(PRESET)$(VARIANT) $(foreach c,$(CLIPS),--clips $(c)) \
 		$(foreach t,$(TARGETS),--targets $(t)) --runs $(RUNS) $(ARGS)
 
-finetune: install
-	$(SUPMAM) finetune --task $(TASK) --preset $(TASK)$(VARIANT) --init $(INIT) --stores $(STORES) --runs $(RUNS) $(ARGS)
+finetune: install $(CUSTOM_STORE)
+	$(SUPMAM) finetune --task $(TASK) --preset $(TASK)$(VARIANT) --init $(INIT) --stores $(STORES) $(CUSTOM_ARGS) \
+		--runs $(RUNS) $(ARGS)
+
+probe: install $(CUSTOM_STORE)
+	$(SUPMAM) probe --task $(TASK) --init $(INIT) --stores $(STORES) $(CUSTOM_ARGS) --runs $(RUNS) $(ARGS)
+
+custom-store: install
+	@test "$(origin DATA)" != file || { echo "TASK=custom needs DATA=<folder of your audio> (and LABELS=<csv>," \
+		"else one sub-folder per class)" >&2; exit 2; }
+	$(SUPMAM) prepare folder --root $(DATA) $(if $(LABELS),--labels $(LABELS),) --out $(CUSTOM_CLIPS)
 
 demo: install
 	$(SUPMAM) demo --data $(DATA) --stores $(STORES) --runs $(RUNS) --seed $(SEED)
