@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
-PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "embed", "export",
-                  "demo", "ablate"]
+PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "probe", "embed",
+                  "export", "demo", "ablate"]
 
 
 def supmam(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
@@ -30,7 +30,8 @@ def test_commands_are_registered_in_pipeline_order():
     root = typer.main.get_command(app)
     assert root.list_commands(None) == PIPELINE_ORDER
     assert sorted(root.commands) == sorted(PIPELINE_ORDER)
-    assert root.commands["prepare"].list_commands(None) == ["audioset", "esc50", "spc2", "spc1", "all"]
+    assert root.commands["prepare"].list_commands(None) == ["audioset", "esc50", "spc2", "spc1", "all",
+                                                                  "folder"]
     assert root.commands["store"].list_commands(None) == ["inspect", "verify"]
     help_text = CliRunner().invoke(app, ["--help"]).output       # one row per command: name, spaces, help
     listed = [m for m in re.findall(r"^\W*([a-z]+) {2,}\S", help_text, re.M) if m in PIPELINE_ORDER]

@@ -114,7 +114,7 @@ def load_finetune_config(preset: str | None = None, overrides: Sequence[str] = (
 def _config_class(preset: str | None, overrides: Sequence[str], task: str | None) -> type[FinetuneConfig]:
     """FinetuneConfig, or for the `custom` task its subclass with the split keys (train/custom.py)."""
     named = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "task"]
-    name = named[-1] if named else task or (preset_value(preset, "finetune", "task") if preset else None)
+    name = named[-1] if named else (preset_value(preset, "finetune", "task") if preset else task)
     if name == "custom":
         from train.custom import CustomFinetuneConfig
         return CustomFinetuneConfig

@@ -193,9 +193,9 @@ def run_probe(cfg: ProbeConfig) -> dict:
     t_heads = time.time()
     spec, results = _spec(cfg, t), []
     for r in rounds:
-        sweep = select(X[r.train], Y[r.train], X[r.valid], Y[r.valid], stores[0].num_classes, spec)
+        sweep = select(X[r.train], Y[r.train], X[r.valid], Y[r.valid], stores[0].num_classes, spec, device)
         fit = np.concatenate([r.train, r.valid]) if r.refit else r.train
-        scores = fit_and_score(X[fit], Y[fit], X[r.test], sweep.best, stores[0].num_classes, spec)
+        scores = fit_and_score(X[fit], Y[fit], X[r.test], sweep.best, stores[0].num_classes, spec, device)
         results.append((r, sweep, scores, Y[r.test]))
     head_seconds = time.time() - t_heads
     after = weights_sha256(vit)

@@ -14,6 +14,7 @@ Features are standardised with the mean and std of the clips the head trains on.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 
 BETAS, EPS = (0.9, 0.999), 1e-8          # torch.optim.AdamW's defaults
+SMALL_WORK = 2**26                       # multiply-adds per step below which CPU heads run on one thread
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,33 @@ def _adamw(heads: Heads, state: list[list[torch.Tensor]], step: int, lr: torch.T
         p.grad = None
 
 
+@contextmanager
+def _one_thread_if_small(device: torch.device, work: int):
+    """CPU heads of at most SMALL_WORK multiply-adds per step run on one thread: intra-op threads only
+    add synchronisation at these sizes (and stall when the cores are shared)."""
+    if device.type != "cpu" or work > SMALL_WORK:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def train_heads(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, float]], num_classes: int,
                 spec: HeadSpec, steps: int, on_eval=None) -> Heads:
     """Train one head per (lr, weight decay) on standardised x [N, D], y [N] | [N, C] for `steps`
     updates; `on_eval(step, heads)` every spec.eval_every updates and after the last."""
+    width = spec.hidden if spec.kind == "mlp" else num_classes
+    work = min(x.shape[0], spec.batch_size) * x.shape[1] * len(settings) * width     # first layer, per step
+    with _one_thread_if_small(x.device, work):
+        return _train_heads(x, y, settings, num_classes, spec, steps, on_eval)
+
+
+def _train_heads(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, float]], num_classes: int,
+                 spec: HeadSpec, steps: int, on_eval) -> Heads:
     heads = Heads(len(settings), x.shape[1], num_classes, spec, x.device)
     lr, wd = (torch.tensor([s[i] for s in settings], device=x.device) for i in (0, 1))   # [K]
     state = [[torch.zeros_like(p), torch.zeros_like(p)] for p in heads.params]
