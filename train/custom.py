@@ -20,6 +20,7 @@ import numpy as np
 
 from cache_tools.clip_store import ClipStore
 from train import finetune_data as fd
+from train.config import UNIT_OPEN, Range
 from train.custom_split import Assignment, assign
 from train.engine_finetune import Splits, fit
 from train.finetune import (FinetuneConfig, FinetuneError, Outcome, _fit_fields, _info, _run_cv, _summary,
@@ -33,6 +34,8 @@ class CustomFinetuneConfig(FinetuneConfig):
     """FinetuneConfig plus the split of a store that brings neither a split column nor folds."""
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
+
+    RANGES = {"valid_fraction": UNIT_OPEN, "test_fraction": Range(0, 1, lo_open=True, hi_open=True)}
 
 
 def store_task(task: Task, store: ClipStore, assignment: Assignment) -> Task:

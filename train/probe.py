@@ -31,9 +31,11 @@ from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
 from train import finetune_data as fd, report
 from train.checkpoint import load_encoder
-from train.config import EncoderSize, load_config, to_dict
+from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, EncoderSize, Range, check_ranges, load_config,
+                          to_dict)
 from train.custom import store_task
 from train.custom_split import assign, hold_out
+from train.distributed import resolve_device
 from train.finetune import _init_tag, check_stores, resolve_init
 from train.metrics import task_metrics
 from train.models_vit import build_encoder
@@ -75,6 +77,14 @@ class ProbeConfig:
     test_fraction: float = 0.2       # custom stores with neither split column nor folds
     folds: list[int] = field(default_factory=list)          # cv: test folds (empty: every stored fold)
 
+    RANGES = {"encoder_depth": AT_LEAST_1, "layer": AT_LEAST_0, "hidden": AT_LEAST_1, "lrs": POSITIVE,
+              "weight_decays": AT_LEAST_0, "steps": AT_LEAST_1, "eval_every": AT_LEAST_1, "batch_size": AT_LEAST_1,
+              "embed_batch_size": AT_LEAST_1, "valid_fraction": UNIT_OPEN,
+              "test_fraction": Range(0, 1, lo_open=True, hi_open=True), "folds": AT_LEAST_0}
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass
 class Round:
@@ -99,10 +109,6 @@ def load_probe_config(overrides: Sequence[str] = ()) -> ProbeConfig:
         test_clips=cfg.test_clips or under(t.test), init=str(init) if init else "none",
         name=cfg.name or f"probe-{data}-{_init_tag(init)}-{cfg.head}",
         cache_dir=cfg.cache_dir or str(Path(cfg.run_dir) / "probe-cache"))
-
-
-def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
 def build_frozen_encoder(cfg: ProbeConfig, target_length: int) -> torch.nn.Module:
@@ -183,7 +189,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stores, t, rounds = open_data(cfg)
     fd.check_compatible(stores)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     vit = build_frozen_encoder(cfg, stores[0].target_length).to(device)
     before = weights_sha256(vit)
     (out / "config.json").write_text(json.dumps({"config": to_dict(cfg), "encoder_sha256": before}, indent=2))

@@ -197,10 +197,13 @@ def duration(path: Path) -> float | None:
     """Seconds of audio in `path` from its header (soundfile), else by decoding it; None if unreadable."""
     try:
         return float(sf.info(str(path)).duration)
-    except Exception:  # noqa: BLE001 - formats soundfile cannot read: decode instead
-        from pipeline.audio_io import SAMPLE_RATE, load_clip
-        wave, _ = load_clip(path, seconds=24 * 3600.0)
-        return None if wave is None else len(wave) / SAMPLE_RATE
+    except Exception:  # noqa: BLE001 - formats soundfile cannot read (m4a, opus, ...): decode instead
+        from pipeline.audio_io import Unusable, decode_native
+        try:
+            x, sr = decode_native(path, None)                    # [n, channels] at the file's rate
+        except (Unusable, OSError):
+            return None
+        return len(x) / sr
 
 
 def choose_length(durations: list[float]) -> tuple[float, int]:
