@@ -28,3 +28,13 @@ def torchrun(tmp_path):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                str(nproc), str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models: two threads on two cores only fight)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -39,12 +39,7 @@ def stores(tmp_path_factory):
     return {"dir": d, "clips": clips, "targets": write_targets(d / "train.targets.zarr", clips)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def pretrain_args(stores, runs, preset="audiomae", *extra) -> list[str]:

@@ -22,12 +22,7 @@ TINY = ["--init", "none", "--device", "cpu", "model.encoder_depth=1", "batch_siz
         "log_every=2", "blr=0.064"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 @pytest.fixture(scope="module")

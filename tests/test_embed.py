@@ -21,12 +21,7 @@ L = 128                 # the tiny encoder's trained length: 128 frames = 8 time
 MEAN, STD = -5.5, 3.25  # stats stored in the test checkpoints (not any dataset's constants)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def tiny_vit(seed: int = 0, **kw) -> AudioViT:

@@ -25,12 +25,7 @@ from pipeline.embed_files import EmbedFilesError, embed_files, list_audio
 from train.checkpoint import save_checkpoint
 from train.models_vit import AudioViT
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ T = 256                 # not 128: a square input would hide a swapped time / fr
 NORM = {"mean": -6.0, "std": 5.0, "source": "test"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def randomized(vit: AudioViT, seed: int) -> AudioViT:

@@ -26,12 +26,7 @@ def finetune(task: str, root, *overrides: str, name: str | None = None, init: st
     return run_finetune(load_finetune_config(f"{task}-mini", ov, task=task))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def test_esc50_five_fold_cross_validation(tmp_path):

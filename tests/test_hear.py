@@ -14,12 +14,7 @@ from train.models_vit import AudioViT
 ACCEPTABLE_SAMPLE_RATE = [16000, 22050, 44100, 48000]     # hearvalidator's list
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 @pytest.fixture(scope="module")

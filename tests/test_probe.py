@@ -25,12 +25,7 @@ from train.probe_head import HeadSpec, average_precision, train_heads
 TINY = ["init=none", "encoder=tiny", "encoder_depth=1", "device=cpu", "steps=100", "eval_every=20"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def probe(tmp_path, *overrides: str) -> dict:
