@@ -132,3 +132,40 @@ def spc_stores(root: Path, task: str, num_classes: int, per_class=(8, 3, 3)) -> 
         class_store(root / clip_store_name(task, split), np.repeat(np.arange(num_classes), k), names,
                     dataset=task, split=split, seed=seed)
     return names
+
+
+# ---------------------------------------------------------------- fine-tuning: clips with their real waves
+
+def wave_clips(n: int, seed: int, seconds: float = 1.0, short_every: int = 3) -> list[np.ndarray]:
+    """n int16 waves at 16 kHz: class-dependent tones in noise; every `short_every`-th clip is shorter
+    than `seconds` (the store zero-pads it), as real Speech Commands and AudioSet clips can be."""
+    rng = np.random.default_rng(seed)
+    full = int(SR * seconds)
+    out = []
+    for i in range(n):
+        m = full - int(rng.integers(1000, full // 3)) if i % short_every == short_every - 1 else full
+        t = np.arange(m) / SR
+        w = 0.2 * np.sin(2 * np.pi * (150 + 90 * i) * t) + rng.normal(0, 0.03, m)
+        out.append((np.clip(w, -1, 1) * 32767).astype(np.int16))      # [m]
+    return out
+
+
+def wave_store(path: Path, waves: list[np.ndarray], labels: np.ndarray, class_names: list[str], target_length: int,
+               samples: int, ids: list[str] | None = None, **attrs) -> cs.ClipStore:
+    """A clip store whose fbank is AudioMAE's fbank of each wave (cache_tools.fbank, as `prepare` writes
+    it) and whose wave is that wave zero-padded to `samples`."""
+    from cache_tools.fbank import FBANK_PARAMS, fbank
+    fb = np.stack([fbank(w.astype(np.float32) / 32768.0, target_length).numpy() for w in waves])  # [N,T,128]
+    padded = np.stack([np.pad(w, (0, samples - len(w))) for w in waves])                          # [N,S]
+    base = dict(feature_params=dict(FBANK_PARAMS), norm_mean=-6.845978, norm_std=5.5654526)
+    return write_clip_store(path, fb.astype(np.float16), padded, labels, class_names, ids=ids, **{**base, **attrs})
+
+
+def spc_wave_stores(root: Path, task: str = "spc2", num_classes: int = 4, per_class=(6, 2, 2)) -> list[str]:
+    """`<task>_{train,valid,test}.h5` under root with real 1 s waves (T=128 frames, as SPC)."""
+    names = [f"w{c}" for c in range(num_classes)]
+    for split, k, seed in zip(("train", "valid", "test"), per_class, (0, 1, 2)):
+        labels = np.repeat(np.arange(num_classes), k)
+        wave_store(root / clip_store_name(task, split), wave_clips(len(labels), seed), labels, names, T, SR,
+                   ids=[f"{split}-{i:04d}" for i in range(len(labels))], dataset=task, split=split)
+    return names

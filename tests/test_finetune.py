@@ -13,6 +13,7 @@ from train.checkpoint import load_checkpoint
 from train.evaluate import evaluate_checkpoint
 from train.config import ConfigError
 from train.finetune import FinetuneConfig, FinetuneError, load_finetune_config, run_finetune
+from train.augment import Augment, TrainClips
 from train.models_vit import AudioViT
 from train.tasks import TASKS
 
@@ -190,7 +191,9 @@ def test_audioset_weighted_two_stores_reports_map(tmp_path):
         lab = (rng.random((n, 4)) < 0.3).astype(np.uint8)
         lab[np.arange(n), np.arange(n) % 4] = 1                       # every clip has a label
         class_store(tmp_path / name, lab, names, dataset="audioset", seed=seed)
-    m = finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", name="as")
+    with pytest.raises(fd.DataError, match="fewer than one fbank window"):   # these stores hold no real waves
+        finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", name="as0")
+    m = finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", "mixup=0", name="as")
     # the reported mAP / AUC are sklearn's class means over the final model's sigmoid scores
     from sklearn.metrics import average_precision_score, roc_auc_score
     from train.evaluate import rebuild
@@ -210,7 +213,7 @@ def test_audioset_weighted_two_stores_reports_map(tmp_path):
     assert (tmp_path / "runs" / "as" / "curves.png").exists()
 
 
-def test_class_balance_weights_sampler_and_mixup():
+def test_class_balance_weights_and_sampler():
     labels = np.array([[1, 0], [1, 0], [1, 1], [0, 1]])
     w = fd.class_balance_weights(labels)                              # counts: [3, 2]
     assert np.allclose(w, [1000 / 3.01, 1000 / 3.01, 1000 / 3.01 + 1000 / 2.01, 1000 / 2.01])
@@ -223,26 +226,20 @@ def test_class_balance_weights_sampler_and_mixup():
     assert list(s0) != a
     with pytest.raises(fd.DataError, match="epoch_len"):
         fd.WeightedEpochSampler(np.ones(5), 6)
-    x = torch.randn(6, 1, 16, 8)
-    y = fd.soft_targets(torch.arange(6), 6)                           # distinct classes
-    xm, ym = fd.mixup(x, y, prob=1.0, beta=10.0, rng=np.random.default_rng(0))
-    assert torch.allclose(ym.sum(1), torch.ones(6)) and (ym.max(1).values < 1).all()   # every clip mixed
-    x0, y0 = fd.mixup(x, y, prob=0.0, beta=10.0, rng=np.random.default_rng(0))
-    assert torch.equal(x0, x) and torch.equal(y0, y)
+    assert torch.equal(fd.soft_targets(torch.arange(3), 3), torch.eye(3))
 
 
 def test_fbank_masking_masks_raw_bins_of_training_items_only(tmp_path):
-    """spec_mask=(freqm, timem): torchaudio masking on the raw fbank (0 before normalisation), a
-    fresh draw per item from torch's seeded RNG; the presets put it on training data only."""
+    """Augment(freqm, timem): torchaudio masking on the raw fbank (0 before normalisation), a fresh
+    draw per item from its seed; the drivers put it on training clips only (TrainClips)."""
     store = class_store(tmp_path / "s.h5", np.arange(4) % 2, ["a", "b"])
     plain = fd.ClipDataset(store)
-    masked = fd.ClipDataset(store, spec_mask=(48, 60))
+    masked = TrainClips([store], aug=Augment(freqm=48, timem=60))
     zero = (0.0 - store.norm_mean) / (2 * store.norm_std)              # a masked raw bin, normalised
-    torch.manual_seed(0)
-    a = [masked[k][0] for k in range(4)]
-    torch.manual_seed(0)
-    b = [masked[k][0] for k in range(4)]
+    a = [masked[(k, 10 + k)][0] for k in range(4)]
+    b = [masked[(k, 10 + k)][0] for k in range(4)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))               # deterministic for a seed
+    assert torch.equal(TrainClips([store])[2][0], plain[2][0])        # no augmentation: the stored fbank
     hit = [(x != plain[k][0]) for k, x in enumerate(a)]
     assert any(h.any() for h in hit)
     for k, x in enumerate(a):                                           # changed values are masked bins
@@ -252,4 +249,4 @@ def test_fbank_masking_masks_raw_bins_of_training_items_only(tmp_path):
         assert (hit[k][0] == (rows[:, None] | cols[None, :])).all()
         assert rows.sum() < 60 and cols.sum() < 48
     with pytest.raises(ConfigError, match="freqm=-1"):
-        fd.ClipDataset(store, spec_mask=(-1, 0))
+        TrainClips([store], aug=Augment(freqm=-1))

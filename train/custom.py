@@ -23,8 +23,9 @@ from train import finetune_data as fd
 from train.config import UNIT_OPEN, Range
 from train.custom_split import Assignment, assign
 from train.engine_finetune import Splits, fit
+from train.augment import TrainClips
 from train.finetune import (FinetuneConfig, FinetuneError, Outcome, _fit_fields, _info, _run_cv, _summary,
-                            build_model)
+                            augment, build_model)
 from train.metrics import primary_metric
 from train.tasks import Task
 
@@ -64,7 +65,7 @@ def write_split(out: Path, store: ClipStore, a: Assignment) -> Path:
     return path
 
 
-def run_custom(cfg: CustomFinetuneConfig, task: Task, out: Path, dist) -> Outcome | None:
+def run_custom(cfg: CustomFinetuneConfig, task: Task, out: Path, dist, resume: bool = False) -> Outcome | None:
     """Fine-tune on the one store of `cfg.train_clips` with the protocol its contents give."""
     store = open_custom_store(cfg)
     a = assign(store, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
@@ -74,21 +75,21 @@ def run_custom(cfg: CustomFinetuneConfig, task: Task, out: Path, dist) -> Outcom
         print(f"[finetune] custom: {store.num_classes} classes, {'multi' if t.multilabel else 'single'}-label "
               f"({t.metric}); {a.source}: {a.record().get('clips') or a.record().get('folds')}", flush=True)
     if a.folds is not None:
-        outcome = _run_cv(cfg, t, out, dist)
+        outcome = _run_cv(cfg, t, out, dist, resume)
     else:
-        outcome = _run_parts(cfg, t, store, a, out, dist)
+        outcome = _run_parts(cfg, t, store, a, out, dist, resume)
     if outcome is not None:
         outcome.metrics["split"] = a.record()
     return outcome
 
 
 def _run_parts(cfg: CustomFinetuneConfig, t: Task, store: ClipStore, a: Assignment, out: Path,
-               dist) -> Outcome | None:
-    """Train on a.train, select on a.valid (if any, else the last epoch), report a.test."""
-    data = Splits(fd.ClipDataset(store, a.train, spec_mask=(cfg.freqm, cfg.timem)),
+               dist, resume: bool = False) -> Outcome | None:
+    """Train on a.train; report the last and (with valid clips) the best-on-valid model on a.test."""
+    data = Splits(TrainClips([store], [a.train], augment(cfg)),
                   fd.ClipDataset(store, a.valid) if len(a.valid) else None, fd.ClipDataset(store, a.test))
     info = _info([store])
-    r = fit(cfg, build_model(cfg, store.target_length, store.num_classes), data, t, out, dist, info)
+    r = fit(cfg, build_model(cfg, store.target_length, store.num_classes), data, t, out, dist, info, resume)
     if r is None:
         return None
     return Outcome(_summary(cfg, t, store, info, r.test.metrics, len(data.test)) | _fit_fields(r, t), r.test)

@@ -1,13 +1,16 @@
 """Fine-tuning engine: one epoch of training, one evaluation, and `fit` over the epochs.
 
-    step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, rng, log)
+    step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, log)
     result = evaluate(vit, dataset, multilabel, device)      # EvalResult(metrics, scores, targets)
-    fit(cfg, vit, Splits(train, valid, test), task, out, dist, info) -> FitResult (main rank) | None
+    fit(cfg, vit, Splits(train, valid, test), task, out, dist, info, resume) -> FitResult (main rank) | None
 
 Recipe as AudioMAE's fine-tuning: AdamW with layer-wise lr decay, linear warmup + half-cycle cosine
 per update, token-level SpecAugment (the encoder's forward takes the mask probabilities, so DDP
-wraps the encoder itself), mixup, BCE for multi-label and CE for single-label tasks. Evaluation
-runs on the main rank; the reported model is the best on the validation split, or the last one.
+wraps the encoder itself), BCE for multi-label and CE for single-label tasks; the training clips'
+own augmentation (waveform mixup, fbank masking, ...) happens in the loader (train.augment).
+Evaluation runs on the main rank. Both the last epoch's model and, where the task has a validation
+split, the best one on it are scored on the test set; the best-on-valid one is the headline then.
+After every epoch the run can be resumed from its last.pt (train.finetune_resume).
 """
 from __future__ import annotations
 
@@ -22,16 +25,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from timm.optim import param_groups_layer_decay
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from train import distributed, finetune_data as fd
 from train.amp import autocast, grad_scaler, resolve_amp
+from train.augment import SeededSampler
 from train.checkpoint import save_checkpoint
 from train.config import ConfigError, to_dict
 from train.data import worker_init
+from train.finetune_resume import gather_rng, load_resume, save_resume, truncate_logs
 from train.lr_sched import build_scheduler
 from train.metrics import task_metrics
 from train.models_vit import AudioViT, describe
+from train.pretrain import set_rng_state
 from train.tasks import Task
 
 if TYPE_CHECKING:
@@ -47,12 +53,21 @@ class EvalResult:
 
 @dataclass
 class FitResult:
-    test: EvalResult              # the reported model on the test set
-    selection: str                # "best valid <metric>" or "last epoch"
-    selected_epoch: int
+    last: EvalResult              # the last epoch's model on the test set
+    best: EvalResult | None       # the best model on the validation split, on the test set (None: no valid split)
+    last_epoch: int
+    best_epoch: int | None
     history: list[dict]           # per evaluated epoch: {"epoch", "<split>_<metric>": value, ...}
-    best_valid: float | None      # the reported model's validation score (when selected on valid)
     train_seconds: float
+
+    @property
+    def headline(self) -> str:
+        """Which model the run reports: "best" (selected on the validation split) or "last"."""
+        return "best" if self.best is not None else "last"
+
+    @property
+    def test(self) -> EvalResult:
+        return self.best if self.best is not None else self.last
 
 
 @dataclass
@@ -81,9 +96,11 @@ def make_loss(cfg: FinetuneConfig, task: Task, num_classes: int) -> Loss:
 class RunLog:
     """log.jsonl (training updates) and eval.jsonl (evaluations) of one run, written by the main rank."""
 
-    def __init__(self, out: Path, is_main: bool, total: int, steps_per_epoch: int, batch_size: int, every: int):
-        self.train_fh = open(out / "log.jsonl", "w") if is_main else None
-        self.eval_fh = open(out / "eval.jsonl", "w") if is_main else None
+    def __init__(self, out: Path, is_main: bool, total: int, steps_per_epoch: int, batch_size: int, every: int,
+                 append: bool = False):
+        mode = "a" if append else "w"
+        self.train_fh = open(out / "log.jsonl", mode) if is_main else None
+        self.eval_fh = open(out / "eval.jsonl", mode) if is_main else None
         self.total, self.spe, self.batch, self.every, self.t0 = total, steps_per_epoch, batch_size, every, time.time()
 
     def due(self, step: int) -> bool:
@@ -111,9 +128,8 @@ class RunLog:
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, sched,
-                    scaler: torch.amp.GradScaler, loss: Loss, cfg: FinetuneConfig, step: int,
-                    rng: np.random.Generator, log: RunLog) -> int:
-    """One pass over `loader`: lr -> mixup -> forward (token SpecAugment) -> backward -> clip -> step -> log.
+                    scaler: torch.amp.GradScaler, loss: Loss, cfg: FinetuneConfig, step: int, log: RunLog) -> int:
+    """One pass over `loader`: lr -> forward (token SpecAugment) -> backward -> clip -> step -> log.
     Returns the update count after the epoch."""
     device = next(model.parameters()).device
     amp = resolve_amp(cfg.amp, device)
@@ -123,7 +139,6 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # [B,1,T,F], [B,C] | [B]
         if loss.soft:
             y = fd.soft_targets(y, loss.num_classes)                            # [B, C]
-        x, y = fd.mixup(x, y, cfg.mixup, cfg.mixup_beta, rng)
         with autocast(device, amp):
             logits = model(x, cfg.mask_t_prob, cfg.mask_f_prob)                # [B, C]
         value = loss.fn(logits.float(), y)
@@ -160,49 +175,58 @@ def evaluate(vit: AudioViT, ds: Dataset, multilabel: bool, device: torch.device,
     return EvalResult(task_metrics(s, t, multilabel), s, t)
 
 
-def train_loader(cfg: FinetuneConfig, ds: Dataset, sampler: Sampler, world_size: int) -> DataLoader:
+def train_loader(cfg: FinetuneConfig, ds: Dataset, sampler: SeededSampler, world_size: int) -> DataLoader:
+    """Batches of (index, item seed) from `sampler`; a seeded generator keeps the loader off the global
+    RNG (worker seeds), so a resumed run's training RNG stream is the uninterrupted one's."""
     per_rank = max(1, cfg.batch_size // world_size)
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
                       drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=worker_init,
-                      persistent_workers=cfg.num_workers > 0)
+                      persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 class Selection:
-    """Evaluates after an epoch, keeps the model to report and writes the checkpoints (main rank)."""
+    """Evaluates after an epoch, keeps the best model on the validation split and writes the
+    checkpoints (main rank): checkpoint.pt is the best-on-valid model (no valid split: the latest
+    evaluated one), checkpoint-final.pt the last epoch's."""
 
     def __init__(self, cfg: FinetuneConfig, task: Task, data: Splits, out: Path, device: torch.device, info: dict):
         self.cfg, self.task, self.out, self.device, self.info = cfg, task, out, device, info
         self.split, self.ds = ("valid", data.valid) if data.valid is not None else ("test", data.test)
-        self.best, self.epoch, self.state, self.history = -math.inf, -1, None, []
+        self.best, self.epoch, self.state, self.history = -math.inf, None, None, []
 
-    def after_epoch(self, vit: AudioViT, optimizer, epoch: int, step: int, rng, log: RunLog) -> None:
+    def state_dict(self) -> dict:
+        return {"best": self.best, "epoch": self.epoch, "state": self.state, "history": self.history}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.best, self.epoch, self.state, self.history = st["best"], st["epoch"], st["state"], st["history"]
+
+    def after_epoch(self, vit: AudioViT, epoch: int, step: int, log: RunLog) -> None:
         amp = resolve_amp(self.cfg.amp, self.device)
         r = evaluate(vit, self.ds, self.task.multilabel, self.device, self.cfg.eval_batch_size, amp)
         self.history.append({"epoch": epoch, **{f"{self.split}_{k}": v for k, v in r.metrics.items()}})
         log.eval({"step": step, **self.history[-1]})
         score = r.metrics[self.task.metric]
-        improved = self.split == "test" or score > self.best      # no valid split: the last model
+        improved = self.split == "valid" and score > self.best
         if improved:
             self.best, self.epoch = score, epoch
-            if self.split == "valid":
-                self.state = copy.deepcopy({k: v.cpu() for k, v in vit.state_dict().items()})
-        state = {"kind": "finetune", "model": vit.state_dict(), "model_args": describe(vit),
-                 "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "config": to_dict(self.cfg),
-                 "rng": {"torch": torch.get_rng_state(), "numpy_mixup": rng.bit_generator.state},
-                 "metric": {self.task.metric: score}, **self.info}
-        if improved:
+            self.state = copy.deepcopy({k: v.cpu() for k, v in vit.state_dict().items()})
+        state = {"kind": "finetune", "model": vit.state_dict(), "model_args": describe(vit), "epoch": epoch,
+                 "step": step, "config": to_dict(self.cfg), "metric": {self.task.metric: score}, **self.info}
+        if improved or self.split == "test":
             save_checkpoint(self.out / "checkpoint.pt", state)
         if epoch == self.cfg.epochs:
             save_checkpoint(self.out / "checkpoint-final.pt", state)
 
 
 def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path, dist: distributed.DistInfo,
-        info: dict) -> FitResult | None:
-    """Train `vit` on data.train; select on data.valid (or take the last epoch); report on data.test.
-    `info` (class names, input length, store fingerprints, fold) goes into every checkpoint."""
+        info: dict, resume: bool = False) -> FitResult | None:
+    """Train `vit` on data.train; score the last epoch's model (and the best one on data.valid) on
+    data.test. `info` (class names, input length, store fingerprints, fold) goes into every
+    checkpoint; `resume` continues from <out>/last.pt when there is one."""
     torch.manual_seed(cfg.seed + dist.rank)
-    rng = np.random.default_rng(cfg.seed + dist.rank)                          # mixup draws
-    sampler = fd.train_sampler(data.train, cfg.weighted_sampler, cfg.epoch_len, cfg.seed, dist.rank, dist.world_size)
+    base = fd.train_sampler(data.train, cfg.weighted_sampler, cfg.epoch_len, cfg.seed, dist.rank, dist.world_size,
+                            cfg.sampler_replacement)
+    sampler = SeededSampler(base, cfg.seed, dist.rank)
     loader = train_loader(cfg, data.train, sampler, dist.world_size)
     vit.to(dist.device)
     model = distributed.wrap_ddp(vit, dist)
@@ -215,29 +239,49 @@ def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path,
     scaler, loss = grad_scaler(resolve_amp(cfg.amp, dist.device)), make_loss(cfg, task, vit.head.out_features)
     out.mkdir(parents=True, exist_ok=True)
     derived = {"lr": cfg.lr, "world_size": dist.world_size, "steps_per_epoch": spe, "total_steps": total}
-    log = RunLog(out, dist.is_main, total, spe, cfg.batch_size, cfg.log_every)
     sel = Selection(cfg, task, data, out, dist.device, {**info, "derived": derived})
+    start, step = 0, 0
+    st = load_resume(out, info, dist) if resume else None
+    if st is not None:
+        vit.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scaler.load_state_dict(st["scaler"])
+        sel.load_state_dict(st["selection"])
+        set_rng_state(st["rng"][dist.rank])
+        start, step = st["epoch"], st["step"]
+        if dist.is_main:
+            truncate_logs(out, step)
+    log = RunLog(out, dist.is_main, total, spe, cfg.batch_size, cfg.log_every, append=st is not None)
     if dist.is_main:
         print(f"[finetune] {task.name}: {len(data.train)} training clips, lr {cfg.lr:.3g} (blr {cfg.blr} x batch "
               f"{cfg.batch_size} / 256), {spe} steps/epoch x {cfg.epochs} epochs, init {cfg.init}", flush=True)
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start + 1, cfg.epochs + 1):
         sampler.set_epoch(epoch - 1)
-        step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, rng, log)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            if dist.is_main:                                                    # evaluation: main rank only
-                sel.after_epoch(vit, optimizer, epoch, step, rng, log)
-            distributed.barrier()
-    result = None
-    if dist.is_main:
-        if sel.state is not None:
-            vit.load_state_dict(sel.state)
-        test = evaluate(vit, data.test, task.multilabel, dist.device, cfg.eval_batch_size,
-                        resolve_amp(cfg.amp, dist.device))
-        log.eval({"step": step, "epoch": cfg.epochs, "final": True,
-                  **{f"test_{k}": v for k, v in test.metrics.items()}})
-        log.close()
-        result = FitResult(test, f"best valid {task.metric}" if data.valid is not None else "last epoch", sel.epoch,
-                           sel.history, sel.best if data.valid is not None else None, round(time.time() - log.t0, 1))
+        step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, log)
+        if dist.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            sel.after_epoch(vit, epoch, step, log)                                 # evaluation: main rank only
+        rng = gather_rng(dist)                                                     # a collective: every rank
+        if dist.is_main:
+            save_resume(out, {"model": vit.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng,
+                              "selection": sel.state_dict(), "config": to_dict(cfg), **info})
+        distributed.barrier()
+    result = final_scores(cfg, vit, data, task, sel, step, log) if dist.is_main else None
     distributed.barrier()
     return result
+
+
+def final_scores(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, sel: Selection, step: int,
+                 log: RunLog) -> FitResult:
+    """The last epoch's model and (with a validation split) the best one, each on the test set."""
+    amp = resolve_amp(cfg.amp, sel.device)
+    results = {"last": evaluate(vit, data.test, task.multilabel, sel.device, cfg.eval_batch_size, amp)}
+    if data.valid is not None and sel.state is not None:
+        vit.load_state_dict(sel.state)
+        results["best"] = evaluate(vit, data.test, task.multilabel, sel.device, cfg.eval_batch_size, amp)
+    for which, r in results.items():
+        epoch = cfg.epochs if which == "last" else sel.epoch
+        log.eval({"step": step, "epoch": epoch, "final": which, **{f"test_{k}": v for k, v in r.metrics.items()}})
+    log.close()
+    return FitResult(results["last"], results.get("best"), cfg.epochs, sel.epoch if "best" in results else None,
+                     sel.history, round(time.time() - log.t0, 1))

@@ -2,12 +2,17 @@
 
     cfg = load_finetune_config("spc2-mini", ["init=latest", "stores=data/stores"], task="spc2")
     metrics = run_finetune(cfg)              # writes <run_dir>/<name>/, returns what metrics.json holds
+    metrics = run_finetune(cfg, resume=True) # continues a killed run from its last epoch (<run>/last.pt)
 
 The encoder comes from `init` (our pretraining checkpoint or AudioMAE's pretrained.pth /
 finetuned.pth), or is randomly initialised (`none`); on top of it: mean pool, fc_norm and a linear
 head (AudioViT.forward). A task trains on its train split and reports its test split (protocol
 "split"), or cross-validates over the folds of its one store (protocol "cv", ESC-50). The loop is
-train/engine_finetune.py.
+train/engine_finetune.py, the training clips' augmentation train/augment.py.
+
+metrics.json reports the last epoch's model on the test set, and where the task has a validation
+split (SPC-1, SPC-2) also the model of the best validation epoch; that one is the headline (`score`)
+then, else the last epoch is (AS-2M, AS-20K: no validation split; ESC-50: the last epoch per fold).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
 from train import distributed, finetune_data as fd, report
+from train.augment import Augment, TrainClips
 from train.checkpoint import load_encoder
 from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_OPEN, ConfigError, EncoderSize, Range,
                           RunConfig, check_ranges, load_config, preset_value, to_dict)
@@ -65,14 +71,19 @@ class FinetuneConfig(RunConfig):
     warmup_epochs: float = 4.0
     weight_decay: float = 1e-4
     layer_decay: float = 0.75
-    # augmentation / loss
+    # augmentation / loss (the training clips' augmentation: train/augment.py, in AudioMAE's order)
     mask_t_prob: float = 0.2         # SpecAugment as token masking (the paper: 0.2 time, 0.2 frequency)
     mask_f_prob: float = 0.2
     freqm: int = 0                   # torchaudio fbank masking on training clips, max widths in mel bins /
-    timem: int = 0                   # frames (AudioMAE's and AST's datasets: 48 / 192); 0 = off
-    mixup: float = 0.0               # probability a clip is mixed with another (AudioMAE: 0.5 on AudioSet)
-    mixup_beta: float = 10.0         # lambda ~ Beta(10, 10) as in AST / AudioMAE
-    weighted_sampler: bool = False
+    timem: int = 0                   # frames, at most the axis (refused otherwise); 0 = off
+    mixup: float = 0.0               # probability a training clip's WAVE is mixed with a partner drawn from
+    mixup_beta: float = 10.0         # the whole training set, lambda ~ Beta(10, 10) (AudioMAE dataset.py)
+    roll_mag_aug: bool = False       # gain Beta(10, 10) + 0.5 on the wave (AudioMAE's roll_mag_aug as it runs)
+    wave_roll: bool = False          # with roll_mag_aug, also the circular roll AudioMAE intends (a no-op there)
+    noise: bool = False              # AudioMAE / AST `noise`: + U(0,1)/10 * rand on the normalised fbank, time roll
+    silence_crops: bool = False      # SPC-1: `_silence_` clips are random 1 s crops of their background recording
+    weighted_sampler: bool = False   # class-balanced draws (AudioMAE's gen_weight.py weights)
+    sampler_replacement: bool = False   # weighted draws with replacement
     loss: Literal["auto", "bce", "ce"] = "auto"   # auto: BCE for multi-label, CE for single-label
     label_smoothing: float = 0.0     # CE only
     # evaluation
@@ -163,13 +174,19 @@ def build_model(cfg: FinetuneConfig, target_length: int, num_classes: int) -> to
     return vit
 
 
-def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
+def augment(cfg: FinetuneConfig) -> Augment:
+    return Augment(freqm=cfg.freqm, timem=cfg.timem, mixup=cfg.mixup, mixup_beta=cfg.mixup_beta,
+                   roll_mag_aug=cfg.roll_mag_aug, wave_roll=cfg.wave_roll, noise=cfg.noise,
+                   silence_crops=cfg.silence_crops)
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Fine-tune and evaluate `cfg.task`; writes <run_dir>/<name>/ and returns the metrics
-    (on the main rank; other ranks return {}). A run folder holding a checkpoint is refused unless
-    `overwrite` (train.run_folder)."""
+    (on the main rank; other ranks return {}). `resume`: continue from the run's last.pt files. A run
+    folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
     task = TASKS[cfg.task]
     dist = distributed.init_distributed(cfg.device)
-    claim(Path(cfg.run_dir) / cfg.name, overwrite=overwrite, is_main=dist.is_main)
+    claim(Path(cfg.run_dir) / cfg.name, resume=resume, overwrite=overwrite, is_main=dist.is_main)
     if dist.device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads() // dist.world_size))
     out = Path(cfg.run_dir) / cfg.name
@@ -179,9 +196,9 @@ def run_finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict:
         (out / "config.json").write_text(json.dumps(meta, indent=2))
     if task.protocol == "store":                             # your own data: train/custom.py
         from train.custom import run_custom
-        outcome = run_custom(cfg, task, out, dist)
+        outcome = run_custom(cfg, task, out, dist, resume)
     else:
-        outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist)
+        outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist, resume)
     if outcome is not None:
         report.write_report(out, outcome.metrics, outcome.test.scores, outcome.test.targets)
     distributed.cleanup()
@@ -208,8 +225,8 @@ def _info(stores: Sequence[ClipStore]) -> dict:
             "fingerprints": {"clips": {s.path.name: s.fingerprint for s in stores}}}
 
 
-def _run_split(cfg: FinetuneConfig, task: Task, out: Path, dist) -> Outcome | None:
-    """Train on the train store(s), select on valid (if any), report test."""
+def _run_split(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -> Outcome | None:
+    """Train on the train store(s); report the last and (with a valid split) the best-on-valid model on test."""
     train_s = fd.open_stores(cfg.train_clips)
     test_s = fd.open_stores([cfg.test_clips])[0]
     valid_s = fd.open_stores([cfg.valid_clips])[0] if cfg.valid_clips else None
@@ -217,16 +234,16 @@ def _run_split(cfg: FinetuneConfig, task: Task, out: Path, dist) -> Outcome | No
     check_stores(task, every)
     ref = train_s[0]
     norm = (ref.norm_mean, ref.norm_std)
-    data = Splits(fd.concat([fd.ClipDataset(s, norm=norm, spec_mask=(cfg.freqm, cfg.timem)) for s in train_s]),
+    data = Splits(TrainClips(train_s, None, augment(cfg), norm),
                   fd.ClipDataset(valid_s, norm=norm) if valid_s else None, fd.ClipDataset(test_s, norm=norm))
     info = _info(every)
-    r = fit(cfg, build_model(cfg, ref.target_length, ref.num_classes), data, task, out, dist, info)
+    r = fit(cfg, build_model(cfg, ref.target_length, ref.num_classes), data, task, out, dist, info, resume)
     if r is None:
         return None
     return Outcome(_summary(cfg, task, ref, info, r.test.metrics, len(data.test)) | _fit_fields(r, task), r.test)
 
 
-def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist) -> Outcome | None:
+def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -> Outcome | None:
     """For each fold, train on the other folds and test on it; mean and std over folds."""
     store = fd.open_stores(cfg.train_clips)[0]
     check_stores(task, [store])
@@ -240,19 +257,20 @@ def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist) -> Outcome | None:
                             f"(stored folds: {sorted(set(folds_all.tolist()))})")
     info, per_fold, tests = _info([store]), [], []
     for k in folds:
-        data = Splits(fd.ClipDataset(store, np.flatnonzero(folds_all != k), spec_mask=(cfg.freqm, cfg.timem)),
+        data = Splits(TrainClips([store], [np.flatnonzero(folds_all != k)], augment(cfg)),
                       None, fd.ClipDataset(store, np.flatnonzero(folds_all == k)))
         r = fit(cfg, build_model(cfg, store.target_length, store.num_classes), data, task, out / f"fold{k}",
-                dist, {**info, "fold": k})
+                dist, {**info, "fold": k}, resume)
         if r is not None:
-            per_fold.append({"fold": k, **r.test.metrics, "clips": len(data.test)})
+            per_fold.append({"fold": k, **r.test.metrics, "clips": len(data.test), "epoch": r.last_epoch})
             tests.append(r.test)
     if not dist.is_main:
         return None
     vals = np.array([f[task.metric] for f in per_fold])
     s = _summary(cfg, task, store, info, {task.metric: float(vals.mean())}, sum(f["clips"] for f in per_fold))
-    s.update({"selection": "last epoch", "folds": per_fold, "std": float(vals.std()),
-              "evaluation": f"{len(folds)}-fold cross-validation"})
+    s.update({"headline": "last", "selection": "last epoch of each fold", "folds": per_fold,
+              "std": float(vals.std()), "evaluation": f"{len(folds)}-fold cross-validation",
+              "last": {"epoch": cfg.epochs, "test": {task.metric: float(vals.mean())}}})
     scores, targets = (np.concatenate([getattr(t, a) for t in tests]) for a in ("scores", "targets"))
     return Outcome(s, EvalResult(s["test"], scores, targets))
 
@@ -265,8 +283,16 @@ def _summary(cfg: FinetuneConfig, task: Task, ref: ClipStore, info: dict, test: 
 
 
 def _fit_fields(r: FitResult, task: Task) -> dict:
-    out = {"selection": r.selection, "selected_epoch": r.selected_epoch, "history": r.history,
-           "train_seconds": r.train_seconds}
-    if r.best_valid is not None:
-        out["valid"] = {task.metric: r.best_valid}
-    return out
+    """The last and (with a validation split) the best-on-valid model: epoch, valid and test metrics;
+    which one is the headline (`score`, `test`), and the per-epoch history."""
+    valid = {h["epoch"]: {k[len("valid_"):]: v for k, v in h.items() if k.startswith("valid_")} for h in r.history}
+    out = {"headline": r.headline, "last": {"epoch": r.last_epoch, "test": r.last.metrics}}
+    if r.best is not None:
+        out["last"]["valid"] = valid.get(r.last_epoch, {})
+        out["best"] = {"epoch": r.best_epoch, "valid": valid[r.best_epoch], "test": r.best.metrics}
+        out["valid"] = valid[r.best_epoch]
+        out["selection"] = f"best valid {task.metric} (epoch {r.best_epoch} of {r.last_epoch})"
+    else:
+        out["selection"] = "last epoch (the task has no validation split)"
+    out["selected_epoch"] = r.best_epoch if r.best is not None else r.last_epoch
+    return out | {"history": r.history, "train_seconds": r.train_seconds}

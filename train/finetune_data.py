@@ -1,9 +1,11 @@
-"""Fine-tuning data over clip stores: normalised fbank datasets, samplers, AudioMAE-style mixup.
+"""Fine-tuning data over clip stores: normalised fbank datasets for evaluation, and the samplers.
 
 A clip store holds raw Kaldi fbank; the loader normalises it as pretraining does
-(train.data.normalize_fbank, with the store's per-dataset constants). AS-2M uses AudioMAE's
+(train.data.normalize_fbank, with the store's per-dataset constants). The training clips and their
+augmentation (mixup, SpecAugment, ...) are train.augment.TrainClips. AS-2M uses AudioMAE's
 class-balancing sampler: each clip weighs the sum over its labels of 1000 / (label count + 0.01),
-and an epoch draws `epoch_len` clips.
+and an epoch draws `epoch_len` clips; on single-label data the same weights balance the classes
+(SPC-1, as SUPERB samples it).
 """
 from __future__ import annotations
 
@@ -13,11 +15,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import SupmamError
-from train.config import ConfigError
 from train.data import normalize_fbank, require_finite
 
 
@@ -47,25 +48,16 @@ def check_compatible(stores: Sequence[ClipStore]) -> None:
 
 
 class ClipDataset(Dataset):
-    """(fbank, label) pairs of a clip store, optionally a subset of its clips.
+    """(fbank, label) pairs of a clip store, optionally a subset of its clips, without augmentation.
 
     item k -> x float32 [1, T, 128] normalised; y float32 [C] multi-hot, or int64 class id.
-    `spec_mask=(freqm, timem)`: AudioMAE's / AST's training-set SpecAugment, torchaudio's
-    FrequencyMasking(freqm) and TimeMasking(timem) on the raw fbank (masked bins are 0 before
-    normalisation), one draw per item from torch's RNG (seeded per rank / DataLoader worker).
     """
 
     def __init__(self, store: ClipStore, indices: Sequence[int] | None = None,
-                 norm: tuple[float, float] | None = None, spec_mask: tuple[int, int] = (0, 0)):
-        import torchaudio
+                 norm: tuple[float, float] | None = None):
         self.store = store
         self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.mean, self.std = norm if norm is not None else (store.norm_mean, store.norm_std)
-        freqm, timem = spec_mask
-        if freqm < 0 or timem < 0:
-            raise ConfigError(f"{store.path}: fbank masking widths must be >= 0, got freqm={freqm}, timem={timem}")
-        self.masks = ([torchaudio.transforms.FrequencyMasking(freqm)] if freqm > 0 else []) + \
-                     ([torchaudio.transforms.TimeMasking(timem)] if timem > 0 else [])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -74,11 +66,6 @@ class ClipDataset(Dataset):
         i = int(self.indices[k])
         fb = torch.from_numpy(self.store.fbank(i).astype(np.float32))    # [T, 128]
         fb = require_finite(fb, self.store.path, i, self.store.clip_ids[i], "fbank")
-        if self.masks:
-            spec = fb.T.unsqueeze(0)                                      # [1, 128, T] as torchaudio wants
-            for mask in self.masks:
-                spec = mask(spec)
-            fb = spec.squeeze(0).T                                        # [T, 128]
         x = normalize_fbank(fb, self.mean, self.std).unsqueeze(0)        # [1, T, 128]
         y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
         return x, y
@@ -88,14 +75,8 @@ class ClipDataset(Dataset):
         return np.asarray(self.store.labels)[self.indices]
 
 
-def concat(datasets: Sequence[ClipDataset]) -> Dataset:
-    return datasets[0] if len(datasets) == 1 else ConcatDataset(list(datasets))
-
-
 def dataset_labels(ds: Dataset) -> np.ndarray:
-    """Labels of a ClipDataset or a ConcatDataset of them, in item order."""
-    if isinstance(ds, ConcatDataset):
-        return np.concatenate([d.labels() for d in ds.datasets])
+    """Labels of a ClipDataset or train.augment.TrainClips (anything with `labels()`), in item order."""
     return ds.labels()
 
 
@@ -138,11 +119,13 @@ class WeightedEpochSampler(Sampler[int]):
         return self.per_rank
 
 
-def train_sampler(ds: Dataset, weighted: bool, epoch_len: int, seed: int, rank: int, world: int) -> Sampler:
-    """The training sampler: class-balanced (AS-2M) or a seeded shuffle, both split over ranks."""
+def train_sampler(ds: Dataset, weighted: bool, epoch_len: int, seed: int, rank: int, world: int,
+                  replacement: bool = False) -> Sampler:
+    """The training sampler: class-balanced (AS-2M, SPC-1) or a seeded shuffle, both split over ranks."""
     if weighted:
         w = class_balance_weights(dataset_labels(ds))
-        return WeightedEpochSampler(w, epoch_len or len(ds), replacement=False, seed=seed, rank=rank, world_size=world)
+        return WeightedEpochSampler(w, epoch_len or len(ds), replacement=replacement, seed=seed, rank=rank,
+                                    world_size=world)
     return DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
 
 
@@ -151,23 +134,3 @@ def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     if y.ndim == 1:
         return torch.nn.functional.one_hot(y.long(), num_classes).float()  # [B, C]
     return y.float()
-
-
-def mixup(x: torch.Tensor, y: torch.Tensor, prob: float, beta: float,
-          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """AudioMAE/AST mixup on a batch: each clip, with probability `prob`, is mixed with a random
-    other clip of the batch with lambda ~ Beta(beta, beta); labels mixed with the same lambda.
-
-    x: [B, 1, T, F] normalised fbank; y: [B, C] float targets -> (x_mix, y_mix), same shapes.
-    """
-    B = x.shape[0]
-    if prob <= 0 or B < 2:
-        return x, y
-    mixed = rng.random(B) < prob                                          # [B]
-    partner = (np.arange(B) + rng.integers(1, B, size=B)) % B             # [B], never itself
-    lam = np.where(mixed, rng.beta(beta, beta, size=B), 1.0)              # [B]
-    lam_t = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
-    p = torch.as_tensor(partner, device=x.device)
-    x_mix = lam_t.view(B, 1, 1, 1) * x + (1 - lam_t.view(B, 1, 1, 1)) * x[p]   # [B, 1, T, F]
-    y_mix = lam_t.view(B, 1).to(y.dtype) * y + (1 - lam_t.view(B, 1).to(y.dtype)) * y[p]  # [B, C]
-    return x_mix, y_mix

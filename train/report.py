@@ -45,10 +45,12 @@ def write_report(out: Path, metrics: dict, scores: np.ndarray | None = None,
 
 
 def results_table(m: dict) -> str:
-    """A markdown summary: headline number, then per-fold rows (ESC-50) or the per-epoch history."""
+    """A markdown summary: the headline number and which model it is, the last and best-on-valid
+    models side by side (SPC), or the per-fold rows (ESC-50)."""
     pct = 100.0
     lines = [f"# Fine-tuning: {m['task']}", "",
-             f"preset `{m['preset']}`, init `{m['init']}`, selection: {m['selection']}", "",
+             f"preset `{m['preset']}`, init `{m['init']}`", "",
+             f"**Headline: {HEADLINE.get(m.get('headline'), m.get('headline'))}** ({m['selection']}).", "",
              "| task | metric | score | clips | classes |", "|---|---|---|---|---|"]
     score = f"{pct * m['score']:.2f}"
     if "std" in m:
@@ -57,13 +59,25 @@ def results_table(m: dict) -> str:
     extra = {k: v for k, v in m["test"].items() if k != m["metric"] and not _nan(v)}
     if extra:
         lines += ["", "Also on the test set: " + ", ".join(f"{k} {pct * v:.2f}" for k, v in extra.items())]
-    if "valid" in m:
-        lines += ["", f"Best validation {m['metric']}: {pct * m['valid'][m['metric']]:.2f} "
-                      f"(epoch {m.get('selected_epoch')})"]
+    if "best" in m:
+        metric = m["metric"]
+        lines += ["", f"| model | epoch | valid {metric} (%) | test {metric} (%) |", "|---|---|---|---|"]
+        for which in ("best", "last"):
+            r = m[which]
+            valid = r.get("valid", {}).get(metric)
+            lines.append(f"| {which}{' (headline)' if m['headline'] == which else ''} | {r['epoch']} | "
+                         f"{'-' if valid is None else f'{pct * valid:.2f}'} | {pct * r['test'][metric]:.2f} |")
+    elif "folds" not in m:
+        lines += ["", "This task has no validation split, so the last epoch is reported; selecting the best "
+                      "epoch on the test set (AudioMAE's `max_mAP`) would overstate the score."]
     if "folds" in m:
         lines += ["", "| fold | " + m["metric"] + " (%) | clips |", "|---|---|---|"]
         lines += [f"| {f['fold']} | {pct * f[m['metric']]:.2f} | {f['clips']} |" for f in m["folds"]]
     return "\n".join(lines) + "\n"
+
+
+HEADLINE = {"best": "the model of the best validation epoch, scored on the test set",
+            "last": "the last epoch's model, scored on the test set"}
 
 
 def plot_eval(eval_logs: list[Path], png: Path, metric: str) -> Path:

@@ -71,13 +71,15 @@ def finetune(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU "
                                                                "per rank)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run (same --name) from the last epoch "
+                                                        "it finished (RUNS/NAME/last.pt; ESC-50: per fold)"),
 ) -> None:
     """Fine-tune an encoder on a task and evaluate it; results in RUNS/NAME/. The options set the
     config keys init, stores, train_clips, run_dir, name and device."""
     from train.finetune import load_finetune_config, run_finetune
     opts = {"init": init, "stores": stores, "train_clips": clips, "run_dir": runs, "name": name, "device": device}
     ovs = [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
-    m = run_finetune(load_finetune_config(preset, ovs, task=task.value), overwrite=overwrite)
+    m = run_finetune(load_finetune_config(preset, ovs, task=task.value), resume=resume, overwrite=overwrite)
     if m:
         std = f" ± {m['std']:.4f}" if "std" in m else ""
         typer.echo(f"{m['task']}: test {m['metric']} {m['score']:.4f}{std} ({m['num_test_clips']} clips)")

@@ -1,0 +1,51 @@
+"""AudioMAE's features: the definition a clip store's `fbank` follows, shared by both stages.
+
+Kaldi log-mel (`torchaudio.compliance.kaldi.fbank`, 128 bins, 25 ms Hanning window, 10 ms hop) of
+the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. Stage one
+(pipeline.prepare) writes it into the clip store; fine-tuning's waveform augmentation
+(train.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here.
+
+    fb = fbank(wave, target_length)                 # [n] float in [-1, 1] -> [T, 128] float32
+    n = clip_samples(stored_fbank, stored_wave)     # the clip's own length inside the padded wave
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchaudio
+
+# exactly the keyword arguments AudioMAE passes to torchaudio.compliance.kaldi.fbank
+FBANK_PARAMS: dict = dict(htk_compat=True, sample_frequency=16000, use_energy=False,
+                          window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+NUM_MEL_BINS = FBANK_PARAMS["num_mel_bins"]
+WINDOW = 400                 # samples in one frame: Kaldi's default frame_length of 25 ms at 16 kHz
+HOP = 160                    # samples between frames: frame_shift 10 ms at 16 kHz
+
+
+def fbank(wave: np.ndarray | torch.Tensor, target_length: int) -> torch.Tensor:
+    """wave [n] float in [-1, 1] at 16 kHz (un-padded) -> log-mel [target_length, 128] float32."""
+    w = torch.as_tensor(wave, dtype=torch.float32).reshape(1, -1)  # [1, n]
+    fb = torchaudio.compliance.kaldi.fbank(w - w.mean(), **FBANK_PARAMS)  # [frames, 128]
+    pad = target_length - fb.shape[0]
+    if pad > 0:
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, pad))  # [target_length, 128], zero frames at the end
+    return fb[:target_length]  # [target_length, 128]
+
+
+def clip_samples(stored_fbank: np.ndarray, stored_wave: np.ndarray) -> int:
+    """The length, in samples, of the clip behind a stored (fbank [T, 128], wave [S]) pair.
+
+    The store zero-pads the wave to the clip length S and the fbank with all-zero frames to T
+    (a computed frame is never all zeros: log energies sit at or above log(eps) = -15.9). So the
+    clip had F computed frames, hence WINDOW + HOP (F - 1) <= n < WINDOW + HOP F samples, and
+    its last non-zero sample is inside it. The answer is the smallest length that fits both, so
+    it can only drop trailing digital silence shorter than one hop; the frames it yields are the
+    stored ones."""
+    fb = np.asarray(stored_fbank)
+    wave = np.asarray(stored_wave)
+    computed = np.flatnonzero(np.any(fb != 0, axis=1))                   # frames with values
+    frames = int(computed[-1]) + 1 if len(computed) else 0
+    voiced = np.flatnonzero(wave)
+    last = int(voiced[-1]) + 1 if len(voiced) else 0
+    shortest = WINDOW + HOP * (frames - 1) if frames else 0
+    return min(len(wave), max(last, shortest))
