@@ -14,6 +14,8 @@ Sections (bench_stores.py for the store ones):
   pretrain_step  supmam-clap step (fwd + bwd + AdamW), tiny and base encoders: cached targets vs
                  online teacher; the data loader's clips/s (one process) vs the step's (one thread)
   storage        bytes per clip of each store vs per-patch targets at the student's grid
+  finetune_loader  fine-tuning's training loader, one process: stored fbank vs waveform mixup vs the
+                 as2m preset (mixup + gain: every clip's fbank recomputed) (bench_finetune.py)
 Threads: torch uses one thread here ("per core" figures); zarr/h5py/numpy reads are single-threaded.
 """
 from __future__ import annotations
@@ -32,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench import bench_stores, common, synthetic  # noqa: E402
+from bench import bench_finetune, bench_stores, common, synthetic  # noqa: E402
 
 SIZES = {  # full vs --quick
     "full": dict(target_clips=2000, shard_clips=1365, clip_clips=256, wavs=12, stage_clips=8, seconds=10.0, T=1024,
-                 batch=4, depth=None, steps=3, min_time=0.6),
+                 batch=4, depth=None, steps=3, min_time=0.6, ft_clips=96, ft_batch=16),
     "quick": dict(target_clips=64, shard_clips=16, clip_clips=8, wavs=2, stage_clips=2, seconds=1.0, T=128,
-                  batch=2, depth=1, steps=1, min_time=0.05),
+                  batch=2, depth=1, steps=1, min_time=0.05, ft_clips=8, ft_batch=2),
 }
 
 
@@ -203,6 +205,9 @@ def main(argv=None) -> int:
         stage = {}
         sec["teacher"] = common.run_section("teacher", teacher, tmp / "s", sz, stage)
         sec["pretrain_step"] = common.run_section("pretrain_step", pretrain_step, stage, sz)
+        sec["finetune_loader"] = common.run_section("finetune_loader", bench_finetune.loader, tmp / "f",
+                                                    sz["ft_clips"], sz["T"], sz["seconds"], sz["ft_batch"], 0,
+                                                    sz["min_time"] * 5)
         ok = all(sec[k].get("status") == "ok" for k in ("target_reads", "clip_reads"))
         sec["storage"] = (common.run_section("storage", bench_stores.storage, sec["target_reads"], sec["clip_reads"])
                           if ok else {"status": "error", "error": "needs target_reads and clip_reads"})

@@ -10,6 +10,11 @@ Every configuration runs in try/except (its error is recorded), a global time bu
 run cleanly, and configurations run in priority order so a short budget still answers the main
 questions. MFU = FLOPs counted from the shapes (bench/flops.py) / step time / bf16 dense peak.
 `--dry-run`: the same code on CPU at toy sizes (tiny 1-layer encoder, T=128), in seconds.
+
+First, the fine-tuning question (bench_finetune.gpu_section): can the training loader of the as2m
+preset (waveform mixup + gain, so every clip's Kaldi fbank is computed in the loader workers) feed a
+ViT-B fine-tuning step on this GPU? Loader clips/s with the machine's cores as workers, the step's
+clips/s, and the workers one step needs (JSON key `finetune`).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import common  # noqa: E402
+from bench import bench_finetune, common  # noqa: E402
 from bench.flops import mam_step_flops, peak_flops  # noqa: E402
 
 PRESETS = ["supmam-clap", "mam-clap", "supmam", "audiomae"]
@@ -221,6 +226,13 @@ def main(argv=None) -> int:
     results = {"machine": common.machine_info(), "timm_fused_attn": fused_attn(), "dry_run": args.dry_run, "budget_s": args.budget,
                "steps": args.steps, "warmup": args.warmup, "flops_formula": "bench/flops.py docstring",
                "peak_bf16_flops": peak_flops(results_dev_name(dev)), "configs": []}
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="supmam-ft-bench-") as tmp:
+        results["finetune"] = common.run_section("finetune", bench_finetune.gpu_section, Path(tmp), dev,
+                                                 args.dry_run, os.cpu_count() or 1)
+    print(f"[gpu_bench] finetune loader vs step: {results['finetune'].get('ratio_loader_as2m_vs_step')} "
+          f"({results['finetune'].get('status')})", flush=True)
+    common.write_json(out_path, results)
     teacher_cache: dict = {}
     for c in plan(args.dry_run):
         name = f"{c['preset']} b{c['batch']} {'compile' if c['compile'] else 'eager'} {c['teacher']}"

@@ -47,6 +47,10 @@ def test_gpu_script_dry_run(tmp_path):
         if not c["compile"] and c["teacher"] == "cached":  # shapes formula vs torch's own count
             assert 0.9 < c["flop_counter_ratio"] < 1.1, c
     assert "clips/s" in res["table"] and "MFU" in res["table"]
+    ft = res["finetune"]                                                # the fine-tuning loader vs its step
+    assert ft["status"] == "ok", ft
+    assert _positive(ft["ratio_loader_as2m_vs_step"]) and _positive(ft["workers_to_feed_step"])
+    assert all(_positive(v) for v in ft["loader"]["clips_per_s"].values()) and ft["loader"]["workers"] == 2
     assert "preset" in proc.stdout and "wrote" in proc.stdout
 
 
@@ -63,6 +67,7 @@ def test_cpu_bench_quick(tmp_path):
         "clip_reads": ["ratio_fbank_clipstore_vs_npy", "ratio_wave_clipstore_vs_npy"],
         "shard_check": ["first_read_ms_verified", "ratio_first_read_verified_vs_unverified"],
         "prepare": ["ratio_featurise_vs_bare_fbank", "ratio_prepare_vs_bare_fbank"],
+        "finetune_loader": ["ratio_mixup_vs_stored", "ratio_as2m_vs_stored", "ratio_as2m_vs_bare_fbank"],
         "teacher": ["ratio_build_targets_vs_token_grid"],
         "storage": ["ratio_target_store_vs_per_patch_fp32", "ratio_target_store_vs_per_patch_fp16",
                     "ratio_clip_store_vs_per_patch_fp32"],

@@ -88,7 +88,7 @@ def add_noise(x: torch.Tensor) -> torch.Tensor:
 
 
 def beta(a: float) -> float:
-    return float(torch.distributions.Beta(a, a).sample())
+    return float(torch.distributions.Beta(a, a, validate_args=False).sample())
 
 
 def match_length(w: torch.Tensor, n: int) -> torch.Tensor:
