@@ -115,10 +115,15 @@ def test_roll_mag_aug_is_a_gain_and_the_roll_an_option(clips):
     frames = 1 + (len(waves[0]) - 400) // 160
     above_floor = stored[:frames] > np.log(np.finfo(np.float32).eps) + 1   # Kaldi's log floor does not scale
     assert above_floor.float().mean() > 0.95
+    w = waves[0] / 32768.0
     for seed in range(200):
-        diff = (raw(ds[(0, seed)][0], store)[:frames] - stored[:frames])[above_floor]   # scaled wave: + 2 ln g
+        x = raw(ds[(0, seed)][0], store)
+        diff = (x[:frames] - stored[:frames])[above_floor]                 # log-mel of a scaled wave: + 2 ln g
         assert diff.max() - diff.min() < 2e-2
         gains.append(float(torch.exp(diff.mean() / 2)))
+        if seed < 5:                                                      # = AudioMAE's fbank of g * (w - mean)
+            assert torch.allclose(x, reference_fbank(gains[-1] * (w - w.mean())), atol=2e-2)
+    assert torch.equal(raw(ds[(0, 9)][0], store)[frames:], stored[frames:])   # padding frames stay 0
     assert 0.5 < min(gains) and max(gains) < 1.5 and 0.97 < np.mean(gains) < 1.03 and np.std(gains) > 0.07
     rolled = TrainClips([store], aug=Augment(roll_mag_aug=True, wave_roll=True))
     diff = (raw(rolled[(0, 1)][0], store)[:frames] - stored[:frames])[above_floor]

@@ -112,7 +112,8 @@ def test_best_and_last_epoch_are_both_reported(tmp_path):
     assert on_disk["headline"] == "best" and on_disk["last"]["epoch"] == 6
     best, last = on_disk["best"], on_disk["last"]
     assert best["valid"]["accuracy"] == max(h["valid_accuracy"] for h in on_disk["history"])
-    assert best["epoch"] == min(h["epoch"] for h in on_disk["history"] if h["valid_accuracy"] == best["valid"]["accuracy"])
+    tied = [h["epoch"] for h in on_disk["history"] if h["valid_accuracy"] == best["valid"]["accuracy"]]
+    assert best["epoch"] == min(tied)                                   # the first epoch reaching the best
     assert last["valid"]["accuracy"] == on_disk["history"][-1]["valid_accuracy"]
     assert on_disk["score"] == best["test"]["accuracy"] == m["score"] and on_disk["test"] == best["test"]
     ck = load_checkpoint(tmp_path / "runs" / "s" / "checkpoint.pt")

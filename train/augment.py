@@ -6,12 +6,14 @@
          prepared the same way, zero-padded or cut to the first clip's length,
          lambda ~ Beta(10, 10), mixed wave - mean; labels lambda / 1 - lambda
       -> Kaldi fbank (cache_tools.fbank, the function that wrote the store), padded to T frames
+         (a clip that is only gained skips the fbank: the log-mel of g * wave is the stored log-mel
+         + 2 ln g, except at Kaldi's log floor, which `gain_fbank` keeps; exact up to fp16 storage)
       -> SpecAugment: torchaudio FrequencyMasking(freqm), TimeMasking(timem) on the raw fbank
       -> normalisation (x - mean) / (2 std)
       -> noise: + U(0, 1) / 10 * rand(T, F), then a time roll of U{-10..9} frames
-A clip that is neither mixed, gained nor rolled skips the first steps: the store's fbank is that
-fbank already. SPC-1's `silence_crops` replaces a `_silence_` window by a random 1 s crop across it
-and its neighbouring window of the same background recording (SUPERB's random crops).
+A clip that is neither mixed, rolled nor cropped starts from the store's fbank, which is that fbank
+already. SPC-1's `silence_crops` replaces a `_silence_` window by a random 1 s crop across it and
+its neighbouring window of the same background recording (SUPERB's random crops).
 
 Every random draw of an item comes from a seed the sampler hands out with its index
 (SeededSampler: seed, epoch, rank, position), so an item is the same in any worker, with any
@@ -87,6 +89,17 @@ def add_noise(x: torch.Tensor) -> torch.Tensor:
     return torch.roll(x, int(torch.randint(-10, 10, ())), 0)          # [T, F]
 
 
+LOG_FLOOR = float(np.log(np.finfo(np.float32).eps))   # Kaldi fbank's log(max(energy, eps))
+
+
+def gain_fbank(fb: torch.Tensor, g: float) -> torch.Tensor:
+    """The stored Kaldi log-mel [T, F] of a wave -> that of g * wave: mel energies scale by g^2, so the
+    computed frames shift by 2 ln g and stay at or above the log floor; padding frames stay 0. [T, F]"""
+    frames = fb.ne(0).any(1, keepdim=True)                            # [T, 1] computed (not padded) frames
+    floor = fb <= LOG_FLOOR + 1e-2                                    # [T, F] bins at the floor (fp16)
+    return torch.where(frames & ~floor, (fb + 2 * np.log(g)).clamp_min(LOG_FLOOR), fb)
+
+
 def beta(a: float) -> float:
     return float(torch.distributions.Beta(a, a, validate_args=False).sample())
 
@@ -156,31 +169,42 @@ class TrainClips(Dataset):
         k, seed = item if isinstance(item, tuple) else (item, None)
         if seed is None:
             return self._item(int(k))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        cpu = torch.default_generator                          # the draws below (torchaudio's masks too) use it
+        state = cpu.get_state()
+        cpu.manual_seed(seed)
+        try:
             return self._item(int(k))
+        finally:
+            cpu.set_state(state)                               # the caller's RNG stream is untouched
 
     def _item(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.aug
         mixed = a.mixup > 0 and float(torch.rand(())) < a.mixup
-        y = self.target(k)
-        if mixed or a.roll_mag_aug or k in self.neighbours:
-            w = self.wave(k)                                                   # [n]
-            if mixed:
-                j = int(torch.randint(len(self), ()))                          # any training clip
-                lam = beta(a.mixup_beta)
-                w = lam * w + (1 - lam) * match_length(self.wave(j), len(w))   # [n]
-                w = w - w.mean()
-                y = lam * y + (1 - lam) * self.target(j)
-            fb = fbank(w, self.T)                                              # [T, 128]
-        else:
-            store, i = self.locate(k)
-            fb = torch.from_numpy(store.fbank(i).astype(np.float32))           # [T, 128]
+        fb, y = self._mixed(k) if mixed else self._single(k)                  # [T, 128] raw log-mel, [C] | []
         fb = spec_augment(fb, a.freqm, a.timem)                                # [T, 128]
         x = normalize_fbank(fb, self.mean, self.std)                           # [T, 128]
         if a.noise:
             x = add_noise(x)
         return x.unsqueeze(0), y                                               # [1, T, 128]
+
+    def _single(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip k alone: the stored fbank (gained: shifted by 2 ln g), or the fbank of its rolled / cropped wave."""
+        if k in self.neighbours or (self.aug.roll_mag_aug and self.aug.wave_roll):
+            return fbank(self.wave(k), self.T), self.target(k)                 # [T, 128]
+        store, i = self.locate(k)
+        fb = torch.from_numpy(store.fbank(i).astype(np.float32))               # [T, 128]
+        if self.aug.roll_mag_aug:
+            fb = gain_fbank(fb, beta(10.0) + 0.5)
+        return fb, self.target(k)
+
+    def _mixed(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip k's wave mixed with a partner's from the whole training set, and its fbank; soft labels."""
+        w = self.wave(k)                                                       # [n]
+        j = int(torch.randint(len(self), ()))                                  # any training clip
+        lam = beta(self.aug.mixup_beta)
+        w = lam * w + (1 - lam) * match_length(self.wave(j), len(w))           # [n]
+        y = lam * self.target(k) + (1 - lam) * self.target(j)                  # [C]
+        return fbank(w - w.mean(), self.T), y                                  # [T, 128]
 
     def target(self, k: int) -> torch.Tensor:
         store, i = self.locate(k)
