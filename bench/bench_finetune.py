@@ -82,7 +82,7 @@ def gpu_section(tmp: Path, dev, dry: bool, cpu_count: int) -> dict:
     """The as2m loader on the GPU machine's cores vs the ViT-B fine-tuning step on its GPU."""
     workers = 2 if dry else max(1, min(16, cpu_count) - 1)
     ld = loader(tmp, n=16 if dry else 512, T=128 if dry else 1024, seconds=1.0 if dry else 10.0,
-                batch=4 if dry else 64, workers=workers, min_time=0.05 if dry else 8.0)
+                batch=4 if dry else 64, workers=workers, min_time=0.05 if dry else 5.0)
     st = step(dev, dry, batch=2 if dry else 64, steps=2 if dry else 20, warmup=1 if dry else 5)
     per_worker = ld["clips_per_s"]["as2m"] / workers
     return {"loader": ld, "step": st, "ratio_loader_as2m_vs_step": common.ratio(ld["clips_per_s"]["as2m"],
