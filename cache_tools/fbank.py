@@ -7,6 +7,9 @@ the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. Stag
 
     fb = fbank(wave, target_length)                 # [n] float in [-1, 1] -> [T, 128] float32
     n = clip_samples(stored_fbank, stored_wave)     # the clip's own length inside the padded wave
+
+`prepare` records each clip's length (the store's `wave_length`); `clip_samples` recovers it for
+stores written before that.
 """
 from __future__ import annotations
 

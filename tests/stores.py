@@ -22,13 +22,16 @@ FEATS = {"num_mel_bins": 128, "frame_shift": 10}
 
 
 def write_clip_store(path: Path, fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray, class_names: list[str],
-                     folds: np.ndarray | None = None, ids: list[str] | None = None, **attrs) -> cs.ClipStore:
+                     folds: np.ndarray | None = None, ids: list[str] | None = None,
+                     sources: dict[str, np.ndarray] | None = None, **attrs) -> cs.ClipStore:
     """fbank [N,T,128] f16, wave [N,S] i16, labels [N] class ids or [N,C] multi-hot -> a complete clip
-    store at `path`. `attrs` override the root attributes (dataset, split, norm_mean, ...)."""
+    store at `path`. `sources`: cache_tools.clip_store.SOURCE_DATASETS, each [N] (as `prepare` records
+    them). `attrs` override the root attributes (dataset, split, norm_mean, ...)."""
     n, multilabel = len(labels), np.ndim(labels) == 2
     ids = ids or [f"clip{i:04d}" for i in range(n)]
     d = cs.open_parts(path, {"test": str(path)})
-    cs.write_part(d, 0, ids, fbank, wave, labels.astype(np.uint8 if multilabel else np.int64), folds, [])
+    cs.write_part(d, 0, ids, fbank, wave, labels.astype(np.uint8 if multilabel else np.int64), folds, [],
+                  sources=sources)
     base = dict(dataset="spc2", split="train", multilabel=bool(multilabel), class_names=class_names,
                 class_ids=class_names, target_length=fbank.shape[1], feature_params=FEATS,
                 norm_mean=-6.8, norm_std=5.5)
@@ -151,14 +154,23 @@ def wave_clips(n: int, seed: int, seconds: float = 1.0, short_every: int = 3) ->
 
 
 def wave_store(path: Path, waves: list[np.ndarray], labels: np.ndarray, class_names: list[str], target_length: int,
-               samples: int, ids: list[str] | None = None, **attrs) -> cs.ClipStore:
+               samples: int, ids: list[str] | None = None, record_lengths: bool = False, **attrs) -> cs.ClipStore:
     """A clip store whose fbank is AudioMAE's fbank of each wave (cache_tools.fbank, as `prepare` writes
-    it) and whose wave is that wave zero-padded to `samples`."""
+    it) and whose wave is that wave zero-padded to `samples`; `record_lengths`: with the source
+    datasets `prepare` writes (wave_length = each wave's length), else without (an older store)."""
     from cache_tools.fbank import FBANK_PARAMS, fbank
     fb = np.stack([fbank(w.astype(np.float32) / 32768.0, target_length).numpy() for w in waves])  # [N,T,128]
     padded = np.stack([np.pad(w, (0, samples - len(w))) for w in waves])                          # [N,S]
     base = dict(feature_params=dict(FBANK_PARAMS), norm_mean=-6.845978, norm_std=5.5654526)
-    return write_clip_store(path, fb.astype(np.float16), padded, labels, class_names, ids=ids, **{**base, **attrs})
+    sources = None
+    if record_lengths:
+        n = len(waves)
+        sources = {"source_path": np.array([f"w{i}.wav" for i in range(n)], dtype=object),
+                   "source_start": np.zeros(n), "source_seconds": np.array([len(w) / SR for w in waves]),
+                   "wave_length": np.array([len(w) for w in waves], np.int32)}
+        base["source_root"] = str(path.parent)
+    return write_clip_store(path, fb.astype(np.float16), padded, labels, class_names, ids=ids, sources=sources,
+                            **{**base, **attrs})
 
 
 def spc_wave_stores(root: Path, task: str = "spc2", num_classes: int = 4, per_class=(6, 2, 2)) -> list[str]:

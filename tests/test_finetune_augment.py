@@ -46,7 +46,7 @@ def raw(x: torch.Tensor, store: ClipStore) -> torch.Tensor:
     return x[0] * 2 * store.norm_std + store.norm_mean
 
 
-def test_clip_length_is_recovered_from_the_padded_store(clips):
+def test_clip_length_is_recorded_or_recovered_from_the_padded_store(clips, tmp_path):
     store, waves = clips
     assert any(len(w) < SR for w in waves)
     for i, w in enumerate(waves):
@@ -57,6 +57,11 @@ def test_clip_length_is_recovered_from_the_padded_store(clips):
     n = clip_samples(fb, np.pad(silent_tail, (0, 2000)))
     assert len(silent_tail) - 160 < n <= len(silent_tail)                            # drops < one hop of zeros
     assert torch.allclose(fbank(silent_tail[:n] / 32768.0, T), fbank(silent_tail / 32768.0, T), atol=1e-3)
+    both = [silent_tail, waves[1]]                                   # a store that records the lengths uses them
+    for record, first in ((True, len(silent_tail)), (False, n)):
+        s = wave_store(tmp_path / f"r{record}.h5", both, np.arange(2), ["a", "b"], T, SR, record_lengths=record)
+        assert s.has_sources == record
+        assert [len(TrainClips([s], aug=Augment(roll_mag_aug=True)).wave(k)) for k in (0, 1)] == [first, len(waves[1])]
 
 
 def test_mixed_clip_fbank_is_the_kaldi_fbank_of_the_mixed_wave(clips):

@@ -1,6 +1,6 @@
 """Fine-tuning's training clips with AudioMAE's augmentation, in AudioMAE's order (its dataset.py):
 
-    wave (the stored 16 kHz int16 samples, the clip's own length) - mean
+    wave (the stored 16 kHz int16 samples, cut to the clip's own length: clip_length) - mean
       -> roll_mag_aug: gain Beta(10, 10) + 0.5 (and, optionally, a circular roll)
       -> mixup, with probability `mixup`: a partner drawn uniformly from the WHOLE training set,
          prepared the same way, zero-padded or cut to the first clip's length,
@@ -37,7 +37,7 @@ from cache_tools.clip_store import ClipStore
 from cache_tools.fbank import NUM_MEL_BINS, WINDOW, clip_samples, fbank
 from train.config import ConfigError
 from train.finetune_data import DataError
-from train.data import normalize_fbank
+from train.data import normalize_fbank, require_finite
 
 SILENCE = re.compile(r"^_silence_/(?P<recording>.+)_(?P<k>\d+)$")   # SPC-1 reader's silence window ids
 
@@ -102,6 +102,14 @@ def gain_fbank(fb: torch.Tensor, g: float) -> torch.Tensor:
 
 def beta(a: float) -> float:
     return float(torch.distributions.Beta(a, a, validate_args=False).sample())
+
+
+def clip_length(store: ClipStore, i: int, wave: np.ndarray) -> int:
+    """Samples of clip i's own audio in its zero-padded stored wave: recorded by `prepare`
+    (`wave_length`), or, in stores written before it was, recovered from the padding (clip_samples)."""
+    if getattr(store, "has_sources", False):
+        return store.wave_length(i)
+    return clip_samples(store.fbank(i), wave)
 
 
 def match_length(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -193,6 +201,7 @@ class TrainClips(Dataset):
             return fbank(self.wave(k), self.T), self.target(k)                 # [T, 128]
         store, i = self.locate(k)
         fb = torch.from_numpy(store.fbank(i).astype(np.float32))               # [T, 128]
+        fb = require_finite(fb, store.path, i, store.clip_ids[i], "fbank")
         if self.aug.roll_mag_aug:
             fb = gain_fbank(fb, beta(10.0) + 0.5)
         return fb, self.target(k)
@@ -221,7 +230,7 @@ class TrainClips(Dataset):
         if k in self.neighbours:
             raw = self._silence_crop(k, raw)
         else:
-            raw = raw[:clip_samples(store.fbank(i), raw)]                      # [n]
+            raw = raw[:clip_length(store, i, raw)]                             # [n]
         if len(raw) < WINDOW:
             raise DataError(f"{store.path}: clip {store.clip_ids[i]!r} holds {len(raw)} samples of wave, fewer than "
                             f"one fbank window ({WINDOW}); mixup and roll_mag_aug recompute the fbank from the "

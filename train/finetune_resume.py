@@ -23,6 +23,7 @@ from train import distributed
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.data import StoreMismatch
 from train.pretrain import rng_state
+from train.run_folder import truncate_log
 
 RESUME = "last.pt"
 
@@ -63,12 +64,11 @@ def load_resume(out: Path, info: dict, dist: distributed.DistInfo) -> dict | Non
 
 
 def truncate_logs(out: Path, step: int) -> None:
-    """Keep the log lines of updates <= `step` (no final evaluations): what the interrupted run had
-    written by the time of its resume state."""
+    """Keep the log lines of updates <= `step` (train.run_folder.truncate_log: a line the kill cut short
+    is dropped), without final evaluations: what the run had written by its resume state."""
     for name in ("log.jsonl", "eval.jsonl"):
         path = Path(out) / name
-        if not path.exists():
-            continue
-        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [r for r in rows if r["step"] <= step and not r.get("final")]
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        truncate_log(path, step)
+        if path.exists() and name == "eval.jsonl":
+            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            path.write_text("".join(ln + "\n" for ln in rows if not json.loads(ln).get("final")))
