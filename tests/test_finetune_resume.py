@@ -132,3 +132,33 @@ def test_best_and_last_epoch_are_both_reported(tmp_path):
     assert m["score"] == m["last"]["test"]["mAP"]
     md = (tmp_path / "runs" / "as" / "results.md").read_text()
     assert "Headline: the last epoch's model" in md and "no validation split" in md
+
+
+def test_loader_with_workers_resumes_the_same_batches_and_leaves_the_rng_alone(tmp_path):
+    """What a resume with DataLoader workers relies on: a fresh loader started at epoch e gives the
+    batches a persistent one gives at e, and iterating it draws nothing from the training RNG."""
+    from cache_tools.clip_store import ClipStore
+    from torch.utils.data import DistributedSampler
+    from train.augment import Augment, SeededSampler, TrainClips
+    from train.engine_finetune import train_loader
+    spc_wave_stores(tmp_path, "spc2", 2, per_class=(4, 1, 1))
+    ds = TrainClips([ClipStore(tmp_path / "spc2_train.h5")], aug=Augment(mixup=0.5, roll_mag_aug=True, freqm=8,
+                                                                           timem=8, noise=True))
+    cfg = load_finetune_config("spc2-mini", ["init=none", "num_workers=2", "batch_size=4", "seed=3"])
+
+    def loader():
+        sampler = SeededSampler(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3), 3, 0)
+        return sampler, train_loader(cfg, ds, sampler, 1)
+    sampler, persistent = loader()
+    rng = torch.get_rng_state()
+    epochs = []
+    for e in range(3):
+        sampler.set_epoch(e)
+        epochs.append(list(persistent))
+    assert torch.equal(rng, torch.get_rng_state())                     # the training RNG stream is untouched
+    sampler, fresh = loader()                                           # as a resumed run builds it
+    sampler.set_epoch(2)
+    resumed = list(fresh)
+    assert len(resumed) == len(epochs[2]) == 2
+    assert all(torch.equal(a, b) for ba, bb in zip(epochs[2], resumed) for a, b in zip(ba, bb))
+    assert not torch.equal(epochs[1][0][0], epochs[2][0][0])

@@ -176,12 +176,15 @@ def evaluate(vit: AudioViT, ds: Dataset, multilabel: bool, device: torch.device,
 
 
 def train_loader(cfg: FinetuneConfig, ds: Dataset, sampler: SeededSampler, world_size: int) -> DataLoader:
-    """Batches of (index, item seed) from `sampler`; a seeded generator keeps the loader off the global
-    RNG (worker seeds), so a resumed run's training RNG stream is the uninterrupted one's."""
+    """Batches of (index, item seed) from `sampler`. A loader draws a base seed each time it starts an
+    epoch's iterator, from the global RNG unless given a generator: in-process (num_workers 0) that is
+    every epoch, so a resumed run draws as the uninterrupted one did; persistent workers start once,
+    so with workers the draw comes from a seeded generator of its own, off the training RNG stream."""
     per_rank = max(1, cfg.batch_size // world_size)
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.num_workers > 0 else None
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
                       drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=worker_init,
-                      persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+                      persistent_workers=cfg.num_workers > 0, generator=gen)
 
 
 class Selection:

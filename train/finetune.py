@@ -268,7 +268,7 @@ def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -> O
         return None
     vals = np.array([f[task.metric] for f in per_fold])
     s = _summary(cfg, task, store, info, {task.metric: float(vals.mean())}, sum(f["clips"] for f in per_fold))
-    s.update({"headline": "last", "selection": "last epoch of each fold", "folds": per_fold,
+    s.update({"headline": "last", "selection": "last epoch", "folds": per_fold,
               "std": float(vals.std()), "evaluation": f"{len(folds)}-fold cross-validation",
               "last": {"epoch": cfg.epochs, "test": {task.metric: float(vals.mean())}}})
     scores, targets = (np.concatenate([getattr(t, a) for t in tests]) for a in ("scores", "targets"))
@@ -291,8 +291,8 @@ def _fit_fields(r: FitResult, task: Task) -> dict:
         out["last"]["valid"] = valid.get(r.last_epoch, {})
         out["best"] = {"epoch": r.best_epoch, "valid": valid[r.best_epoch], "test": r.best.metrics}
         out["valid"] = valid[r.best_epoch]
-        out["selection"] = f"best valid {task.metric} (epoch {r.best_epoch} of {r.last_epoch})"
+        out["selection"] = f"best valid {task.metric}"
     else:
-        out["selection"] = "last epoch (the task has no validation split)"
+        out["selection"] = "last epoch"
     out["selected_epoch"] = r.best_epoch if r.best is not None else r.last_epoch
     return out | {"history": r.history, "train_seconds": r.train_seconds}

@@ -50,7 +50,8 @@ def results_table(m: dict) -> str:
     pct = 100.0
     lines = [f"# Fine-tuning: {m['task']}", "",
              f"preset `{m['preset']}`, init `{m['init']}`", "",
-             f"**Headline: {HEADLINE.get(m.get('headline'), m.get('headline'))}.** Selection: {m['selection']}.", "",
+             f"**Headline: {HEADLINE.get(m.get('headline'), m.get('headline'))}** (selection: {m['selection']}"
+             f"{', epoch ' + str(m['selected_epoch']) if 'selected_epoch' in m else ', each fold'}).", "",
              "| task | metric | score | clips | classes |", "|---|---|---|---|---|"]
     score = f"{pct * m['score']:.2f}"
     if "std" in m:
