@@ -19,12 +19,7 @@ KALDI = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_t
              num_mel_bins=128, dither=0.0, frame_shift=10)          # AudioMAE dataset.py's call, spelled out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 @pytest.fixture

@@ -25,12 +25,7 @@ AUGMENTED = ["mixup=0.5", "roll_mag_aug=true", "freqm=16", "timem=16", "noise=tr
              "mask_f_prob=0.2", "model.drop_path=0.1", "blr=0.064"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
 def cli_args(root: Path, name: str, *extra: str) -> list[str]:
