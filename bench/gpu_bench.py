@@ -99,11 +99,33 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
     import torch
     model, cfg, source = build(c["preset"], dev, args.dry_run)
     cuda = dev.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                            fused=cuda)
-    fwd = model
-    if c["compile"]:
-        fwd = torch.compile(model, backend="eager" if args.dry_run else "inductor")
+    step, inputs = make_step(c, model, cfg, dev, args.dry_run, teacher_cache)
+    warm_s, dt, loss = time_steps(step, args.warmup, args.steps, cuda)
+    b = c["batch"]
+    fl = step_flops(model, cfg, b)
+    peak = peak_flops(torch.cuda.get_device_name(0)) if cuda else None
+    out = {"clips_per_s": round(b / dt, 2), "step_ms": round(dt * 1e3, 2), "warmup_s": round(warm_s, 1),
+           "final_loss": float(loss.detach()), "tflops_per_step": sig(fl["train_step"] / 1e12),
+           "achieved_tflops": sig(fl["train_step"] / dt / 1e12),
+           "mfu": round(fl["train_step"] / dt / peak, 4) if peak else None,
+           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+           "mask_ratio": cfg.mask_ratio, "objectives": list(cfg.objectives), "config_source": source}
+    if not c["compile"] and c["teacher"] == "cached":  # a failure here must not lose the timings above
+        try:
+            out["flop_counter_ratio"] = flop_counter_check(model, inputs["fbank"], inputs["labels"], inputs["tgt"],
+                                                           inputs["gm"], inputs["index"], cfg, fl)
+        except Exception as e:  # noqa: BLE001
+            out["flop_counter_error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def make_step(c: dict, model, cfg, dev, dry_run: bool, teacher_cache: dict):
+    """(step(), inputs): one optimizer step of `model` on fixed random inputs of the configuration's
+    batch (cached targets, or the teacher online), and those inputs."""
+    import torch
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=cuda)
+    fwd = torch.compile(model, backend="eager" if dry_run else "inductor") if c["compile"] else model
     b, t = c["batch"], model.encoder.patch_grid[0] * model.encoder.patch     # fbank frames
     g = torch.Generator(device=dev).manual_seed(0)
     fbank = torch.randn(b, 1, t, 128, device=dev, generator=g)  # [B,1,T,128]
@@ -124,9 +146,7 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
             targets = None
             if use_t:
-                grid = tgt
-                if teacher is not None:
-                    grid = teacher(wave)  # [B,Tt,Ft,D] f16, as `--teacher online` computes it
+                grid = teacher(wave) if teacher is not None else tgt  # [B,Tt,Ft,D] f16 (online: as `--teacher online`)
                 targets = gm.map_targets(grid, index).float()  # [B,N,D]
             loss, parts, mask = fwd(fbank, targets=targets,
                                     labels=labels if "cls" in cfg.objectives else None, generator=mask_gen)
@@ -135,8 +155,14 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss
 
+    return step, {"fbank": fbank, "labels": labels, "tgt": tgt, "gm": gm, "index": index}
+
+
+def time_steps(step, warmup: int, steps: int, cuda: bool):
+    """(warm-up seconds, seconds per timed step, last loss): `warmup` untimed steps, then `steps` timed."""
+    import torch
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         step()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
@@ -144,24 +170,10 @@ def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         loss = step()
     sync()
-    dt = (time.perf_counter() - t0) / args.steps
-    fl = step_flops(model, cfg, b)
-    peak = peak_flops(torch.cuda.get_device_name(0)) if cuda else None
-    out = {"clips_per_s": round(b / dt, 2), "step_ms": round(dt * 1e3, 2), "warmup_s": round(warm_s, 1),
-           "final_loss": float(loss.detach()), "tflops_per_step": sig(fl["train_step"] / 1e12),
-           "achieved_tflops": sig(fl["train_step"] / dt / 1e12),
-           "mfu": round(fl["train_step"] / dt / peak, 4) if peak else None,
-           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-           "mask_ratio": cfg.mask_ratio, "objectives": list(cfg.objectives), "config_source": source}
-    if not c["compile"] and c["teacher"] == "cached":  # a failure here must not lose the timings above
-        try:
-            out["flop_counter_ratio"] = flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl)
-        except Exception as e:  # noqa: BLE001
-            out["flop_counter_error"] = f"{type(e).__name__}: {e}"
-    return out
+    return warm_s, (time.perf_counter() - t0) / steps, loss
 
 
 def sig(x: float, digits: int = 4) -> float:

@@ -3,10 +3,12 @@
 Kaldi log-mel (`torchaudio.compliance.kaldi.fbank`, 128 bins, 25 ms Hanning window, 10 ms hop) of
 the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. Stage one
 (pipeline.prepare) writes it into the clip store; fine-tuning's waveform augmentation
-(train.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here.
+(train.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here; a gain
+alone needs no recomputation (`gain_fbank`: fine-tuning's and pretraining's roll_mag_aug).
 
     fb = fbank(wave, target_length)                 # [n] float in [-1, 1] -> [T, 128] float32
     n = clip_samples(stored_fbank, stored_wave)     # the clip's own length inside the padded wave
+    fb_g = gain_fbank(fb, g)                        # the fbank of g * wave, from fb alone
 
 `prepare` records each clip's length (the store's `wave_length`); `clip_samples` recovers it for
 stores written before that.
@@ -52,3 +54,14 @@ def clip_samples(stored_fbank: np.ndarray, stored_wave: np.ndarray) -> int:
     last = int(voiced[-1]) + 1 if len(voiced) else 0
     shortest = WINDOW + HOP * (frames - 1) if frames else 0
     return min(len(wave), max(last, shortest))
+
+
+LOG_FLOOR = float(np.log(np.finfo(np.float32).eps))   # Kaldi fbank's log(max(energy, eps))
+
+
+def gain_fbank(fb: torch.Tensor, g: float) -> torch.Tensor:
+    """The stored Kaldi log-mel [T, F] of a wave -> that of g * wave: mel energies scale by g^2, so the
+    computed frames shift by 2 ln g and stay at or above the log floor; padding frames stay 0. [T, F]"""
+    frames = fb.ne(0).any(1, keepdim=True)                            # [T, 1] computed (not padded) frames
+    floor = fb <= LOG_FLOOR + 1e-2                                    # [T, F] bins at the floor (fp16)
+    return torch.where(frames & ~floor, (fb + 2 * np.log(g)).clamp_min(LOG_FLOOR), fb)

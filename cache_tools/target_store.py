@@ -76,7 +76,7 @@ def init_store(path, n: int, grid, dim: int, identity: dict, clips_per_shard: in
     path = Path(path)
     k = clips_per_shard or default_clips_per_shard(grid, dim, n)
     if compression not in (None, "zstd"):
-        raise ValueError(f"compression must be None or 'zstd', got {compression!r}")
+        raise StoreError(path, f"compression must be None or 'zstd', got {compression!r}")
     attrs = dict(format=FORMAT, **identity, grid=[int(g) for g in grid], dim=int(dim), num_clips=int(n),
                  clips_per_shard=int(k), compression=compression, complete=False, shards={})
     if (path / ARRAY / "zarr.json").exists():

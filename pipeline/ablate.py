@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_tools.errors import StoreError
+from cache_tools.errors import StoreError, SupmamError
 from cache_tools.fingerprint import file_sha256
 from cache_tools.names import PRETRAIN_CLIPS, PRETRAIN_TARGETS
 
@@ -115,12 +115,13 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
 
     stores, runs = Path(stores), Path(runs)
     clips = Path(clips or stores / PRETRAIN_CLIPS)
+    chosen = set(TABLES) if tables == "all" else set(tables.split(","))
+    if chosen - set(TABLES):
+        raise SupmamError(f"--tables {tables}: unknown ablation table(s) {sorted(chosen - set(TABLES))}; "
+                          f"known: {', '.join(TABLES)} (or all)")
     targets = Path(targets or stores / PRETRAIN_TARGETS)
     if not targets.exists():
         raise StoreError(targets, "no target store; run `make targets` first")
-    chosen = set(TABLES) if tables == "all" else set(tables.split(","))
-    if chosen - set(TABLES):
-        raise ValueError(f"unknown ablation table(s) {sorted(chosen - set(TABLES))}; known: {TABLES}")
     before = store_checksums(targets)
     t0 = time.time()
     unique = {run.name: run for table_runs in sweep(chosen).values() for run in table_runs}
@@ -140,7 +141,7 @@ def run_ablation(stores: Path, runs: Path, seed: int = 0, device: str = "cpu", t
     plot_ablation(summary, runs / "ablation.png")
     print(ablation_tables(summary), flush=True)
     if changed:
-        raise RuntimeError(f"{targets}: the sweep changed the target store ({changed[:5]}...)")
+        raise StoreError(targets, f"the sweep changed the target store ({changed[:5]}...); every run read it only")
     return summary
 
 

@@ -7,13 +7,9 @@ skipped and listed with their reason in `F.h5.report.json`.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -32,10 +28,10 @@ from cache_tools.names import SPLITS, clip_store_name
 from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
+from pipeline.parent_watch import die_with_parent
 from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
 
 BLOCK_SIZE = 64
-PR_SET_PDEATHSIG = 1          # linux/prctl.h
 
 
 class PrepareError(SupmamError):
@@ -119,25 +115,9 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
 
 
 def _init_worker(parent: int) -> None:
-    """Pool worker set-up: one torch thread, and exit when the parent dies (a `kill -9` of
-    `prepare` must not leave workers running): Linux's PR_SET_PDEATHSIG, plus a thread that
-    watches the parent pid where that is not available."""
+    """Pool worker set-up: one torch thread; exit when the parent dies (pipeline.parent_watch)."""
     torch.set_num_threads(1)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:                                    # died before the line above took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
-
-
-def _watch_parent(parent: int, every: float = 1.0) -> None:
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
+    die_with_parent(parent)
 
 
 def _run_block(args) -> tuple[int, int, int]:

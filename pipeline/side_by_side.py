@@ -8,7 +8,8 @@ fine-tune gains little from a second thread, so two side by side finish sooner t
 other (times on the 2-core VM: BENCHMARKS.md, "Run times quoted elsewhere").
 On a GPU (or one core) the jobs run one after the other in this process, output unchanged.
 
-`fn` must be importable by name (a module-level function): the workers are spawned, not forked
+Workers exit when the calling process dies (pipeline.parent_watch: a `kill -9` of `supmam demo`
+leaves no fine-tune running). `fn` must be importable by name (a module-level function): the workers are spawned, not forked
 (torch's threads do not survive a fork), so a script that calls run_jobs needs the usual
 `if __name__ == "__main__":` guard.
 A job's numbers depend on its thread count (float reduction order), not on which jobs ran beside it.
@@ -21,6 +22,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
+
+from pipeline.parent_watch import die_with_parent
 
 
 def _call_logged(fn: Callable, threads: int, log: str, kw: dict):
@@ -40,7 +43,8 @@ def run_jobs(fn: Callable, jobs: dict[str, dict], logs: dict[str, Path], device:
     if device != "cpu" or workers < 2:
         return {label: fn(**kw) for label, kw in jobs.items()}
     threads = max(1, cores // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {label: pool.submit(_call_logged, fn, threads, str(logs[label]), kw) for label, kw in jobs.items()}
         for label in jobs:
             print(f"[side-by-side] {label}: {threads} thread(s), {workers} at a time, log {logs[label]}", flush=True)

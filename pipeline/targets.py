@@ -114,6 +114,20 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def _agree(world: int, error: Exception | None, out) -> None:
+    """Every rank learns whether any rank failed its check: the failing rank raises its own error,
+    the others a StoreError naming it (instead of computing their shards, then waiting at a barrier)."""
+    said = [None if error is None else str(error)]
+    if world > 1:
+        said = [None] * world
+        dist.all_gather_object(said, None if error is None else str(error))
+    if error is not None:
+        raise error
+    for r, why in enumerate(said):
+        if why:
+            raise StoreError(out, f"rank {r} stopped before the teacher ran: {why}")
+
+
 def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
     """The attrs that tie a target store to its clips and its teacher (teacher.describe() when it has one)."""
     cid = str(teacher.checkpoint_id)
@@ -191,7 +205,12 @@ def _compute(clips, out, teacher, geometry: tuple, data: tuple, rank: int, world
     writer = ShardWriter(out)
     mine = [k for k in range(rank, writer.num_shards, world) if not writer.is_complete(k)]
     need = sum(len(writer.clips(k)) for k in mine) * tt * ft * d * 2 + 2**20 * (1 + len(mine))
-    require_space(out, need)                                       # this rank's shards, before the teacher runs
+    try:
+        require_space(out, need)                                   # this rank's shards, before the teacher runs
+        short = None
+    except StoreError as e:
+        short = e
+    _agree(world, short, out)                                      # no rank computes for a barrier that never comes
     try:
         todo, inputs = _write_shards(clips, out, writer, mine, teacher, geometry, data, rank, world, batch_size,
                                      device, workers, progress)

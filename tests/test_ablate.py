@@ -105,3 +105,15 @@ def test_reductions_table_switches_one_option_per_row(stores, tmp_path):
         opts = ", ".join(f"{k}={v}" for k, v in run.options) or "defaults"
         assert any(row.startswith(f"| clap+cls | 0.2 | 0.0001 | {opts} | ") for row in table), opts
     assert summary["store_unchanged"] and set(summary["results"]) == {r.name for r in runs}
+
+
+def test_unknown_tables_are_one_line_errors_before_any_run(stores, tmp_path):
+    from typer.testing import CliRunner
+    from pipeline.cli import app
+    d, clips, targets = stores
+    res = CliRunner().invoke(app, ["ablate", "--stores", str(d), "--runs", str(tmp_path / "runs"),
+                                   "--tables", "mask,lamda"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip() == ("error: --tables mask,lamda: unknown ablation table(s) ['lamda']; "
+                                  "known: mask, objectives, lambda, reductions (or all)")
+    assert not (tmp_path / "runs").exists()

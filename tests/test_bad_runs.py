@@ -100,6 +100,8 @@ def test_a_diverging_loss_does_not_name_a_checkpoint_that_does_not_exist(stores,
     ckpt = tmp_path / "div" / "checkpoint.pt"
     assert not ckpt.exists() and str(ckpt) not in str(err.value)
     assert "No checkpoint was written yet (the first is due at update 6)" in str(err.value)
+    res = CliRunner().invoke(app, pretrain_args(stores, tmp_path / "runs", "audiomae", "max_steps=6", "blr=1e30"))
+    assert "Lower blr" in one_line_error(res, "[pretrain] run: the loss became non-finite")   # no traceback
 
 
 # ------------------------------------------------------------------ item 5: a rerun without --resume

@@ -64,7 +64,7 @@ def test_refuses_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(SupmamError, match="esc50"):
         generate(tmp_path, seed=0, scale=SCALE, which=("esc50",), verbose=False)
     assert (tmp_path / "esc50" / "precious.txt").read_text() == "real data"
-    with pytest.raises(ValueError, match="unknown mini datasets"):
+    with pytest.raises(SupmamError, match="unknown mini datasets"):
         generate(tmp_path, which=("audiosett",), verbose=False)
 
 

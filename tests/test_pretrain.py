@@ -13,7 +13,7 @@ from cache_tools import clip_store as cs
 from tests.stores import DIM, GRID, T, TEACHER_MEL, fake_teacher, write_clips, write_targets
 from tests.stores import TINY_PRETRAIN as TINY
 from train.config import ConfigError
-from train.data import StepBatchSampler, StoreMismatch, check_stores
+from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, check_stores, clip_gain
 from train.lr_sched import build_scheduler
 from train.pretrain import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
 
@@ -177,6 +177,63 @@ def test_sampler_is_deterministic_sharded_and_resumable():
     assert not np.array_equal(s[0].order(0), s[0].order(1))
     with pytest.raises(ConfigError, match="divide"):
         StepBatchSampler(20, 6, 4, 0, 1, seed=0)
+
+
+def test_seeded_sampler_hands_out_the_same_item_seeds_for_any_world_size_and_resume():
+    one = StepBatchSampler(24, 8, 1, 0, 1, seed=3, seeded=True)
+    two = [StepBatchSampler(24, 8, 1, r, 2, seed=3, seeded=True) for r in range(2)]   # 4 clips per rank
+    one.set_position(1)
+    for x in two:
+        x.set_position(1)
+    whole = list(one)                                                 # 3 updates of 8 (index, seed) pairs
+    split = list(zip(*(list(x) for x in two)))                        # per update: (rank 0's, rank 1's) micro-batches
+    assert [sorted(u) for u in whole] == [sorted(a + b) for a, b in split]
+    assert [i for i, _ in whole[0]] == one.order(1)[0, 0].tolist()     # the unseeded order, with seeds beside it
+    seeds = [q for u in whole for _, q in u]
+    assert len(set(seeds)) == 24                                      # one seed per place in the epoch
+    one.set_position(1, 2)
+    assert list(one) == whole[2:]                                     # a resume mid-epoch draws what it would have
+    one.set_position(2)
+    assert not {q for u in one for _, q in u} & set(seeds)           # a new epoch, new draws
+    plain = StepBatchSampler(24, 8, 1, 0, 1, seed=3)
+    plain.set_position(1)
+    assert list(plain) == [[i for i, _ in u] for u in whole]           # unseeded: the same indices, bare
+
+
+def test_pretraining_gain_is_audiomae_roll_mag_aug_on_the_stored_fbank(tmp_path):
+    import torchaudio
+    from tests.stores import SR, wave_clips, wave_store
+    waves = wave_clips(4, seed=1)
+    store = wave_store(tmp_path / "w.h5", waves, np.arange(4) % 2, ["a", "b"], 128, SR)
+    on, off = PretrainDataset(store.path, gain=True), PretrainDataset(store.path)
+    kaldi = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
+                 num_mel_bins=128, dither=0.0, frame_shift=10)       # AudioMAE dataset.py's call, spelled out
+    for i, seed in ((0, 11), (1, 12), (2, 13), (3, 14)):
+        g = clip_gain(seed)
+        w = torch.as_tensor(waves[i], dtype=torch.float32)[None] / 32768.0
+        w = g * (w - w.mean())                                            # dataset.py: mean removed, then x mag
+        ref = torchaudio.compliance.kaldi.fbank(w, **kaldi)               # [frames, 128]
+        ref = torch.nn.functional.pad(ref, (0, 0, 0, 128 - ref.shape[0]))[:128]
+        x = on[(i, seed)]["fbank"][0] * 2 * store.norm_std + store.norm_mean   # undo (x - mean) / (2 std)
+        assert torch.allclose(x, ref, atol=2e-2), (i, g, (x - ref).abs().max())
+        assert torch.equal(off[(i, seed)]["fbank"], off[i]["fbank"])     # gain off: the seed is ignored
+        assert torch.equal(on[i]["fbank"], off[i]["fbank"])              # no seed (e.g. target stats): no gain
+    gains = np.array([clip_gain(s) for s in range(2000)])
+    assert 0.5 < gains.min() and gains.max() < 1.5                        # Beta(10, 10) + 0.5
+    assert abs(gains.mean() - 1.0) < 0.01 and abs(gains.std() - np.sqrt(100 / (400 * 21))) < 0.01
+
+
+def test_audiomae_pretrains_with_the_gain_and_resumes_exactly(stores, tmp_path):
+    torch.set_num_threads(1)
+    extra = ("batch_size=4", "max_steps=4", "ckpt_every=2", "blr=0.064", "num_workers=2")
+    assert load_pretrain_config("audiomae").roll_mag_aug and not load_pretrain_config("supmam").roll_mag_aug
+    run_pretrain(cfg_for("audiomae", stores, tmp_path / "a", *extra))
+    run_pretrain(cfg_for("audiomae", stores, tmp_path / "b", *extra), stop_after=3)
+    run_pretrain(cfg_for("audiomae", stores, tmp_path / "b", *extra), resume=True)
+    run_pretrain(cfg_for("audiomae", stores, tmp_path / "c", *extra, "roll_mag_aug=false"))
+    a, b, c = (losses(tmp_path / r / "audiomae") for r in "abc")
+    assert len(a) == 4 and a == b                                     # the gains follow the clips through a resume
+    assert a[0] != c[0]                                               # and reach the model
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -84,7 +84,7 @@ def test_allow_lists_admit_what_real_files_hold(tmp_path):
     scheduler, scaler); AudioMAE's: an argparse.Namespace; laion-clap's: an optimizer whose lr is a
     numpy float64 (its cosine_lr). Each loads through its loader; the lists do not stand in for one another."""
     from train.lr_sched import build_scheduler
-    from train.pretrain import rng_state
+    from train.rng import rng_state
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     sched = build_scheduler(opt, 10, 2, 0.0)

@@ -116,3 +116,10 @@ def test_inspect_verify_cli(tmp_path, data):
     r = runner.invoke(app, ["store", "inspect", str(tmp_path / "nope.zarr")])
     assert r.exit_code == 1 and "nope.zarr" in r.output
 
+
+
+def test_an_unknown_compression_is_refused_before_the_store_is_made(tmp_path):
+    p = tmp_path / "t.zarr"
+    with pytest.raises(StoreError, match=r"t\.zarr: compression must be None or 'zstd', got 'gzip'"):
+        init_store(p, 4, (8, 2), 16, IDENT, compression="gzip")
+    assert not p.exists()

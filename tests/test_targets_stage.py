@@ -107,10 +107,10 @@ def test_rerun_after_losing_a_shard_is_identical(clips, reference, tmp_path):
     assert summary["computed"] == 4 and shard_bytes(out) == shard_bytes(reference)
 
 
-def run_script(clips, out, k, delay=0.0, torchrun=0):
+def run_script(clips, out, k, delay=0.0, torchrun=0, **env):
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
                               if torchrun else [])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env)
     return subprocess.Popen(cmd + [__file__, str(clips.path), str(out), str(k), str(delay)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -138,6 +138,15 @@ def test_torchrun_two_ranks_same_bytes(clips, reference, tmp_path):
     assert p.wait(timeout=180) == 0, p.stdout.read()
     assert shard_bytes(out) == shard_bytes(reference)
     assert TargetStore(out).attrs["complete"]
+
+
+def test_a_rank_without_disk_space_stops_every_rank_before_the_teacher_runs(clips, tmp_path):
+    out = tmp_path / "t.zarr"
+    p = run_script(clips, out, 4, delay=0.4, torchrun=2, TEST_FULL_DISK_RANK="1")
+    assert p.wait(timeout=180) != 0
+    log = p.stdout.read()
+    assert "disk full" in log and f"{out}: rank 1 stopped before the teacher ran: {out}: disk full" in log, log
+    assert not list((out / "progress").glob("shard-*.json"))          # rank 0 computed nothing either
 
 
 @pytest.mark.slow
@@ -173,6 +182,9 @@ def test_cli_with_real_teacher(tmp_path):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if os.environ.get("RANK") is not None and os.environ.get("RANK") == os.environ.get("TEST_FULL_DISK_RANK"):
+        import shutil                                                # this rank's disk has no room
+        shutil.disk_usage = lambda path: shutil._ntuple_diskusage(10**12, 10**12, 0)
     clips_path, out_path, k, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     build_targets(ClipStore(clips_path), out_path, FakeTeacher(delay), batch_size=3, clips_per_shard=k,
                   workers=1, progress=True)

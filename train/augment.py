@@ -34,10 +34,11 @@ import torchaudio
 from torch.utils.data import Dataset, Sampler
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.fbank import NUM_MEL_BINS, WINDOW, clip_samples, fbank
+from cache_tools.fbank import NUM_MEL_BINS, WINDOW, clip_samples, fbank, gain_fbank
 from train.config import ConfigError
 from train.finetune_data import DataError
 from train.data import normalize_fbank, require_finite
+from train.rng import item_seed
 
 SILENCE = re.compile(r"^_silence_/(?P<recording>.+)_(?P<k>\d+)$")   # SPC-1 reader's silence window ids
 
@@ -89,17 +90,6 @@ def add_noise(x: torch.Tensor) -> torch.Tensor:
     return torch.roll(x, int(torch.randint(-10, 10, ())), 0)          # [T, F]
 
 
-LOG_FLOOR = float(np.log(np.finfo(np.float32).eps))   # Kaldi fbank's log(max(energy, eps))
-
-
-def gain_fbank(fb: torch.Tensor, g: float) -> torch.Tensor:
-    """The stored Kaldi log-mel [T, F] of a wave -> that of g * wave: mel energies scale by g^2, so the
-    computed frames shift by 2 ln g and stay at or above the log floor; padding frames stay 0. [T, F]"""
-    frames = fb.ne(0).any(1, keepdim=True)                            # [T, 1] computed (not padded) frames
-    floor = fb <= LOG_FLOOR + 1e-2                                    # [T, F] bins at the floor (fp16)
-    return torch.where(frames & ~floor, (fb + 2 * np.log(g)).clamp_min(LOG_FLOOR), fb)
-
-
 def beta(a: float) -> float:
     return float(torch.distributions.Beta(a, a, validate_args=False).sample())
 
@@ -115,11 +105,6 @@ def clip_length(store: ClipStore, i: int, wave: np.ndarray) -> int:
 def match_length(w: torch.Tensor, n: int) -> torch.Tensor:
     """[m] -> [n]: zero-padded at the end or cut, as AudioMAE treats a mixup partner."""
     return torch.nn.functional.pad(w, (0, n - len(w))) if len(w) < n else w[:n]
-
-
-def item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """The seed of one training item's draws: independent of workers, of other ranks and of resume."""
-    return int(np.random.SeedSequence([seed, epoch, rank, position]).generate_state(1, np.uint64)[0]) >> 1
 
 
 class SeededSampler(Sampler):

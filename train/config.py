@@ -33,6 +33,11 @@ class ConfigError(SupmamError):
     pass
 
 
+class Diverged(SupmamError, FloatingPointError):
+    """The training loss became NaN / inf: the settings (lr, clipping, amp) made the run diverge. The
+    message names the run, the update and the checkpoint it can restart from; the CLI prints it as one line."""
+
+
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a numeric config field: lo <= v (lo < v if lo_open), v <= hi (v < hi if hi_open)."""

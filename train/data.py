@@ -4,6 +4,8 @@ fine-tuning's data (train.finetune_data) shares with it: the fbank normalisation
 
     ds = PretrainDataset([clips_a, clips_b], [targets_a, targets_b])   # validates, opens lazily per process
     sampler = StepBatchSampler(len(ds), batch_size=128, accum_steps=1, rank=0, world_size=1, seed=0)
+    # gain=True (AudioMAE's roll_mag_aug): the sampler hands each index its item seed, the dataset
+    # scales that clip's wave by Beta(10, 10) + 0.5 drawn from it (gain_fbank on the stored fbank)
     loader = build_loader(ds, sampler, num_workers=4, pin_memory=True, seed=0)
     sampler.set_position(epoch, step_in_epoch); for batch in loader: ...
 
@@ -15,7 +17,8 @@ A single path (not a list) is one store.
 A batch is a dict: `fbank` float32 [B,1,T,128] (normalize_fbank: AudioMAE's normalisation),
 `label` (int64 [B] or float32 multi-hot [B,C]), `index` int64 [B] (in the dataset), and optionally
 `targets` float16 [B,Tt,Ft,D] (the teacher's own grid; mapped to patches on the device) and
-`wave` float32 [B,S] in [-1, 1].
+`wave` float32 [B,S] in [-1, 1]. The gain reaches only `fbank`, the student's input: the targets
+are the teacher's on the clip as stored, and an online teacher hears the stored wave.
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import StoreError, SupmamError
+from cache_tools.fbank import gain_fbank
 from cache_tools.target_store import TargetStore
 from train.config import ConfigError
+from train.rng import item_seed
 
 
 class StoreMismatch(SupmamError):
@@ -62,6 +67,11 @@ def require_finite(x: torch.Tensor, store: Path | str, i: int, clip_id: str, wha
         raise StoreError(store, f"clip {i} ({clip_id}): {bad} non-finite values (NaN / inf) in its {what}; "
                                 "rebuild the store or drop that clip")
     return x
+
+
+def clip_gain(item_seed: int) -> float:
+    """AudioMAE's roll_mag_aug gain, Beta(10, 10) + 0.5 (dataset.py:173), drawn from an item's seed."""
+    return float(np.random.default_rng(item_seed).beta(10.0, 10.0)) + 0.5
 
 
 def normalize_fbank(fbank: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -106,8 +116,10 @@ class PretrainDataset(Dataset):
     """Clip i of the concatenated clip stores with its cached targets. Stores open lazily in each process."""
 
     def __init__(self, clips_path: str | Path | Sequence[str | Path],
-                 targets_path: str | Path | Sequence[str | Path] | None = None, with_wave: bool = False):
+                 targets_path: str | Path | Sequence[str | Path] | None = None, with_wave: bool = False,
+                 gain: bool = False):
         self.clips_paths = _paths(clips_path)
+        self.gain = gain              # items (i, seed): the fbank of clip i's wave x clip_gain(seed)
         self.targets_paths = _paths(targets_path) or None
         self.with_wave = with_wave
         if not self.clips_paths:
@@ -165,11 +177,14 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, None)
         k, j = self.locate(int(i))
         clips = self.clip_stores[k]
         fb = torch.from_numpy(np.asarray(clips.fbank(j), dtype=np.float32))        # [T,128]
         fb = require_finite(fb, clips.path, j, clips.clip_ids[j], "fbank")
+        if self.gain and seed is not None:
+            fb = gain_fbank(fb, clip_gain(seed))                                   # [T,128] of g * wave
         fb = normalize_fbank(fb, self.norm_mean, self.norm_std).unsqueeze(0)        # [1,T,128]
         item = {"fbank": fb, "label": torch.as_tensor(clips.label(j)), "index": torch.tensor(i)}
         if self.targets_paths is not None:
@@ -181,16 +196,19 @@ class PretrainDataset(Dataset):
         return item
 
 
-class StepBatchSampler(Sampler[list[int]]):
+class StepBatchSampler(Sampler[list]):
     """Yields this rank's micro-batches, update by update, in an order fixed by (seed, epoch).
 
     The epoch's permutation is cut to `steps_per_epoch * batch_size` clips (the tail is dropped) and
     laid out [steps, accum_steps, world_size, micro_batch]; rank r reads [:, :, r]. So one update's
     global batch is the same whatever the world size, and `set_position(epoch, step)` starts the
-    epoch at any update without reading the skipped clips.
+    epoch at any update without reading the skipped clips. With `seeded`, each index comes as
+    (index, item_seed(seed, epoch, 0, its place in the epoch)): the same draws whatever the world
+    size, the worker count or the resume point.
     """
 
-    def __init__(self, num_clips: int, batch_size: int, accum_steps: int, rank: int, world_size: int, seed: int):
+    def __init__(self, num_clips: int, batch_size: int, accum_steps: int, rank: int, world_size: int, seed: int,
+                 seeded: bool = False):
         per = accum_steps * world_size
         if batch_size % per:
             raise ConfigError(f"batch_size={batch_size} (global, per update) must divide evenly over "
@@ -200,6 +218,7 @@ class StepBatchSampler(Sampler[list[int]]):
         self.n, self.batch_size, self.accum, self.rank, self.world, self.seed = (
             num_clips, batch_size, accum_steps, rank, world_size, seed)
         self.micro_batch = batch_size // per
+        self.seeded = seeded
         self.steps_per_epoch = num_clips // batch_size
         self.epoch, self.start = 0, 0
 
@@ -211,14 +230,19 @@ class StepBatchSampler(Sampler[list[int]]):
     def order(self, epoch: int) -> np.ndarray:
         """int64 [steps_per_epoch, accum, micro_batch]: this rank's clip indices for `epoch`."""
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        used = perm[: self.steps_per_epoch * self.batch_size]
+        return self._mine(perm[: self.steps_per_epoch * self.batch_size])
+
+    def _mine(self, used: np.ndarray) -> np.ndarray:
         grid = used.reshape(self.steps_per_epoch, self.accum, self.world, self.micro_batch)  # [S,A,W,b]
         return grid[:, :, self.rank]                                                          # [S,A,b]
 
     def __iter__(self):
-        for step in self.order(self.epoch)[self.start:]:     # [A,b]
-            for micro in step:                               # [b]
-                yield micro.tolist()
+        order = self.order(self.epoch)                                                      # [S,A,b]
+        places = self._mine(np.arange(self.steps_per_epoch * self.batch_size))              # [S,A,b]
+        for step, at in zip(order[self.start:], places[self.start:]):  # [A,b] each
+            for micro, pos in zip(step, at):                           # [b] each
+                yield ([(int(i), item_seed(self.seed, self.epoch, 0, int(q))) for i, q in zip(micro, pos)]
+                       if self.seeded else micro.tolist())
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start) * self.accum

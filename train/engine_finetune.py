@@ -31,13 +31,13 @@ from train import distributed, finetune_data as fd
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.augment import SeededSampler
 from train.checkpoint import save_checkpoint
-from train.config import ConfigError, to_dict
+from train.config import ConfigError, Diverged, to_dict
 from train.data import worker_init
 from train.finetune_resume import gather_rng, load_resume, save_resume, truncate_logs
 from train.lr_sched import build_scheduler
 from train.metrics import task_metrics
 from train.models_vit import AudioViT, describe
-from train.pretrain import set_rng_state
+from train.rng import set_rng_state
 from train.tasks import Task
 
 if TYPE_CHECKING:
@@ -143,7 +143,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             logits = model(x, cfg.mask_t_prob, cfg.mask_f_prob)                # [B, C]
         value = loss.fn(logits.float(), y)
         if not math.isfinite(value.item()):
-            raise FloatingPointError(f"[finetune] {cfg.name}: loss is {value.item()} at update {step}; stopping")
+            raise Diverged(f"[finetune] {cfg.name}: loss is {value.item()} at update {step}; stopping. "
+                           f"Lower blr, enable grad_clip, or use amp=bf16/off")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(value).backward()
         if cfg.grad_clip > 0:

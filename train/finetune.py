@@ -119,7 +119,7 @@ def load_finetune_config(preset: str | None = None, overrides: Sequence[str] = (
     return dataclasses.replace(
         cfg, train_clips=cfg.train_clips or [under(n) for n in t.train], valid_clips=cfg.valid_clips or under(t.valid),
         test_clips=cfg.test_clips or under(t.test), init=str(init) if init else "none",
-        name=cfg.name or f"finetune-{Path(cfg.preset).stem or cfg.task}-{_init_tag(init)}")
+        name=cfg.name or f"finetune-{Path(cfg.preset).stem or cfg.task}-{init_tag(init)}")
 
 
 def _config_class(preset: str | None, overrides: Sequence[str], task: str | None) -> type[FinetuneConfig]:
@@ -156,7 +156,8 @@ def resolve_init(init: str, runs: str | Path) -> Path | None:
     return path
 
 
-def _init_tag(init: Path | None) -> str:
+def init_tag(init: Path | None) -> str:
+    """A run-name tag for an init checkpoint: "scratch", its run folder, or its file stem."""
     if init is None:
         return "scratch"
     return init.parent.name if init.stem in ("checkpoint", "checkpoint-final") else init.stem

@@ -22,7 +22,7 @@ import torch
 from train import distributed
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.data import StoreMismatch
-from train.pretrain import rng_state
+from train.rng import rng_state
 from train.run_folder import truncate_log
 
 RESUME = "last.pt"

@@ -31,12 +31,13 @@ from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import AT_LEAST_0, AT_LEAST_1, ConfigError, RunConfig, load_config, to_dict
+from train.config import AT_LEAST_0, AT_LEAST_1, ConfigError, Diverged, RunConfig, load_config, to_dict
 from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, build_loader, endless_batches
 from train.lr_sched import build_scheduler
 from train.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
 from train.run_folder import claim, truncate_log
+from train.rng import mask_seed, rng_state, set_rng_state
 from train.pretrain_targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch_index, target_info, target_stats
 
 
@@ -47,6 +48,7 @@ class PretrainConfig(RunConfig):
     targets: list[str] = field(default_factory=list)  # one per clip store; [] = each beside its clip store
     clip_set: Literal["as2m", "unbalanced"] = "as2m"   # the stores `clips = []` means (names.PRETRAIN_SETS)
     teacher: Literal["cached", "online"] = "cached"   # online: the teacher runs inside the step
+    roll_mag_aug: bool = False    # AudioMAE's gain Beta(10, 10) + 0.5 on the student's input (targets as cached)
     batch_size: int = 128
     accum_steps: int = 1          # micro-steps per update (per-rank micro batch = batch / (accum * world))
     blr: float = 4e-4             # lr = blr * batch / 256: 2e-4 at batch 128
@@ -111,26 +113,6 @@ class Parts:
         return self.out / "log.jsonl"
 
 
-def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
-    """Seed of the masking generator for one micro-step: independent of resume and of other ranks."""
-    return int(np.random.SeedSequence([seed, step, rank, micro]).generate_state(1, np.uint64)[0]) >> 1
-
-
-def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
 # ------------------------------------------------------------------------------------------- build
 
 def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
@@ -145,9 +127,10 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     if teacher is None and cfg.teacher == "online" and use_targets:
         raise ConfigError("teacher=online needs the teacher: run `supmam pretrain --teacher online` (it builds it)")
     ds = PretrainDataset(cfg.clips, cfg.targets if use_targets and teacher is None else None,
-                         with_wave=teacher is not None)
+                         with_wave=teacher is not None, gain=cfg.roll_mag_aug)
     tinfo = target_info(ds, teacher) if use_targets else None
-    sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed)
+    sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed,
+                               seeded=cfg.roll_mag_aug)
     if "cls" in cfg.model.objectives and sampler.micro_batch < 2:
         raise ConfigError(f"the cls head's BatchNorm needs >= 2 clips per micro-batch; batch_size={cfg.batch_size} "
                           f"/ (accum_steps={cfg.accum_steps} x world_size={dist.world_size}) = {sampler.micro_batch}")
@@ -264,8 +247,8 @@ def train(p: Parts, stop_after: int | None = None) -> Path:
             window = Window(p.dist.device)
         if step % cfg.ckpt_every == 0 or step == end:                 # checkpoint
             if not torch.isfinite(D.all_reduce_mean(loss.detach())).item():   # never save a diverged model
-                raise FloatingPointError(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
-                                         f"{last_good(p)}. Lower blr or enable grad_clip.")
+                raise Diverged(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
+                               f"{last_good(p)}. Lower blr or enable grad_clip.")
             if p.dist.is_main:
                 save_checkpoint(p.ckpt_path, checkpoint_state(p, step))
             D.barrier()
@@ -301,7 +284,7 @@ def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
     """One log line: the window's mean loss and parts over ranks, lr, throughput; stops on a non-finite loss."""
     loss = D.all_reduce_mean(w.loss / w.updates).item()
     if not np.isfinite(loss):
-        raise FloatingPointError(
+        raise Diverged(
             f"[pretrain] {p.cfg.name}: the loss became non-finite ({loss}) between updates "
             f"{step - w.updates + 1} and {step}; stopping. Lower blr, enable grad_clip, or use amp=bf16/off. "
             f"{last_good(p).capitalize()}.")

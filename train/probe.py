@@ -36,7 +36,7 @@ from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, EncoderSi
 from train.custom import store_task
 from train.custom_split import assign, hold_out
 from train.distributed import resolve_device
-from train.finetune import _init_tag, check_stores, resolve_init
+from train.finetune import init_tag, check_stores, resolve_init
 from train.metrics import task_metrics
 from train.models_vit import build_encoder
 from train.probe_features import cached_features, weights_sha256
@@ -107,7 +107,7 @@ def load_probe_config(overrides: Sequence[str] = ()) -> ProbeConfig:
     return dataclasses.replace(
         cfg, train_clips=train, valid_clips=cfg.valid_clips or under(t.valid),
         test_clips=cfg.test_clips or under(t.test), init=str(init) if init else "none",
-        name=cfg.name or f"probe-{data}-{_init_tag(init)}-{cfg.head}",
+        name=cfg.name or f"probe-{data}-{init_tag(init)}-{cfg.head}",
         cache_dir=cfg.cache_dir or str(Path(cfg.run_dir) / "probe-cache"))
 
 
@@ -244,9 +244,8 @@ def _metrics(cfg: ProbeConfig, t: Task, stores: list[ClipStore], results: list) 
 
 def results_md(m: dict) -> str:
     """The fine-tuning report's table under a probe title, then the chosen head settings per round."""
-    body = report.results_table(m).split("\n", 1)[1]
     p = m["probe"]
-    lines = [f"# Linear probe ({p['head']}): {m['task']}", body.rstrip(), "",
+    lines = [report.results_table(m, title=f"Linear probe ({p['head']})").rstrip(), "",
              f"Frozen encoder `{m['init']}`, sha256 {p['encoder_sha256'][:16]}... unchanged after the run; "
              f"features: layer {p['layer'] or 'last'}, {p['pooling']} pooling, {p['feature_dim']} dims "
              f"({'cached' if all(c['hit'] for c in p['features']) else 'computed'}: {p['embed_seconds']:.1f} s); "

@@ -44,11 +44,11 @@ def write_report(out: Path, metrics: dict, scores: np.ndarray | None = None,
     return written
 
 
-def results_table(m: dict) -> str:
-    """A markdown summary: the headline number and which model it is, the last and best-on-valid
-    models side by side (SPC), or the per-fold rows (ESC-50)."""
+def results_table(m: dict, title: str = "Fine-tuning") -> str:
+    """A markdown summary under `# <title>: <task>`: the headline number and which model it is, the
+    last and best-on-valid models side by side (SPC), or the per-fold rows (ESC-50)."""
     pct = 100.0
-    lines = [f"# Fine-tuning: {m['task']}", "",
+    lines = [f"# {title}: {m['task']}", "",
              f"preset `{m['preset']}`, init `{m['init']}`", "",
              f"**Headline: {HEADLINE.get(m.get('headline'), m.get('headline'))}** (selection: {m['selection']}"
              f"{', epoch ' + str(m['selected_epoch']) if 'selected_epoch' in m else ', each fold'}).", "",

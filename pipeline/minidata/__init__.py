@@ -65,9 +65,9 @@ def generate(root: str | Path, seed: int = 0, scale: float = 1.0, which=DATASETS
     root = Path(root)
     unknown = set(which) - set(DATASETS)
     if unknown:
-        raise ValueError(f"unknown mini datasets {sorted(unknown)}; choose from {DATASETS}")
+        raise SupmamError(f"unknown mini datasets {sorted(unknown)}; choose from {DATASETS}")
     if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise SupmamError(f"--scale must be > 0, got {scale}")
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or min(2, os.cpu_count() or 1)
     params = {"seed": int(seed), "scale": float(scale), "version": VERSION}
