@@ -22,11 +22,12 @@ from cache_tools.clip_checksums import CHECKSUM_ABOUT, CHECKSUM_BLOCK, BlockChec
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import clip_fingerprint
+from cache_tools.h5_text import fixed_utf8, read_text, text_attr
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
 # where each clip came from (optional: stores written before they existed fall back to `wave`):
-# source_path (utf-8, relative to the root attr `source_root`), source_start / source_seconds
+# source_path (UTF-8, relative to the root attr `source_root`), source_start / source_seconds
 # (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`)
 SOURCE_DATASETS = ("source_path", "source_start", "source_seconds", "wave_length")
 REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", "target_length", "sample_rate",
@@ -34,6 +35,9 @@ REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", 
 # what h5py raises on damaged metadata (zeroed object headers, heaps, B-trees) or bad JSON attrs
 H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 SPLIT_NAMES = ("train", "valid", "test")   # codes 0, 1, 2 of the optional per-clip `split` dataset
+# text is fixed-length UTF-8 bytes (cache_tools.h5_text: no global heap for damage to hang libhdf5 on);
+# stores written before that hold variable-length strings, read the same way
+TEXT_DATASETS = ("clip_id", "source_path")
 
 
 def damaged(path: Path | str, e: BaseException) -> StoreError:
@@ -97,14 +101,14 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
         f.create_dataset("fbank", data=fbank.astype(np.float16))
         f.create_dataset("wave", data=wave.astype(np.int16))
         f.create_dataset("labels", data=labels)
-        f.create_dataset("clip_id", data=np.array(clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("clip_id", data=fixed_utf8(clip_ids))
         if folds is not None:
             f.create_dataset("fold", data=folds.astype(np.int8))
         for k, v in (sources or {}).items():
-            f.create_dataset(k, data=v, dtype=h5py.string_dtype("utf-8") if k == "source_path" else v.dtype)
+            f.create_dataset(k, data=fixed_utf8(v) if k in TEXT_DATASETS else v)
         if splits is not None:
             f.create_dataset("split", data=splits.astype(np.int8))
-        f.attrs["skipped"] = json.dumps(skipped)
+        f.attrs["skipped"] = text_attr(json.dumps(skipped))
     return out
 
 
@@ -137,7 +141,8 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
                             fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
                                                          content=content_digest(digests)))
             for k, v in {**attrs, **computed}.items():
-                out.attrs[k] = json.dumps(v) if k in JSON_ATTRS else v
+                v = json.dumps(v) if k in JSON_ATTRS else v
+                out.attrs[k] = text_attr(v) if isinstance(v, str) else v
             out.attrs["complete"] = True                           # last: marks a finished file
         report["fingerprint"] = computed["fingerprint"]
         _atomic_json(report_path(path), report)
@@ -153,7 +158,8 @@ def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
             counts.append(len(f["clip_id"]))
             skipped += json.loads(f.attrs["skipped"])
             if counts[-1] and shapes is None:
-                shapes = {k: (f[k].shape[1:], f[k].dtype) for k in f.keys() if k != "clip_id"}
+                shapes = {k: (f[k].shape[1:], f[k].dtype) for k in f.keys() if k not in TEXT_DATASETS}
+                shapes.update({k: None for k in TEXT_DATASETS if k in f})
     return counts, skipped, shapes
 
 
@@ -162,9 +168,8 @@ def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: di
     n = sum(counts)
     dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
                                    chunks=(1, *shape) if k in ("fbank", "wave") else None)
-             for k, (shape, dtype) in shapes.items()}              # fbank [N,T,F] chunk (1,T,F); wave [N,S]
-    ids = out.create_dataset("clip_id", shape=(n,), dtype=h5py.string_dtype("utf-8"))
-    clip_ids: list[str] = []
+             for k, (shape, dtype) in ((k, v) for k, v in shapes.items() if v is not None)}   # fbank [N,T,F]
+    texts: dict[str, list[str]] = {k: [] for k, v in shapes.items() if v is None}    # clip_id, source_path: [N]
     total, total_sq, count, offset = 0.0, 0.0, 0, 0
     sums = BlockChecksums()
     for p, c in zip(parts, counts):
@@ -175,13 +180,15 @@ def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: di
             for k, ds in dsets.items():
                 ds[offset:offset + c] = block[k]
             sums.add(block["fbank"], block["wave"], block["labels"])
-            clip_ids += list(f["clip_id"].asstr()[:])
+            for k in texts:
+                texts[k] += read_text(f[k])
             fb = block["fbank"].astype(np.float64)                 # [c,T,F]
             total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
         offset += c
-    ids[:] = np.array(clip_ids, dtype=object)
+    for k, v in texts.items():
+        out.create_dataset(k, data=fixed_utf8(v))                   # [N] S<longest>
     mean = total / count
-    return clip_ids, float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), sums.finish()
+    return texts["clip_id"], float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), sums.finish()
 
 
 # ---------------------------------------------------------------- reader
@@ -244,7 +251,7 @@ class ClipStore:
         try:
             with h5py.File(self.path, "r") as f:
                 self.labels = f["labels"][:]                      # [N,C] uint8 or [N] int64
-                self.clip_ids = list(f["clip_id"].asstr()[:])
+                self.clip_ids = read_text(f["clip_id"])
                 self.folds = f["fold"][:] if "fold" in f else None   # [N] int8 or None
                 self.splits = f["split"][:] if "split" in f else None  # [N] int8 codes into SPLIT_NAMES, or None
                 self._n = len(f["fbank"])
@@ -297,7 +304,7 @@ class ClipStore:
     def source(self, i: int, root: Path | str | None = None) -> tuple[Path, float, float]:
         """(file, start s, seconds) clip i was read from; `root` replaces the recorded source_root.
         Only for stores with has_sources."""
-        rel = self._dset("source_path").asstr()[i]
+        rel = read_text(self._dset("source_path"), i)
         base = Path(root if root is not None else self.attrs["source_root"])
         return base / rel, float(self._dset("source_start")[i]), float(self._dset("source_seconds")[i])
 

@@ -13,6 +13,7 @@ class EmbedFilesError(EmbedError)       `<file>: <why>`
 
 Output `out` (HDF5, h5py), N clips, M frames in all:
   clip_id      str [N]          path  str [N]            clip  float32 [N, D]
+               (text as fixed-length UTF-8 bytes: h5py's `f["path"].asstr("utf-8")[:]`; attrs as bytes)
   frames       float32 [M, D]   timestamps float64 [M] (seconds from the clip's start)
   frame_offset int64 [N], frame_count int64 [N]: clip i's frames are
                frames[frame_offset[i] : frame_offset[i] + frame_count[i]]
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.fingerprint import json_fingerprint
+from cache_tools.h5_text import attr_str, fixed_utf8, read_text, text_attr
 from pipeline.audio_io import load_clip
 from pipeline.embed import SHIFT_S, EmbedError, PretrainedEncoder, describe
 
@@ -95,14 +97,14 @@ def _embed_one(enc: PretrainedEncoder, path: Path, layer: int, hop: float | None
 def _write_part(parts: Path, block: int, rows: list, skipped: list[dict], dim: int) -> None:
     out = parts / f"part-{block:06d}.h5"
     with atomic_path(out, out.with_name(f"{out.name}.tmp.{os.getpid()}")) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("clip_id", data=[r[0] for r in rows], dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("path", data=[r[1] for r in rows], dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("clip_id", data=fixed_utf8(r[0] for r in rows))
+        f.create_dataset("path", data=fixed_utf8(r[1] for r in rows))
         f.create_dataset("clip", data=np.stack([r[2] for r in rows]) if rows else np.zeros((0, dim), np.float32))
         f.create_dataset("frames", data=np.concatenate([r[3] for r in rows]) if rows
                          else np.zeros((0, dim), np.float32))
         f.create_dataset("timestamps", data=np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, np.float64))
         f.create_dataset("frame_count", data=np.array([len(r[3]) for r in rows], np.int64))
-        f.attrs["skipped"] = json.dumps(skipped)
+        f.attrs["skipped"] = text_attr(json.dumps(skipped))
 
 
 def _embed_block(enc, block: int, items: list[tuple[str, Path]], parts: Path, opts: dict, bar) -> None:
@@ -127,7 +129,7 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
     for p in names:
         with h5py.File(p, "r") as f:
             for k in data:
-                data[k].append(f[k].asstr()[:] if k in ("clip_id", "path") else f[k][:])
+                data[k].append(np.array(read_text(f[k]), dtype=object) if k in ("clip_id", "path") else f[k][:])
             skipped += json.loads(f.attrs["skipped"])
     cols = {k: np.concatenate(v) for k, v in data.items()}
     n = len(cols["clip_id"])
@@ -135,12 +137,12 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
         return 0, skipped
     with atomic_path(out, Path(f"{out}.tmp")) as tmp, h5py.File(tmp, "w") as f:
         for k in ("clip_id", "path"):
-            f.create_dataset(k, data=list(cols[k]), dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset(k, data=fixed_utf8(cols[k]))               # [N] S<longest>, UTF-8 (no global heap)
         for k in ("clip", "frames", "timestamps", "frame_count"):
             f.create_dataset(k, data=cols[k])
         offsets = np.concatenate([[0], np.cumsum(cols["frame_count"])[:-1]]).astype(np.int64)   # [N]
         f.create_dataset("frame_offset", data=offsets)
-        f.attrs.update(attrs)
+        f.attrs.update({k: text_attr(v) if isinstance(v, str) else v for k, v in attrs.items()})
     return n, skipped
 
 
@@ -158,7 +160,7 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
     if out.exists():
         try:
             with h5py.File(out, "r") as f:
-                same, written = f.attrs.get("job") == job, len(f["clip_id"]) if "clip_id" in f else 0
+                same, written = attr_str(f.attrs.get("job")) == job, len(f["clip_id"]) if "clip_id" in f else 0
         except OSError as e:
             raise EmbedFilesError(f"{out}: exists and is not an HDF5 file ({e}); delete it or choose "
                                   f"another --out") from e

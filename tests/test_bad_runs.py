@@ -228,6 +228,25 @@ def test_zeroed_hdf5_metadata_is_one_line(tmp_path):
             [ds[i] for i in range(len(ds))]
 
 
+def test_a_clip_store_keeps_no_text_in_the_global_heap(tmp_path):
+    """libhdf5 loops forever on a zeroed global-heap collection (variable-length strings), so a store
+    writes its text as fixed-length bytes: there is no heap to damage. Older stores still read."""
+    import h5py
+    src = write_clips(tmp_path / "src.h5", 8)
+    assert b"GCOL" not in src.read_bytes()                         # no global heap collection at all
+    s = ClipStore(src)
+    old = tmp_path / "old.h5"                                      # as stores were written before: vlen text
+    shutil.copy(src, old)
+    with h5py.File(old, "a") as f:
+        del f["clip_id"]
+        f.create_dataset("clip_id", data=np.array(s.clip_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        for k in ("dataset", "split", "fingerprint"):
+            f.attrs[k] = str(s.attrs[k])
+    assert b"GCOL" in old.read_bytes()
+    o = ClipStore(old)
+    assert o.clip_ids == s.clip_ids and o.fingerprint == s.fingerprint and o.attrs == s.attrs
+
+
 def test_a_dataloader_worker_hitting_a_damaged_shard_is_one_line(stores, tmp_path):
     targets = tmp_path / "t.zarr"
     shutil.copytree(stores["targets"], targets)

@@ -77,8 +77,9 @@ def test_folder_to_h5_layout_and_values(ckpt, audio, tmp_path):
     assert reasons["broken.wav"].startswith("corrupt")
     assert json.loads(Path(f"{out}.report.json").read_text())["skipped"] == r["skipped"]
     assert not Path(f"{out}.parts").exists()
+    assert b"GCOL" not in out.read_bytes()                          # text as fixed-length bytes (cache_tools.h5_text)
     with h5py.File(out) as f:
-        ids = list(f["clip_id"].asstr()[:])
+        ids = list(f["clip_id"].asstr("utf-8")[:])
         assert ids == ["a.wav", "c.m4a", "sub/b.flac"]
         off, cnt = f["frame_offset"][:], f["frame_count"][:]
         assert cnt[0] == 16 and cnt[2] == 6             # 2.5 s: 248 frames -> 16 columns; 1 s: 98 -> 6
@@ -152,6 +153,6 @@ def test_resume_after_kill_9(ckpt, tmp_path, monkeypatch):
     assert r["written"] == 8 and len(calls) == 8 - len(done)   # only the unfinished blocks were embedded
     embed_files(enc, [d], clean, block_size=1, progress=False)
     with h5py.File(out) as a, h5py.File(clean) as b:
-        assert list(a["clip_id"].asstr()[:]) == list(b["clip_id"].asstr()[:])
+        assert list(a["clip_id"].asstr("utf-8")[:]) == list(b["clip_id"].asstr("utf-8")[:])
         np.testing.assert_array_equal(a["frames"][:], b["frames"][:])
         np.testing.assert_array_equal(a["clip"][:], b["clip"][:])
