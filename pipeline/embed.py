@@ -221,7 +221,7 @@ def _load_export_dir(path: Path) -> tuple[AudioViT, float, float, str]:
         sd, cfg = read_export(path)
     except ExportError as e:
         raise EncoderLoadError(str(e)) from e
-    vit = encoder_from_checkpoint(path, {"model": sd})
+    vit = encoder_from_checkpoint(path, {"model": sd, "model_args": {"num_heads": cfg["supmam"].get("num_heads")}})
     norm = cfg["normalization"]
     return vit, norm["mean"], norm["std"], f"{norm.get('source', 'stored')} (export config.json)"
 

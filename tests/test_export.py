@@ -137,3 +137,25 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
         load_pretrained(out)
     bad = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "none.pt" in bad.output
+
+
+def test_a_head_count_other_than_dim_over_64_survives_checkpoints_and_export(tmp_path):
+    """The weights cannot tell 4 heads of 48 dims from 3 of 64: fine-tuning checkpoints (model_args),
+    pretraining configs (encoder size) and export folders (config.json) say it."""
+    from train.checkpoint import load_encoder
+    from train.models_vit import describe
+    torch.manual_seed(0)
+    vit = AudioViT(target_length=64, embed_dim=192, depth=1, num_heads=4).eval()     # 192 / 64 = 3, not 4
+    x = torch.randn(2, 1, 64, 128)                                                  # [B,1,T,F]
+    ft = save_checkpoint(tmp_path / "ft.pt", {"kind": "finetune", "model": vit.state_dict(), "model_args": describe(vit)})
+    bare = save_checkpoint(tmp_path / "bare.pt", {"model": vit.state_dict()})
+    got, guess = load_encoder(ft).eval(), load_encoder(bare).eval()
+    assert got.blocks[0].attn.num_heads == 4 and guess.blocks[0].attn.num_heads == 3
+    with torch.no_grad():
+        torch.testing.assert_close(got.forward_tokens(x), vit.forward_tokens(x))
+        assert not torch.allclose(guess.forward_tokens(x), vit.forward_tokens(x), atol=1e-4)   # why it matters
+    out = write_export(vit, tmp_path / "exp", fmt="safetensors", norm={"mean": -4.0, "std": 2.0})
+    enc = load_pretrained(out)
+    assert enc.vit.blocks[0].attn.num_heads == 4
+    with torch.no_grad():
+        torch.testing.assert_close(enc.vit.forward_tokens(x), vit.forward_tokens(x))

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from cache_tools.atomic import atomic_path
 from cache_tools.errors import StoreError, SupmamError
 from cache_tools.safe_load import AUDIOMAE, OURS, safe_torch_load
-from train.models_vit import AudioViT, heads_for, sincos_pos_embed
+from train.models_vit import SIZES, AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
@@ -101,6 +101,19 @@ def _pos_layout(table: Tensor, Fp: int) -> tuple[str, int | None]:
     return "table", None
 
 
+def num_heads(ck: dict, D: int) -> int:
+    """The encoder's head count: recorded by fine-tuning (`model_args`) and export (config.json), or
+    named by a pretraining config's encoder size; a bare state dict (AudioMAE's files) gets D / 64,
+    ViT-B's 12 heads at 768 dims (the weights alone cannot tell)."""
+    recorded = (ck.get("model_args") or {}).get("num_heads")
+    if recorded:
+        return int(recorded)
+    size = ((ck.get("config") or {}).get("model") or {}).get("encoder") if isinstance(ck.get("config"), dict) else None
+    if size in SIZES and SIZES[size][0] == D:
+        return SIZES[size][2]
+    return heads_for(D)
+
+
 def load_encoder(path: str | Path, target_length: int | None = None, drop_path_rate: float = 0.0) -> AudioViT:
     path = Path(path)
     return encoder_from_checkpoint(path, load_checkpoint(path), target_length, drop_path_rate)
@@ -134,7 +147,7 @@ def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | Non
     num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
     try:
         model = AudioViT(target_length=T, n_mels=N_MELS, patch=p, embed_dim=D, depth=depth,
-                         num_heads=heads_for(D), mlp_ratio=mlp_ratio, num_classes=num_classes,
+                         num_heads=num_heads(ck, D), mlp_ratio=mlp_ratio, num_classes=num_classes,
                          final_norm="norm.weight" in sd, pos_layout=layout, pos_width=width,
                          drop_path_rate=drop_path_rate)
     except ValueError as e:

@@ -69,7 +69,7 @@ def _supmam_config(vit: AudioViT, source: str) -> dict:
     num_classes = vit.head.out_features if isinstance(vit.head, torch.nn.Linear) else 0
     return {"source": source, "target_length": Tp * vit.patch, "n_mels": vit.n_mels, "patch": vit.patch,
             "patch_grid": [Tp, Fp], "embed_dim": vit.embed_dim, "depth": len(vit.blocks),
-            "num_classes": num_classes, "pos_layout": vit.pos_layout, "pos_width": vit.pos_width,
+            "num_heads": vit.blocks[0].attn.num_heads, "num_classes": num_classes, "pos_layout": vit.pos_layout, "pos_width": vit.pos_width,
             "tokens": "time-major: token n = t * F' + f; input fbank [B, 1, T, n_mels]",
             "features": "Kaldi fbank at 16 kHz (pipeline.features.FBANK_PARAMS), zero-padded to target_length"}
 
