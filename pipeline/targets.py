@@ -114,9 +114,10 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _agree(world: int, error: Exception | None, out) -> None:
-    """Every rank learns whether any rank failed its check: the failing rank raises its own error,
-    the others a StoreError naming it (instead of computing their shards, then waiting at a barrier)."""
+def _agree(world: int, error: Exception | None, out, what: str) -> None:
+    """Every rank learns whether any rank failed a step (a collective, so it also orders that step
+    before anything after it): the failing rank raises its own error, the others a StoreError
+    `rank r <what>: <why>` (instead of going on, then waiting at a barrier that never comes)."""
     said = [None if error is None else str(error)]
     if world > 1:
         said = [None] * world
@@ -125,7 +126,7 @@ def _agree(world: int, error: Exception | None, out) -> None:
         raise error
     for r, why in enumerate(said):
         if why:
-            raise StoreError(out, f"rank {r} stopped before the teacher ran: {why}")
+            raise StoreError(out, f"rank {r} {what}: {why}")
 
 
 def teacher_identity(teacher, clips, checkpoint: str | None) -> dict:
@@ -179,13 +180,7 @@ def build_targets(clips, out, teacher, *, checkpoint: str | None = None, batch_s
         except Exception as e:  # noqa: BLE001 - every rank learns of it below, so none writes or hangs
             lock.close()
             error = e
-    verdict = [None if error is None else str(error)]
-    if world > 1:  # also orders creation before any other rank opens the store
-        dist.broadcast_object_list(verdict, src=0)
-    if error is not None:
-        raise error
-    if verdict[0] is not None:
-        raise StoreError(out, f"rank 0 refused the store: {verdict[0]}")
+    _agree(world, error, out, "refused the store")   # also orders creation before any other rank opens the store
     with lock:
         summary = _compute(clips, out, teacher, (tt, ft, d), data, rank, world, batch_size, device, workers,
                            progress)
@@ -210,7 +205,7 @@ def _compute(clips, out, teacher, geometry: tuple, data: tuple, rank: int, world
         short = None
     except StoreError as e:
         short = e
-    _agree(world, short, out)                                      # no rank computes for a barrier that never comes
+    _agree(world, short, out, "stopped before the teacher ran")
     try:
         todo, inputs = _write_shards(clips, out, writer, mine, teacher, geometry, data, rank, world, batch_size,
                                      device, workers, progress)

@@ -108,7 +108,8 @@ def num_heads(ck: dict, D: int) -> int:
     recorded = (ck.get("model_args") or {}).get("num_heads")
     if recorded:
         return int(recorded)
-    size = ((ck.get("config") or {}).get("model") or {}).get("encoder") if isinstance(ck.get("config"), dict) else None
+    cfg = ck.get("config")
+    size = (cfg.get("model") or {}).get("encoder") if isinstance(cfg, dict) else None
     if size in SIZES and SIZES[size][0] == D:
         return SIZES[size][2]
     return heads_for(D)

@@ -13,14 +13,19 @@ import numpy as np
 import torch
 
 
+def _seed_at(*place: int) -> int:
+    """A 63-bit seed that is a function of `place` alone (numpy's SeedSequence over the numbers)."""
+    return int(np.random.SeedSequence(list(place)).generate_state(1, np.uint64)[0]) >> 1
+
+
 def item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
     """The seed of one training item's draws: independent of workers, of other ranks and of resume."""
-    return int(np.random.SeedSequence([seed, epoch, rank, position]).generate_state(1, np.uint64)[0]) >> 1
+    return _seed_at(seed, epoch, rank, position)
 
 
 def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
     """Seed of the masking generator for one micro-step: independent of resume and of other ranks."""
-    return int(np.random.SeedSequence([seed, step, rank, micro]).generate_state(1, np.uint64)[0]) >> 1
+    return _seed_at(seed, step, rank, micro)
 
 
 def rng_state() -> dict:
