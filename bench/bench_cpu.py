@@ -127,8 +127,8 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
     from pipeline.targets import teacher_targets
     from train.config import load_config
     from train.data import PretrainDataset, StepBatchSampler, build_loader
-    from train.models_mam import MaskedAudioModel
-    from train.pretrain import PretrainConfig
+    from train.model.models_mam import MaskedAudioModel
+    from train.pretrain.run import PretrainConfig
     base_cfg = load_config(PretrainConfig, "supmam-clap").model
     b, teach = sz["batch"], stage["teacher"]
     loaders = {}

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_embed.py --size tiny --clips 4          # quick
 
 Measures, side by side in one process (random weights: speed does not depend on them):
-  files      pipeline.embed_files.embed_files over N 10 s WAV files (44.1 kHz stereo: decode, downmix,
+  files      train.use.embed_files.embed_files over N 10 s WAV files (44.1 kHz stereo: decode, downmix,
              resample, fbank, normalise, encoder, HDF5 write)  -> clips/s
   api        PretrainedEncoder.embed on 16 kHz waves already in memory, batches of --batch -> clips/s
   encoder    the bare AudioViT.forward_tokens on a [batch, 1, 1024, 128] input -> clips/s (the floor)
@@ -28,10 +28,10 @@ import soundfile as sf    # noqa: E402
 import torch              # noqa: E402
 
 from bench.common import machine_info, rate  # noqa: E402
-from pipeline.embed import load_pretrained  # noqa: E402
-from pipeline.embed_files import embed_files  # noqa: E402
-from train.checkpoint import save_checkpoint  # noqa: E402
-from train.models_vit import build_encoder  # noqa: E402
+from train.use.embed import load_pretrained  # noqa: E402
+from train.use.embed_files import embed_files  # noqa: E402
+from train.model.checkpoint import save_checkpoint  # noqa: E402
+from train.model.models_vit import build_encoder  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning's training loader (train.augment.TrainClips: waveform mixup, gain, masks) against its
+"""Fine-tuning's training loader (train.finetune.augment.TrainClips: waveform mixup, gain, masks) against its
 stored-fbank baseline, and, on a GPU, against the ViT fine-tuning step it has to feed.
 
     loader(tmp, n=..., T=1024, seconds=10.0, batch=32, workers=0, min_time=...)   # bench_cpu.py section
@@ -26,7 +26,7 @@ def loader(tmp: Path, n: int, T: int, seconds: float, batch: int, workers: int, 
 
     from cache_tools.clip_store import ClipStore
     from cache_tools.fbank import fbank
-    from train.augment import Augment, SeededSampler, TrainClips
+    from train.finetune.augment import Augment, SeededSampler, TrainClips
     from train.data import worker_init
     from train.finetune import augment, load_finetune_config
     tmp.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def loader(tmp: Path, n: int, T: int, seconds: float, batch: int, workers: int, 
 def step(dev, dry: bool, batch: int, steps: int, warmup: int) -> dict:
     """clips/s of one fine-tuning update: AudioViT fwd (token masking 0.2 / 0.2) + BCE + bwd + AdamW."""
     import torch
-    from train.models_vit import build_encoder
+    from train.model.models_vit import build_encoder
     T = 128 if dry else 1024
     torch.manual_seed(0)
     vit = build_encoder("tiny" if dry else "base", 1 if dry else None, target_length=T, num_classes=527,

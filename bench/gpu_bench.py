@@ -57,10 +57,10 @@ def load_grid_map():
 
 def mam_config(preset: str, dry: bool):
     """(MAMConfig, source) for a preset: the preset TOML's model table, else FALLBACK."""
-    from train.models_mam import MAMConfig
+    from train.model.models_mam import MAMConfig
     try:
         from train.config import load_config
-        from train.pretrain import PretrainConfig
+        from train.pretrain.run import PretrainConfig
         cfg, source = load_config(PretrainConfig, preset).model, f"configs/pretrain/{preset}.toml"
     except Exception as e:  # noqa: BLE001
         cfg, source = MAMConfig(**FALLBACK[preset]), f"fallback ({type(e).__name__}: {e})"
@@ -74,7 +74,7 @@ def mam_config(preset: str, dry: bool):
 
 def build(preset: str, dev, dry: bool):
     import torch
-    from train.models_mam import MaskedAudioModel
+    from train.model.models_mam import MaskedAudioModel
     cfg, source = mam_config(preset, dry)
     torch.manual_seed(0)
     model = MaskedAudioModel(cfg, target_length=128 if dry else 1024,
@@ -197,7 +197,7 @@ def flop_counter_check(model, fbank, labels, tgt, gm, index, cfg, fl) -> float:
 
 def load_teacher(dev):
     """The callable `supmam pretrain --teacher online` runs in the step (HTSAT-tiny, random weights)."""
-    from pipeline.online_teacher import online_teacher
+    from pipeline.app.online_teacher import online_teacher
     return online_teacher(None, "HTSAT-tiny", seed=0, device=str(dev))
 
 

@@ -3,7 +3,7 @@
 Kaldi log-mel (`torchaudio.compliance.kaldi.fbank`, 128 bins, 25 ms Hanning window, 10 ms hop) of
 the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. Stage one
 (pipeline.prepare) writes it into the clip store; fine-tuning's waveform augmentation
-(train.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here; a gain
+(train.finetune.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here; a gain
 alone needs no recomputation (`gain_fbank`: fine-tuning's and pretraining's roll_mag_aug).
 
     fb = fbank(wave, target_length)                 # [n] float in [-1, 1] -> [T, 128] float32

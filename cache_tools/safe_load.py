@@ -6,7 +6,7 @@ context, never a process-wide `add_safe_globals`). The allow-lists name exactly 
 hold:
 
   OURS       numpy's legacy RNG state in our pretraining checkpoints (`np.random.get_state()`:
-             a uint32 [624] ndarray), see train/pretrain.py `rng_state`
+             a uint32 [624] ndarray), see train/pretrain/run.py `rng_state`
   AUDIOMAE   `argparse.Namespace`: AudioMAE's util/misc.py `save_model` stores `'args': args`
   LAION_CLAP numpy float64 scalars: laion-clap's training/main.py saves `optimizer.state_dict()`,
              whose param_groups' `lr` its training/scheduler.py `cosine_lr` sets from `np.cos`

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ablate import REDUCTIONS, Run, pretrain_overrides, run_ablation, store_checksums, sweep
+from pipeline.app.ablate import REDUCTIONS, Run, pretrain_overrides, run_ablation, store_checksums, sweep
 from tests.stores import TINY_PRETRAIN as TINY
 from tests.stores import spc_stores, write_clips, write_targets
 
@@ -78,7 +78,7 @@ def test_sweep_tables_cover_the_paper_ablations():
 def test_reductions_table_switches_one_option_per_row(stores, tmp_path):
     """One row per objective option the paper leaves open, each run configured with exactly that option
     changed from the preset's default (read back from each run's saved config), beside the defaults."""
-    from train.pretrain import load_pretrain_config
+    from train.pretrain.run import load_pretrain_config
     torch.set_num_threads(1)
     d, clips, targets = stores
     runs = sweep({"reductions"})["reductions"]
@@ -109,7 +109,7 @@ def test_reductions_table_switches_one_option_per_row(stores, tmp_path):
 
 def test_unknown_tables_are_one_line_errors_before_any_run(stores, tmp_path):
     from typer.testing import CliRunner
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     d, clips, targets = stores
     res = CliRunner().invoke(app, ["ablate", "--stores", str(d), "--runs", str(tmp_path / "runs"),
                                    "--tables", "mask,lamda"])

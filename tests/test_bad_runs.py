@@ -18,15 +18,15 @@ from typer.testing import CliRunner
 from cache_tools.clip_store import ClipStore
 from cache_tools.errors import StoreError
 from cache_tools.target_store import shard_file
-from pipeline.cli import app
+from pipeline.app.cli import app
 from tests.stores import (DIM, GRID, TINY_PRETRAIN, spc_stores, write_clip_store, write_clips, write_target_store,
                           write_targets)
 from train.config import ConfigError, RunConfig
 from train.data import PretrainDataset
-from train.finetune import FinetuneConfig, FinetuneModel, load_finetune_config
-from train.finetune_data import ClipDataset
-from train.models_mam import MAMConfig
-from train.pretrain import PretrainConfig, load_pretrain_config, run_pretrain
+from train.finetune.config import FinetuneConfig, FinetuneModel, load_finetune_config
+from train.finetune.data import ClipDataset
+from train.model.models_mam import MAMConfig
+from train.pretrain.run import PretrainConfig, load_pretrain_config, run_pretrain
 from train.run_folder import RunFolderError, truncate_log
 
 REC = ["model.target_head_init=mae", "batch_size=4", "max_steps=2", "ckpt_every=1000"]

@@ -1,6 +1,6 @@
 """The `supmam` app: every command registered in pipeline order, and one error policy: a user error
 (SupmamError) is `error: <file>: <why>` on stderr with exit code 1 and no traceback; a bug raises
-with its traceback. Run as the console script runs it (`python -m pipeline.cli`)."""
+with its traceback. Run as the console script runs it (`python -m pipeline.app.cli`)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.app.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "probe", "embed",
@@ -20,8 +20,8 @@ PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune",
 
 
 def supmam(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m pipeline.cli ARGS` (or a script that ends in main()) from the repo root."""
-    cmd = [sys.executable, "-m", "pipeline.cli", *args] if code is None else [sys.executable, "-c", code, *args]
+    """`python -m pipeline.app.cli ARGS` (or a script that ends in main()) from the repo root."""
+    cmd = [sys.executable, "-m", "pipeline.app.cli", *args] if code is None else [sys.executable, "-c", code, *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -57,7 +57,7 @@ def test_a_bug_raises_with_its_traceback():
     code = ("import sys, cache_tools.inspect as ins\n"
             "def broken(path): raise ZeroDivisionError('a bug')\n"
             "ins.inspect_store = broken\n"
-            "from pipeline.cli import main\n"
+            "from pipeline.app.cli import main\n"
             "sys.argv[0] = 'supmam'\n"
             "main()\n")
     r = supmam("store", "inspect", "x.h5", code=code)

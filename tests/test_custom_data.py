@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from cache_tools.clip_store import SPLIT_NAMES, ClipStore
 from cache_tools.errors import SupmamError
-from pipeline.cli import app
+from pipeline.app.cli import app
 from pipeline.prepare import BLOCK_SIZE, prepare, source_fingerprint
 from pipeline.readers.folder import choose_length, clip_length, read_folder
 from tests.folder_data import CLASSES, chance, csv_dataset, folder_dataset, multilabel_dataset, write_clip
-from train.custom_split import assign
-from train.evaluate import evaluate_checkpoint
+from train.finetune.split import assign
+from train.finetune.evaluate import evaluate_checkpoint
 
 TINY = ["--init", "none", "--device", "cpu", "model.encoder_depth=1", "batch_size=8", "eval_batch_size=16",
         "log_every=2", "blr=0.064"]

@@ -1,4 +1,4 @@
-"""pipeline.embed: load_pretrained on every encoder file kind, and embed() against a hand-built reference
+"""train.use.embed: load_pretrained on every encoder file kind, and embed() against a hand-built reference
 (Kaldi fbank -> normalise -> pad / window by hand -> AudioViT.forward_tokens -> pick columns)."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 import torchaudio
 
-from pipeline.embed import EmbedError, EncoderLoadError, load_pretrained
+from train.use.embed import EmbedError, EncoderLoadError, load_pretrained
 from pipeline.features import FBANK_PARAMS, NORM_STATS
-from train.checkpoint import save_checkpoint
-from train.models_mam import MAMConfig, MaskedAudioModel
-from train.models_vit import AudioViT
+from train.model.checkpoint import save_checkpoint
+from train.model.models_mam import MAMConfig, MaskedAudioModel
+from train.model.models_vit import AudioViT
 
 L = 128                 # the tiny encoder's trained length: 128 frames = 8 time patches = 1.28 s
 MEAN, STD = -5.5, 3.25  # stats stored in the test checkpoints (not any dataset's constants)

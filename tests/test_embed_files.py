@@ -1,4 +1,4 @@
-"""`supmam embed` (pipeline.embed_files + pipeline.cli.use.embed): any format / rate / channels, bad files
+"""`supmam embed` (train.use.embed_files + pipeline.app.cli.use.embed): any format / rate / channels, bad files
 skipped and reported, the HDF5 layout, resume after kill -9."""
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-import pipeline.embed_files as ef
+import train.use.embed_files as ef
 from pipeline.audio_io import load_clip
-from pipeline.cli import app
-from pipeline.embed import load_pretrained
-from pipeline.embed_files import EmbedFilesError, embed_files, list_audio
-from train.checkpoint import save_checkpoint
-from train.models_vit import AudioViT
+from pipeline.app.cli import app
+from train.use.embed import load_pretrained
+from train.use.embed_files import EmbedFilesError, embed_files, list_audio
+from train.model.checkpoint import save_checkpoint
+from train.model.models_vit import AudioViT
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 

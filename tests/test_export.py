@@ -1,4 +1,4 @@
-"""train.export / `supmam export`: timm's VisionTransformer built from the exported folder reproduces our
+"""train.use.export / `supmam export`: timm's VisionTransformer built from the exported folder reproduces our
 tokens (and logits), the weights load with safetensors alone, and load_pretrained reads the folder."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.embed import EncoderLoadError, load_pretrained
-from train.checkpoint import save_checkpoint
-from train.export import ExportError, read_export, timm_create_kwargs, write_export
-from train.models_vit import AudioViT
+from pipeline.app.cli import app
+from train.use.embed import EncoderLoadError, load_pretrained
+from train.model.checkpoint import save_checkpoint
+from train.use.export import ExportError, read_export, timm_create_kwargs, write_export
+from train.model.models_vit import AudioViT
 
 T = 256                 # not 128: a square input would hide a swapped time / frequency axis
 NORM = {"mean": -6.0, "std": 5.0, "source": "test"}
@@ -142,8 +142,8 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
 def test_a_head_count_other_than_dim_over_64_survives_checkpoints_and_export(tmp_path):
     """The weights cannot tell 4 heads of 48 dims from 3 of 64: fine-tuning checkpoints (model_args),
     pretraining configs (encoder size) and export folders (config.json) say it."""
-    from train.checkpoint import load_encoder
-    from train.models_vit import describe
+    from train.model.checkpoint import load_encoder
+    from train.model.models_vit import describe
     torch.manual_seed(0)
     vit = AudioViT(target_length=64, embed_dim=192, depth=1, num_heads=4).eval()     # 192 / 64 = 3, not 4
     x = torch.randn(2, 1, 64, 128)                                                  # [B,1,T,F]

@@ -8,14 +8,15 @@ from typer.testing import CliRunner
 
 from cache_tools.clip_store import ClipStore
 from tests.stores import FINETUNE_T as T, class_store, spc_stores
-from train import finetune_data as fd
-from train.checkpoint import load_checkpoint
-from train.evaluate import evaluate_checkpoint
+from train.finetune import data as fd
+from train.model.checkpoint import load_checkpoint
+from train.finetune.evaluate import evaluate_checkpoint
 from train.config import ConfigError
-from train.finetune import FinetuneConfig, FinetuneError, load_finetune_config, run_finetune
-from train.augment import Augment, TrainClips
-from train.models_vit import AudioViT
-from train.tasks import TASKS
+from train.finetune.config import FinetuneConfig, FinetuneError, load_finetune_config
+from train.finetune.run import run_finetune
+from train.finetune.augment import Augment, TrainClips
+from train.model.models_vit import AudioViT
+from train.finetune.tasks import TASKS
 
 TINY = ["model.encoder=tiny", "model.encoder_depth=1", "batch_size=8", "eval_batch_size=16", "num_workers=0",
         "log_every=2"]
@@ -104,7 +105,7 @@ def test_ddp_two_processes_wrap_the_encoder(tmp_path, torchrun):
     spc_stores(tmp_path, "spc2", 3, per_class=(4, 1, 1))
     ov = [*TINY, "epochs=1", "mask_t_prob=0.25", "mask_f_prob=0.25", f"stores={tmp_path}",
           f"run_dir={tmp_path / 'runs'}", "name=ddp", "init=none", "device=cpu"]
-    r = torchrun("from train.finetune import load_finetune_config, run_finetune\n"
+    r = torchrun("from train.finetune.run import load_finetune_config, run_finetune\n"
                  f"run_finetune(load_finetune_config('spc2-mini', {ov!r}, task='spc2'))")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
@@ -137,7 +138,7 @@ def test_missing_latest_pretrain_says_what_to_do(tmp_path):
     spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
     with pytest.raises(FinetuneError, match="make pretrain"):
         finetune("spc2", tmp_path, init="latest")
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "latest",
                                  "--stores", str(tmp_path), "--runs", str(tmp_path / "runs")])
     assert r.exit_code == 1 and "make pretrain" in r.output
@@ -149,7 +150,7 @@ def test_missing_latest_pretrain_says_what_to_do(tmp_path):
 def test_cli_flags_are_config_keys(tmp_path):
     """`supmam finetune --init/--stores/--runs/--name/--device` set the config keys of the same
     meaning (the checkpoint records them); key=value arguments set any other key."""
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
     r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "none",
                                  "--stores", str(tmp_path), "--runs", str(tmp_path / "r"), "--name", "cli",
@@ -163,11 +164,11 @@ def test_cli_flags_are_config_keys(tmp_path):
 
 
 def test_task_registry_is_the_single_source(tmp_path):
-    """Task names live in train/tasks.py only: the CLI's choices, the config's type, the presets and
+    """Task names live in train/finetune/tasks.py only: the CLI's choices, the config's type, the presets and
     the demo's chance level all come from it."""
     import typing
-    from pipeline.cli.stage_two import TaskName
-    from pipeline.demo import chance_level
+    from pipeline.app.cli.stage_two import TaskName
+    from pipeline.app.demo import chance_level
     assert [t.value for t in TaskName] == list(TASKS) == ["as2m", "as20k", "esc50", "spc1", "spc2", "custom"]
     assert typing.get_args(typing.get_type_hints(FinetuneConfig)["task"]) == tuple(TASKS)
     with pytest.raises(ConfigError, match="'spc3' is not one of"):
@@ -196,7 +197,7 @@ def test_audioset_weighted_two_stores_reports_map(tmp_path):
     m = finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", "mixup=0", name="as")
     # the reported mAP / AUC are sklearn's class means over the final model's sigmoid scores
     from sklearn.metrics import average_precision_score, roc_auc_score
-    from train.evaluate import rebuild
+    from train.finetune.evaluate import rebuild
     state = load_checkpoint(tmp_path / "runs" / "as" / "checkpoint-final.pt")
     vit = rebuild(state["model_args"], state["model"]).eval()
     test = fd.ClipDataset(ClipStore(tmp_path / "audioset_eval.h5"))

@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader, SequentialSampler
 from cache_tools.clip_store import ClipStore
 from cache_tools.fbank import clip_samples
 from tests.stores import SR, class_store, spc_stores, wave_clips, wave_store
-from train import finetune_data as fd
-from train.augment import Augment, SeededSampler, TrainClips, spec_augment
+from train.finetune import data as fd
+from train.finetune.augment import Augment, SeededSampler, TrainClips, spec_augment
 from train.config import ConfigError
-from train.finetune import load_finetune_config, run_finetune
+from train.finetune.config import load_finetune_config
+from train.finetune.run import run_finetune
 
 T = 128
 KALDI = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",

@@ -14,8 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from tests.stores import class_store, spc_stores, spc_wave_stores
-from train.checkpoint import load_checkpoint
-from train.finetune import load_finetune_config, run_finetune
+from train.model.checkpoint import load_checkpoint
+from train.finetune.config import load_finetune_config
+from train.finetune.run import run_finetune
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.encoder=tiny", "model.encoder_depth=1", "batch_size=8", "eval_batch_size=16", "num_workers=0",
@@ -46,12 +47,12 @@ def losses(run: Path) -> list[tuple[int, float]]:
 def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     spc_wave_stores(tmp_path, "spc2", 4, per_class=(6, 2, 2))            # 24 training clips with real waves
     epochs = "epochs=8"
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     r = CliRunner().invoke(app, cli_args(tmp_path, "a", epochs))
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "b"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *cli_args(tmp_path, "b", epochs)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", *cli_args(tmp_path, "b", epochs)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while _evals(run) < 2:                                                # killed after its 2nd evaluation
@@ -134,8 +135,8 @@ def test_loader_with_workers_resumes_the_same_batches_and_leaves_the_rng_alone(t
     batches a persistent one gives at e, and iterating it draws nothing from the training RNG."""
     from cache_tools.clip_store import ClipStore
     from torch.utils.data import DistributedSampler
-    from train.augment import Augment, SeededSampler, TrainClips
-    from train.engine_finetune import train_loader
+    from train.finetune.augment import Augment, SeededSampler, TrainClips
+    from train.finetune.engine import train_loader
     spc_wave_stores(tmp_path, "spc2", 2, per_class=(4, 1, 1))
     ds = TrainClips([ClipStore(tmp_path / "spc2_train.h5")], aug=Augment(mixup=0.5, roll_mag_aug=True, freqm=8,
                                                                            timem=8, noise=True))

@@ -1,4 +1,4 @@
-"""pipeline.hear against the checks of the official `hearvalidator` (2021.0.2, validate.py), which
+"""train.use.hear against the checks of the official `hearvalidator` (2021.0.2, validate.py), which
 needs tensorflow and so is not installed here: the same checks, written out, plus clip lengths from
 0.2 s to 60 s and batch independence."""
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import hear
-from pipeline.embed import EmbedError
-from train.checkpoint import save_checkpoint
-from train.models_vit import AudioViT
+from train.use import hear
+from train.use.embed import EmbedError
+from train.model.checkpoint import save_checkpoint
+from train.model.models_vit import AudioViT
 
 ACCEPTABLE_SAMPLE_RATE = [16000, 22050, 44100, 48000]     # hearvalidator's list
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from train.metrics import (accuracy, confusion, mean_average_precision, mean_roc_auc,
+from train.finetune.metrics import (accuracy, confusion, mean_average_precision, mean_roc_auc,
                            per_class_average_precision, primary_metric, task_metrics)
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cache_tools.clip_store import ClipStore, parts_dir, report_path
 from pipeline.audio_io import load_audio, load_clip
-from pipeline.cli import app
+from pipeline.app.cli import app
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
 from pipeline.prepare import featurise, _Geometry, prepare, summary_line
 from pipeline.readers import ClipRecord, read_esc50, read_spc1, read_spc2
@@ -118,7 +118,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref.h5"
     prepare(read_esc50(root), ref, workers=1, block_size=1, progress=False)
     out = tmp_path / "killed" / "esc50.h5"
-    cmd = [sys.executable, "-m", "pipeline.cli", "prepare", "esc50",
+    cmd = [sys.executable, "-m", "pipeline.app.cli", "prepare", "esc50",
            "--root", str(root), "--out", str(out), "--workers", "1", "--block-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for kill_after in (2, 8):                                      # two kills at different points

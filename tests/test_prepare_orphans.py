@@ -80,7 +80,7 @@ def test_kill_minus_nine_of_prepare_takes_its_workers_along(tmp_path):
 
 
 def test_kill_minus_nine_of_side_by_side_jobs_takes_their_workers_along(tmp_path):
-    script = ("import sys, pathlib; from pipeline.side_by_side import run_jobs; "
+    script = ("import sys, pathlib; from pipeline.app.side_by_side import run_jobs; "
               "from tests.test_prepare_orphans import sleeper; d = pathlib.Path(sys.argv[1]); "
               "run_jobs(sleeper, {'a': {'seconds': 120}, 'b': {'seconds': 120}}, "
               "{'a': d / 'a.log', 'b': d / 'b.log'}, parallel=2, cores=2); (d / 'done').touch()")

@@ -15,7 +15,7 @@ from tests.stores import TINY_PRETRAIN as TINY
 from train.config import ConfigError
 from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, check_stores, clip_gain
 from train.lr_sched import build_scheduler
-from train.pretrain import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
+from train.pretrain.run import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_store_count_mismatch_is_refused(stores):
 def test_ddp_two_processes_gloo(stores, tmp_path, torchrun):
     args = [f"clips={stores['clips']}", f"targets={stores['targets']}", f"run_dir={tmp_path}", "name=ddp",
             *TINY, "batch_size=8", "max_steps=3", "accum_steps=2"]
-    r = torchrun("from train.pretrain import load_pretrain_config, run_pretrain\n"
+    r = torchrun("from train.pretrain.run import load_pretrain_config, run_pretrain\n"
                  f"run_pretrain(load_pretrain_config('supmam-clap', {args!r}))")
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoint-final.pt", weights_only=True)
@@ -115,7 +115,7 @@ def test_ddp_two_processes_gloo(stores, tmp_path, torchrun):
 def test_cli_pretrain_runs_a_preset_with_overrides(stores, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     args = ["pretrain", "--preset", "mam-clap", "--clips", str(stores["clips"]), "--targets", str(stores["targets"]),
             "--runs", str(tmp_path), "--device", "cpu", *TINY, "batch_size=4", "max_steps=2"]
     r = CliRunner().invoke(app, args)
@@ -256,7 +256,7 @@ def offset_teacher(wave: torch.Tensor) -> torch.Tensor:
 
 def test_target_stats_are_the_stores_per_dim_mean_and_std(stores):
     from train.data import PretrainDataset
-    from train.pretrain import target_stats
+    from train.pretrain.run import target_stats
     ds = PretrainDataset(stores["clips"], stores["targets"])
     mean, std = target_stats(ds, None, seed=0, n=100, batch=3)            # n > clips: every clip
     every = ds.read_targets(np.arange(len(ds))).astype(np.float64).reshape(-1, DIM)
@@ -284,7 +284,7 @@ def test_target_head_starts_at_the_target_offset(tmp_path):
 
 
 def test_init_target_head_checks_shapes():
-    from train.models_mam import MAMConfig, MaskedAudioModel
+    from train.model.models_mam import MAMConfig, MaskedAudioModel
     m = MaskedAudioModel(MAMConfig(encoder="tiny", encoder_depth=1, objectives=["clap"], decoder_dim=32,
                                    decoder_heads=2), target_length=T, target_dim=DIM)
     mean, std = torch.linspace(-1, 1, DIM), torch.linspace(0.5, 2, DIM)
@@ -360,7 +360,7 @@ def test_several_stores_pretrain_and_resume_exactly(two, tmp_path):
 def test_stores_of_another_label_space_or_teacher_are_refused(two, tmp_path):
     from tests.stores import write_clip_store
     from train.data import PretrainDataset
-    from train.pretrain_targets import target_info
+    from train.pretrain.targets import target_info
     first = two["clips"][0]
     named = write_clips(tmp_path / "named.h5", 4, prefix="n", class_names=["x", "y", "z"])
     with pytest.raises(StoreMismatch) as e:

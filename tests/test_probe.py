@@ -9,18 +9,18 @@ import torch
 from typer.testing import CliRunner
 
 from cache_tools.clip_store import ClipStore
-from pipeline.cli import app
+from pipeline.app.cli import app
 from pipeline.prepare import prepare
 from pipeline.readers.folder import read_folder
 from tests.folder_data import chance, csv_dataset, multilabel_dataset
 from tests.stores import class_store, spc_stores
-from train import probe as probe_mod
-from train.checkpoint import save_checkpoint
-from train.metrics import per_class_average_precision
-from train.models_vit import build_encoder
-from train.probe import ProbeError, load_probe_config, run_probe
-from train.probe_features import weights_sha256
-from train.probe_head import HeadSpec, average_precision, train_heads
+from train.probe import run as probe_mod
+from train.model.checkpoint import save_checkpoint
+from train.finetune.metrics import per_class_average_precision
+from train.model.models_vit import build_encoder
+from train.probe.run import ProbeError, load_probe_config, run_probe
+from train.use.features import weights_sha256
+from train.probe.head import HeadSpec, average_precision, train_heads
 
 TINY = ["init=none", "encoder=tiny", "encoder_depth=1", "device=cpu", "steps=100", "eval_every=20"]
 

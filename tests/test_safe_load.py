@@ -15,7 +15,7 @@ import torch
 
 from cache_tools.errors import StoreError, SupmamError
 from cache_tools.safe_load import AUDIOMAE, LAION_CLAP, OURS, safe_torch_load
-from train.checkpoint import CheckpointError, load_checkpoint, load_encoder, save_checkpoint
+from train.model.checkpoint import CheckpointError, load_checkpoint, load_encoder, save_checkpoint
 
 REFUSED = "holds io.open, which is not on the allow-list; not loading it"
 
@@ -50,7 +50,7 @@ def test_load_checkpoint_refuses_payload_resume_and_evaluate(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(ck)
     assert str(err.value) == f"{ck}: {REFUSED}" and isinstance(err.value, SupmamError)
-    from train.evaluate import evaluate_checkpoint                              # evaluate --ckpt
+    from train.finetune.evaluate import evaluate_checkpoint                              # evaluate --ckpt
     with pytest.raises(CheckpointError, match="io.open, which is not on the allow-list"):
         evaluate_checkpoint(ck)
     assert not marker.exists()
@@ -80,7 +80,7 @@ def test_teacher_refuses_payload(tmp_path):
 
 
 def test_allow_lists_admit_what_real_files_hold(tmp_path):
-    """Ours: a pretraining checkpoint as train/pretrain.py writes it (numpy RNG state, optimizer,
+    """Ours: a pretraining checkpoint as train/pretrain/run.py writes it (numpy RNG state, optimizer,
     scheduler, scaler); AudioMAE's: an argparse.Namespace; laion-clap's: an optimizer whose lr is a
     numpy float64 (its cosine_lr). Each loads through its loader; the lists do not stand in for one another."""
     from train.lr_sched import build_scheduler

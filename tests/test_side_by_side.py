@@ -1,4 +1,4 @@
-"""pipeline.side_by_side: jobs run in spawned workers with their share of the cores, each job's
+"""pipeline.app.side_by_side: jobs run in spawned workers with their share of the cores, each job's
 output lands in its own log, results come back under their labels; on a GPU they run in turn."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cache_tools.errors import StoreError
-from pipeline.side_by_side import run_jobs
+from pipeline.app.side_by_side import run_jobs
 
 
 def job(value: int, fail: bool = False, store_error: bool = False) -> dict:

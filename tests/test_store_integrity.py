@@ -97,7 +97,7 @@ def test_a_dataloader_worker_hitting_a_damaged_shard_gives_one_line(tmp_path):
 def test_store_verify_cli_notes_an_old_clip_store_and_passes(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.app.cli import app
     path = tmp_path / "clips.h5"
     write_clips(path, n=4)
     with h5py.File(path, "r+") as f:                            # a store written before checksums existed

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cache_tools.inspect import inspect_store, verify_store
 from cache_tools.target_store import ShardWriter, StoreError, TargetStore, finalize, init_store, shard_file
-from pipeline.cli import app
+from pipeline.app.cli import app
 from tests.stores import write_target_store
 
 IDENT = {"teacher": "fake", "checkpoint": None, "checkpoint_sha256": "untrained:seed=0",

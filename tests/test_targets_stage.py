@@ -153,7 +153,7 @@ def test_a_rank_without_disk_space_stops_every_rank_before_the_teacher_runs(clip
 def test_cli_with_real_teacher(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.app.cli import app
 
     clips = write_clips(tmp_path / "c.h5", n=5)
     out = tmp_path / "t.zarr"
@@ -166,7 +166,7 @@ def test_cli_with_real_teacher(tmp_path):
     got = s.read(range(5)).astype(np.float32)  # [5, Tt, Ft, D]
     assert np.isfinite(got).all() and got.std() > 0 and not np.allclose(got[0], got[1])
     assert "no CLAP semantics" in r.output
-    from pipeline.online_teacher import online_teacher   # `--teacher online`: the same numbers as the store
+    from pipeline.app.online_teacher import online_teacher   # `--teacher online`: the same numbers as the store
     online = online_teacher(None, "HTSAT-tiny", seed=0, device="cpu")
     wave = torch.from_numpy(np.stack([clips.wave(i) for i in range(5)]).astype(np.float32) / 32768)  # [5, S]
     assert online.grid == s.grid and online.dim == s.dim and online.teacher_mel == s.attrs["teacher_mel"]

@@ -7,7 +7,7 @@ checked against the class's RANGES table (`check_ranges`: field -> Range, merged
 hierarchy; None values skipped, lists checked item by item), whose message gives the allowed range.
 
 RunConfig holds what pretraining and fine-tuning share, under one name each; both stage configs
-(train.pretrain.PretrainConfig, train.finetune.FinetuneConfig) extend it. The lr is not configured:
+(train.pretrain.run.PretrainConfig, train.finetune.run.FinetuneConfig) extend it. The lr is not configured:
 it is derived once from the base lr, `lr = blr * batch_size / 256` (AudioMAE's and mae's rule).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cache_tools.errors import SupmamError
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 Amp = Literal["bf16", "fp16", "off"]
-EncoderSize = Literal["tiny", "small", "base"]       # train.models_vit.SIZES
+EncoderSize = Literal["tiny", "small", "base"]       # train.model.models_vit.SIZES
 
 
 class ConfigError(SupmamError):

@@ -1,6 +1,6 @@
 """Pretraining data over the stores: normalised fbank, label, cached CLAP targets (and the wave
 for `--teacher online`), read in a deterministic order that can start mid-epoch for resume; and what
-fine-tuning's data (train.finetune_data) shares with it: the fbank normalisation and the worker init.
+fine-tuning's data (train.finetune.data) shares with it: the fbank normalisation and the worker init.
 
     ds = PretrainDataset([clips_a, clips_b], [targets_a, targets_b])   # validates, opens lazily per process
     sampler = StepBatchSampler(len(ds), batch_size=128, accum_steps=1, rank=0, world_size=1, seed=0)

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.readers import ClipRecord, DatasetSpec, LayoutError, audio_files, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, audio_files, require
 
 SPLITS = ("balanced_train", "unbalanced_train", "eval")
 TARGET_LENGTH, CLIP_SECONDS = 1024, 10.0

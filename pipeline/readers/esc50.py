@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path, PurePath
 
-from pipeline.readers import ClipRecord, DatasetSpec, LayoutError, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, require
 
 TARGET_LENGTH, CLIP_SECONDS = 512, 5.0
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")

@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from cache_tools.errors import SupmamError
-from pipeline.readers import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, LayoutError, audio_files, require
+from pipeline.readers.spec import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, LayoutError, audio_files, require
 
 DATASET = "custom"
 SPLITS = ("train", "valid", "test")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from pipeline.readers import ClipRecord, DatasetSpec, LayoutError, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, require
 
 SPLITS = ("train", "valid", "test")
 TARGET_LENGTH, CLIP_SECONDS = 128, 1.0

@@ -1,0 +1,136 @@
+"""Fine-tuning data over clip stores: normalised fbank datasets for evaluation, and the samplers.
+
+A clip store holds raw Kaldi fbank; the loader normalises it as pretraining does
+(train.data.normalize_fbank, with the store's per-dataset constants). The training clips and their
+augmentation (mixup, SpecAugment, ...) are train.finetune.augment.TrainClips. AS-2M uses AudioMAE's
+class-balancing sampler: each clip weighs the sum over its labels of 1000 / (label count + 0.01),
+and an epoch draws `epoch_len` clips; on single-label data the same weights balance the classes
+(SPC-1, as SUPERB samples it).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from cache_tools.clip_store import ClipStore
+from cache_tools.errors import SupmamError
+from train.data import normalize_fbank, require_finite
+
+
+class DataError(SupmamError):
+    pass
+
+
+def open_stores(paths: Sequence[str | Path]) -> list[ClipStore]:
+    """Open each clip store; a missing file names itself and how to make it."""
+    out = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: clip store not found (build the stores with `make prepare`, "
+                            f"or point `stores` (--stores) at the folder that holds {path.name})")
+        out.append(ClipStore(path))
+    return out
+
+
+def check_compatible(stores: Sequence[ClipStore]) -> None:
+    """Stores trained or evaluated together must share classes, label kind and input length."""
+    ref = stores[0]
+    for s in stores[1:]:
+        for attr in ("multilabel", "num_classes", "class_names", "target_length"):
+            if getattr(s, attr) != getattr(ref, attr):
+                raise DataError(f"{s.path}: {attr} = {getattr(s, attr)!r} differs from "
+                                f"{ref.path} ({getattr(ref, attr)!r}); these stores cannot be used together")
+
+
+class ClipDataset(Dataset):
+    """(fbank, label) pairs of a clip store, optionally a subset of its clips, without augmentation.
+
+    item k -> x float32 [1, T, 128] normalised; y float32 [C] multi-hot, or int64 class id.
+    """
+
+    def __init__(self, store: ClipStore, indices: Sequence[int] | None = None,
+                 norm: tuple[float, float] | None = None):
+        self.store = store
+        self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.mean, self.std = norm if norm is not None else (store.norm_mean, store.norm_std)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        fb = torch.from_numpy(self.store.fbank(i).astype(np.float32))    # [T, 128]
+        fb = require_finite(fb, self.store.path, i, self.store.clip_ids[i], "fbank")
+        x = normalize_fbank(fb, self.mean, self.std).unsqueeze(0)        # [1, T, 128]
+        y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
+        return x, y
+
+    def labels(self) -> np.ndarray:
+        """Labels of this subset: [n, C] multi-hot or [n] class ids."""
+        return np.asarray(self.store.labels)[self.indices]
+
+
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """Labels of a ClipDataset or train.finetune.augment.TrainClips (anything with `labels()`), in item order."""
+    return ds.labels()
+
+
+def class_balance_weights(labels: np.ndarray) -> np.ndarray:
+    """AudioMAE's gen_weight.py: labels [N, C] multi-hot -> clip weights [N] = sum of 1000/(count+0.01)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.ndim == 1:                                                   # class ids -> one-hot [N, C]
+        labels = np.eye(int(labels.max()) + 1)[labels.astype(np.int64)]
+    label_weight = 1000.0 / (labels.sum(0) + 0.01)                         # [C]
+    return labels @ label_weight                                           # [N]
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """Draws `num_samples` indices per epoch with probability proportional to `weights`, split over ranks.
+
+    Every rank draws the same permutation from (seed, epoch) and keeps its own stride, the
+    distributed equivalent of `torch.utils.data.WeightedRandomSampler` (AudioMAE wraps that one).
+    """
+
+    def __init__(self, weights: np.ndarray, num_samples: int, replacement: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not replacement and num_samples > len(weights):
+            raise DataError(f"weighted sampler: epoch_len {num_samples} exceeds the {len(weights)} clips "
+                            "(sampling without replacement); lower epoch_len or set replacement")
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_samples, self.replacement = num_samples, replacement
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world_size, 0
+        self.per_rank = math.ceil(num_samples / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = torch.multinomial(self.weights, self.num_samples, self.replacement, generator=g)  # [num_samples]
+        idx = torch.cat([idx, idx[: self.per_rank * self.world - len(idx)]])  # pad to a multiple of world
+        return iter(idx[self.rank::self.world].tolist())                     # [per_rank]
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def train_sampler(ds: Dataset, weighted: bool, epoch_len: int, seed: int, rank: int, world: int,
+                  replacement: bool = False) -> Sampler:
+    """The training sampler: class-balanced (AS-2M, SPC-1) or a seeded shuffle, both split over ranks."""
+    if weighted:
+        w = class_balance_weights(dataset_labels(ds))
+        return WeightedEpochSampler(w, epoch_len or len(ds), replacement=replacement, seed=seed, rank=rank,
+                                    world_size=world)
+    return DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+
+
+def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """y: [B] class ids or [B, C] multi-hot -> float [B, C]."""
+    if y.ndim == 1:
+        return torch.nn.functional.one_hot(y.long(), num_classes).float()  # [B, C]
+    return y.float()

@@ -1,0 +1,67 @@
+"""Evaluation of a saved fine-tuning checkpoint on its task's test set.
+
+    evaluate_checkpoint("runs/finetune-spc2-mini-x/checkpoint.pt")                 # the data it recorded
+    evaluate_checkpoint("runs/.../checkpoint.pt", task="spc2", stores="elsewhere")  # same file names there
+
+Fine-tuning checkpoints describe their model (`model_args`) and record their config, data paths
+included, so evaluation rebuilds the model exactly, whatever encoder it was initialised from, and
+finds the test set (ESC-50: the checkpoint's held-out fold) without being told.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cache_tools.errors import SupmamError
+from train.finetune import data as fd
+from train.model.checkpoint import load_checkpoint
+from train.distributed import resolve_device
+from train.finetune.engine import evaluate
+from train.model.models_vit import AudioViT
+from train.finetune.tasks import TASKS
+
+
+class EvaluateError(SupmamError):
+    pass
+
+
+def rebuild(model_args: dict, state_dict: dict) -> AudioViT:
+    """AudioViT from `describe()` output and a fine-tuned state dict (head size read from it)."""
+    vit = AudioViT(**model_args)
+    vit.reset_head(int(state_dict["head.weight"].shape[0]))
+    vit.load_state_dict(state_dict, strict=True)
+    return vit
+
+
+def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str | Path | None = None,
+                        device: str = "cpu", batch_size: int = 64) -> dict:
+    """Metrics of a fine-tuning checkpoint on its task's test set (ESC-50: its held-out fold).
+    `stores`: look for the recorded store file names in this folder instead of the recorded paths."""
+    ckpt = Path(ckpt)
+    state = load_checkpoint(ckpt)
+    if state.get("kind") != "finetune" or "model_args" not in state:
+        raise EvaluateError(f"{ckpt}: not a fine-tuning checkpoint (kind={state.get('kind')!r}); "
+                            "evaluate takes the checkpoint.pt that `supmam finetune` writes")
+    cfg = state["config"]
+    if task is not None and task != cfg["task"]:
+        raise EvaluateError(f"{ckpt}: fine-tuned for task {cfg['task']!r}, not {task!r}")
+    t = TASKS[cfg["task"]]
+    path = Path(cfg["train_clips"][0] if t.protocol in ("cv", "store") else cfg["test_clips"])
+    store = fd.open_stores([Path(stores) / path.name if stores is not None else path])[0]
+    if t.protocol == "store":                              # your own data: the part the run held out
+        from train.finetune.custom import checkpoint_test_set
+        ds, where, t = checkpoint_test_set(store, cfg, state)
+    elif t.protocol == "cv":
+        fold = state["fold"]
+        ds, where = fd.ClipDataset(store, np.flatnonzero(np.asarray(store.folds) == fold)), f"{store.path} fold {fold}"
+    else:
+        ds, where = fd.ClipDataset(store), str(store.path)
+    dev = resolve_device(device)
+    vit = rebuild(state["model_args"], state["model"]).to(dev)
+    if store.num_classes != vit.head.out_features:
+        raise EvaluateError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "
+                            f"{vit.head.out_features}-class head")
+    r = evaluate(vit, ds, t.multilabel, dev, batch_size)
+    return {"task": t.name, "checkpoint": str(ckpt), "test_set": where, "clips": len(ds), "metric": t.metric,
+            **r.metrics}

@@ -1,0 +1,55 @@
+"""Fine-tuning on the registry's tasks (train/finetune/tasks.py): claim the run folder, run the task's protocol, report.
+
+    cfg = load_finetune_config("spc2-mini", ["init=latest", "stores=data/stores"], task="spc2")
+    metrics = run_finetune(cfg)              # writes <run_dir>/<name>/, returns what metrics.json holds
+    metrics = run_finetune(cfg, resume=True) # continues a killed run from its last epoch (<run>/last.pt)
+
+The encoder comes from `init` (our pretraining checkpoint or AudioMAE's pretrained.pth /
+finetuned.pth), or is randomly initialised (`none`); on top of it: mean pool, fc_norm and a linear
+head (AudioViT.forward). A task trains on its train split and reports its test split (protocol
+"split"), or cross-validates over the folds of its one store (protocol "cv", ESC-50). The loop is
+train/finetune/engine.py, the training clips' augmentation train/finetune/augment.py.
+
+metrics.json reports the last epoch's model on the test set, and where the task has a validation
+split (SPC-1, SPC-2) also the model of the best validation epoch; that one is the headline (`score`)
+then, else the last epoch is (AS-2M, AS-20K: no validation split; ESC-50: the last epoch per fold).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from train import distributed
+from train.config import to_dict
+from train.finetune import report
+from train.finetune.config import FinetuneConfig, load_finetune_config  # noqa: F401  (the API: load, then run)
+from train.finetune.custom import run_custom
+from train.finetune.protocols import _run_cv, _run_split
+from train.finetune.tasks import TASKS
+from train.run_folder import claim
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tune and evaluate `cfg.task`; writes <run_dir>/<name>/ and returns the metrics
+    (on the main rank; other ranks return {}). `resume`: continue from the run's last.pt files. A run
+    folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
+    task = TASKS[cfg.task]
+    dist = distributed.init_distributed(cfg.device)
+    claim(Path(cfg.run_dir) / cfg.name, resume=resume, overwrite=overwrite, is_main=dist.is_main)
+    if dist.device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // dist.world_size))
+    out = Path(cfg.run_dir) / cfg.name
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"config": to_dict(cfg), "derived": {"lr": cfg.lr, "world_size": dist.world_size}}
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
+    if task.protocol == "store":                             # your own data: train/finetune/custom.py
+        outcome = run_custom(cfg, task, out, dist, resume)
+    else:
+        outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist, resume)
+    if outcome is not None:
+        report.write_report(out, outcome.metrics, outcome.test.scores, outcome.test.targets)
+    distributed.cleanup()
+    return outcome.metrics if outcome is not None else {}

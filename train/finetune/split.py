@@ -1,0 +1,106 @@
+"""Which clips of one store train, select and test: the store's split column, its folds, or a seeded
+stratified split (scikit-learn). Used by the `custom` task (train/finetune/custom.py) and by the probe's
+inner validation splits (train/probe/run.py).
+
+    a = assign(store, seed=0, valid_fraction=0.1, test_fraction=0.2)
+    if a.folds is not None: cross-validate over them      else: a.train / a.valid / a.test (indices)
+    a.record()                                           what the run writes down
+
+Stratification: single-label clips by class; multi-label clips by their rarest label (the label with
+the fewest clips in the store), so rare classes reach every part. Strata of one clip join a common
+"rare" stratum. Where scikit-learn still cannot stratify (fewer held-out clips than strata), the
+split is a seeded shuffle and the record says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cache_tools.clip_store import SPLIT_NAMES, ClipStore
+from cache_tools.errors import SupmamError
+
+
+class SplitError(SupmamError):
+    pass
+
+
+@dataclass
+class Assignment:
+    source: str                         # "split column" | "folds" | "stratified split"
+    train: np.ndarray                   # [n_train] clip indices (empty when cross-validating)
+    valid: np.ndarray                   # [n_valid] (may be empty: no validation part)
+    test: np.ndarray                    # [n_test]
+    folds: np.ndarray | None = None     # [N] per-clip fold ids: cross-validation
+    seed: int | None = None
+    fractions: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """JSON-able: where the parts come from and how many clips each holds."""
+        out = {"source": self.source}
+        if self.folds is not None:
+            ids, counts = np.unique(self.folds, return_counts=True)
+            out["folds"] = {int(k): int(c) for k, c in zip(ids, counts)}
+        else:
+            out["clips"] = {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+        if self.seed is not None:
+            out.update(seed=self.seed, fractions=self.fractions)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """[N] class ids -> themselves; [N, C] multi-hot -> each clip's rarest label (-1: no label);
+    then every stratum of one clip -> -2 (a common "rare" stratum)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        s = labels.astype(np.int64).copy()
+    else:
+        counts = labels.sum(0).astype(np.float64)                              # [C] clips per label
+        s = np.where(labels > 0, counts[None, :], np.inf).argmin(1)            # [N] rarest label
+        s[labels.sum(1) == 0] = -1
+    values, counts = np.unique(s, return_counts=True)
+    s[np.isin(s, values[counts < 2])] = -2
+    return s
+
+
+def hold_out(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
+             notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): `fraction` of `indices` held out, stratified (module docstring); sorted."""
+    from sklearn.model_selection import train_test_split
+    indices = np.asarray(indices)
+    if fraction <= 0 or len(indices) < 2:
+        return np.sort(indices), indices[:0]
+    try:
+        kept, held = train_test_split(indices, test_size=fraction, random_state=seed,
+                                      stratify=strata(np.asarray(labels)[indices]))
+    except ValueError as e:                                                     # too few clips to stratify
+        notes.append(f"not stratified ({e}); a seeded shuffle instead")
+        kept, held = train_test_split(indices, test_size=fraction, random_state=seed)
+    return np.sort(kept), np.sort(held)
+
+
+def assign(store: ClipStore, seed: int, valid_fraction: float, test_fraction: float) -> Assignment:
+    """The store's split column, else its folds, else a seeded stratified train/valid/test split."""
+    empty = np.zeros(0, np.int64)
+    if store.splits is not None:
+        parts = {name: np.flatnonzero(store.splits == code) for code, name in enumerate(SPLIT_NAMES)}
+        if not len(parts["train"]) or not len(parts["test"]):
+            raise SplitError(f"{store.path}: its split column holds {len(parts['train'])} train and "
+                             f"{len(parts['test'])} test clips; both parts are needed")
+        return Assignment("split column", parts["train"], parts["valid"], parts["test"])
+    if store.folds is not None:
+        if len(np.unique(store.folds)) < 2:
+            raise SplitError(f"{store.path}: all clips are in fold {int(store.folds[0])}; cross-validation "
+                             "needs two folds or more")
+        return Assignment("folds", empty, empty, empty, folds=np.asarray(store.folds))
+    if not (0 < test_fraction < 1 and 0 <= valid_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise SplitError(f"{store.path}: valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
+                         "be fractions with test > 0 and a sum below 1")
+    notes: list[str] = []
+    rest, test = hold_out(np.arange(len(store)), store.labels, test_fraction, seed, notes)
+    train, valid = hold_out(rest, store.labels, valid_fraction / (1 - test_fraction), seed, notes)
+    return Assignment("stratified split", train, valid, test, seed=seed,
+                      fractions={"valid": valid_fraction, "test": test_fraction}, notes=notes)

@@ -1,0 +1,358 @@
+"""Stage two: pretrain the masked audio model against cached CLAP targets (or reconstruction / labels).
+
+    cfg = load_pretrain_config("supmam-clap-mini", ["max_steps=50"])
+    run_pretrain(cfg)            # = train(build(cfg)); torchrun --nproc-per-node 4 ... for DDP
+
+`build(cfg)` opens the stores, builds the model, optimizer, schedule and loader (restoring them
+from the run's checkpoint on resume) and returns them as `Parts`; `train(parts)` is the step loop,
+read top to bottom: lr -> micro-steps (targets mapped to patches on the device, forward, backward;
+DDP syncs only on the last) -> clip -> step -> log -> checkpoint. The lr, the data order and the
+masking are pure functions of (seed, update, rank), and checkpoints hold every RNG state, so a
+resumed run continues with the loss sequence an uninterrupted run would have had.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from timm.optim import param_groups_weight_decay
+from tqdm import tqdm
+
+from cache_tools.grid_map import map_targets
+from cache_tools.names import PRETRAIN_SETS, target_store_path
+from train import distributed as D
+from train.amp import autocast, grad_scaler, resolve_amp
+from train.model.checkpoint import load_checkpoint, save_checkpoint
+from train.config import AT_LEAST_0, AT_LEAST_1, ConfigError, Diverged, RunConfig, load_config, to_dict
+from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, build_loader, endless_batches
+from train.lr_sched import build_scheduler
+from train.model.models_mam import MAMConfig, MaskedAudioModel
+from train.plots import plot_curves
+from train.run_folder import claim, truncate_log
+from train.rng import mask_seed, rng_state, set_rng_state
+from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch_index, target_info, target_stats
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    model: MAMConfig = field(default_factory=MAMConfig)
+    clips: list[str] = field(default_factory=list)    # clip stores read as one dataset; [] = clip_set's in `stores`
+    targets: list[str] = field(default_factory=list)  # one per clip store; [] = each beside its clip store
+    clip_set: Literal["as2m", "unbalanced"] = "as2m"   # the stores `clips = []` means (names.PRETRAIN_SETS)
+    teacher: Literal["cached", "online"] = "cached"   # online: the teacher runs inside the step
+    roll_mag_aug: bool = False    # AudioMAE's gain Beta(10, 10) + 0.5 on the student's input (targets as cached)
+    batch_size: int = 128
+    accum_steps: int = 1          # micro-steps per update (per-rank micro batch = batch / (accum * world))
+    blr: float = 4e-4             # lr = blr * batch / 256: 2e-4 at batch 128
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0         # > 0 wins over warmup_epochs
+    epochs: int = 32
+    max_steps: int = 0            # > 0 caps the run at this many updates (the schedule spans them)
+    compile: str = ""             # torch.compile backend for the model step ("inductor" on GPUs; "" = eager)
+    ckpt_every: int = 1000
+
+    RANGES = {"accum_steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "max_steps": AT_LEAST_0,
+              "ckpt_every": AT_LEAST_1}
+
+
+@dataclass
+class Derived:
+    """Values computed once from the config, the stores and the world; printed and saved."""
+    world_size: int
+    micro_batch: int
+    num_clips: int
+    target_length: int            # fbank frames, from the clip store
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float                     # blr * batch_size / 256
+    patch_grid: list[int]
+    num_patches: int
+    teacher_grid: list[int] | None
+    target_dim: int
+    num_classes: int
+    multilabel: bool
+    teacher: str | None
+    amp: str
+
+
+@dataclass
+class Parts:
+    """What `build` makes and `train` runs: the model (bare, as checkpoints hold it) and the module
+    the loop calls (DDP and/or torch.compile around it), optimizer, schedule, data, run folder."""
+    cfg: PretrainConfig
+    dist: D.DistInfo
+    model: MaskedAudioModel
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    batches: Iterator             # (epoch, micro-batch) from the update the run starts at
+    index: torch.Tensor | None    # [Tp*Fp] teacher token of each student patch (clap objective)
+    teacher: OnlineTeacher | None
+    derived: Derived
+    fingerprints: dict
+    out: Path
+    start_step: int
+    norm: dict = field(default_factory=dict)   # {"mean", "std"}: the clip store's fbank normalisation
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+
+# ------------------------------------------------------------------------------------------- build
+
+def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
+          overwrite: bool = False) -> Parts:
+    """Everything the loop needs, from the config, the stores and (with `resume`) the run's checkpoint.
+    A run folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
+    dist = D.init_distributed(cfg.device)
+    claim(Path(cfg.run_dir) / cfg.name, resume, overwrite, dist.is_main)
+    torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
+    use_targets = "clap" in cfg.model.objectives
+    teacher = online_teacher if cfg.teacher == "online" and use_targets else None
+    if teacher is None and cfg.teacher == "online" and use_targets:
+        raise ConfigError("teacher=online needs the teacher: run `supmam pretrain --teacher online` (it builds it)")
+    ds = PretrainDataset(cfg.clips, cfg.targets if use_targets and teacher is None else None,
+                         with_wave=teacher is not None, gain=cfg.roll_mag_aug)
+    tinfo = target_info(ds, teacher) if use_targets else None
+    sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed,
+                               seeded=cfg.roll_mag_aug)
+    if "cls" in cfg.model.objectives and sampler.micro_batch < 2:
+        raise ConfigError(f"the cls head's BatchNorm needs >= 2 clips per micro-batch; batch_size={cfg.batch_size} "
+                          f"/ (accum_steps={cfg.accum_steps} x world_size={dist.world_size}) = {sampler.micro_batch}")
+    loader = build_loader(ds, sampler, cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
+    model = build_model(cfg, ds, tinfo, teacher, dist)
+    index = patch_index(ds.clips, model.encoder, tinfo).to(dist.device) if tinfo else None  # [Tp*Fp]
+    derived = derive(cfg, dist, sampler, ds, model, tinfo)
+    fingerprints = {"clips": [c.fingerprint for c in ds.clip_stores], "targets": tinfo.fingerprint if tinfo else None}
+    out = Path(cfg.run_dir) / cfg.name
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"config": to_dict(cfg), "derived": dataclasses.asdict(derived), "fingerprints": fingerprints}
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
+        print(f"[pretrain] {out}: " + json.dumps(meta["derived"]), flush=True)
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=derived.lr, betas=tuple(cfg.betas))
+    sched = build_scheduler(opt, derived.total_steps, derived.warmup_steps, cfg.min_lr)
+    scaler = grad_scaler(derived.amp)
+    step = restore(out / "checkpoint.pt", model, opt, sched, scaler, fingerprints, derived, dist.is_main) \
+        if resume else 0
+    ddp_model = D.wrap_ddp(model, dist)
+    step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
+    if dist.is_main:
+        truncate_log(out / "log.jsonl", step)       # a resumed run rewrites what came after its checkpoint
+    return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), index,
+                 teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std})
+
+
+def build_model(cfg: PretrainConfig, ds: PretrainDataset, tinfo: TargetInfo | None, teacher: OnlineTeacher | None,
+                dist: D.DistInfo) -> MaskedAudioModel:
+    """The model for the clip store's geometry and labels; the clap head starts at the targets' stats."""
+    clips = ds.clips
+    model = MaskedAudioModel(cfg.model, target_length=clips.target_length, target_dim=tinfo.dim if tinfo else 0,
+                             num_classes=clips.num_classes, multilabel=clips.multilabel).to(dist.device)
+    if tinfo and cfg.model.target_head_init == "stats":             # the head starts at the targets' offset
+        t_mean, t_std = target_stats(ds, teacher, cfg.seed)
+        model.init_target_head(t_mean.to(dist.device), t_std.to(dist.device))
+        if dist.is_main:
+            print(f"[pretrain] clap head starts at the targets' per-dim stats ({min(STATS_CLIPS, len(ds))} clips): "
+                  f"offset energy {t_mean.square().mean():.4f}, spread {t_std.square().mean():.4f}", flush=True)
+    return model
+
+
+def derive(cfg: PretrainConfig, dist: D.DistInfo, sampler: StepBatchSampler, ds: PretrainDataset,
+           model: MaskedAudioModel, tinfo: TargetInfo | None) -> Derived:
+    spe = sampler.steps_per_epoch
+    total = min(cfg.epochs * spe, cfg.max_steps) if cfg.max_steps > 0 else cfg.epochs * spe
+    warmup = min(cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * spe), total)
+    Tp, Fp = model.encoder.patch_grid
+    return Derived(dist.world_size, sampler.micro_batch, len(ds), ds.clips.target_length, spe, total, warmup, cfg.lr,
+                   [Tp, Fp], Tp * Fp, list(tinfo.grid) if tinfo else None, tinfo.dim if tinfo else 0,
+                   ds.clips.num_classes, ds.clips.multilabel, tinfo.name if tinfo else None,
+                   resolve_amp(cfg.amp, dist.device))
+
+
+def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: Derived, main_rank: bool) -> int:
+    """Load the run's checkpoint into the parts (and the RNGs); the update to continue from (0: none yet)."""
+    if not path.exists():
+        if main_rank:
+            print(f"[pretrain] --resume: no checkpoint at {path}; starting from update 0", flush=True)
+        return 0
+    state = load_checkpoint(path)
+    if state["fingerprints"] != fingerprints:
+        raise StoreMismatch(f"{path}: trained on stores {state['fingerprints']}, not on these {fingerprints}")
+    model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    changed = {k: (v, getattr(derived, k)) for k, v in state["derived"].items() if v != getattr(derived, k, v)}
+    if main_rank:
+        if changed:
+            print(f"[pretrain] warning: resuming with changed derived values (was, now): {changed}", flush=True)
+        print(f"[pretrain] resumed from {path} at update {state['step']}", flush=True)
+    return state["step"]
+
+
+# ------------------------------------------------------------------------------------------- train
+
+class Window:
+    """The loss and its parts summed since the last log line (on the device: no per-step host sync)."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.parts, self.updates = torch.zeros((), device=device), {}, 0
+        self.wait, self.t0 = 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, parts: dict, accum_steps: int) -> None:
+        self.loss += loss.detach() / accum_steps
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0.0) + v.detach().float() / accum_steps
+
+
+def train(p: Parts, stop_after: int | None = None) -> Path:
+    """Run updates from `p.start_step` to the end of the schedule (or to `stop_after`, as an interruption
+    would: checkpoint written, schedule unchanged); returns the checkpoint written last."""
+    cfg = p.cfg
+    step, end = p.start_step, p.derived.total_steps if stop_after is None else min(p.derived.total_steps, stop_after)
+    window = Window(p.dist.device)
+    bar = tqdm(total=p.derived.total_steps, initial=step, disable=None if p.dist.is_main else True, desc=cfg.name,
+               dynamic_ncols=True)
+    p.step_model.train()
+    while step < end:
+        p.scheduler.step_update(step)                                 # lr for this update
+        for micro in range(cfg.accum_steps):                          # micro-steps; DDP syncs on the last
+            loss = micro_step(p, step, micro, window)
+        if cfg.grad_clip > 0:                                         # clip
+            p.scaler.unscale_(p.optimizer)
+            torch.nn.utils.clip_grad_norm_(p.model.parameters(), cfg.grad_clip)
+        p.scaler.step(p.optimizer)                                    # step
+        p.scaler.update()
+        p.optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window.updates += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == end:                  # log: the only per-step host sync
+            log_window(p, step, window, bar)
+            window = Window(p.dist.device)
+        if step % cfg.ckpt_every == 0 or step == end:                 # checkpoint
+            if not torch.isfinite(D.all_reduce_mean(loss.detach())).item():   # never save a diverged model
+                raise Diverged(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
+                               f"{last_good(p)}. Lower blr or enable grad_clip.")
+            if p.dist.is_main:
+                save_checkpoint(p.ckpt_path, checkpoint_state(p, step))
+            D.barrier()
+    bar.close()
+    return finish(p, step)
+
+
+def micro_step(p: Parts, step: int, micro: int, window: Window) -> torch.Tensor:
+    """One micro-batch: forward and backward (gradients accumulate); returns its loss."""
+    cfg, dev = p.cfg, p.dist.device
+    t0 = time.perf_counter()
+    _, batch = next(p.batches)
+    window.wait += time.perf_counter() - t0
+    x = batch["fbank"].to(dev, non_blocking=True)                     # [b,1,T,128]
+    targets = None
+    if p.index is not None:
+        grid = p.teacher(batch["wave"].to(dev, non_blocking=True)) if p.teacher else \
+            batch["targets"].to(dev, non_blocking=True)               # f16 [b,Tt,Ft,D]
+        targets = map_targets(grid, p.index).float()                  # [b,N,D]
+    labels = batch["label"].to(dev, non_blocking=True) if "cls" in cfg.model.objectives else None
+    gen = torch.Generator(device=dev).manual_seed(mask_seed(cfg.seed, step, p.dist.rank, micro))
+    last = micro == cfg.accum_steps - 1
+    sync = p.step_model.no_sync() if p.dist.enabled and not last else contextlib.nullcontext()
+    with sync:
+        with autocast(dev, p.derived.amp):
+            loss, parts, _ = p.step_model(x, targets=targets, labels=labels, generator=gen)
+        p.scaler.scale(loss / cfg.accum_steps).backward()
+    window.add(loss, parts, cfg.accum_steps)
+    return loss
+
+
+def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
+    """One log line: the window's mean loss and parts over ranks, lr, throughput; stops on a non-finite loss."""
+    loss = D.all_reduce_mean(w.loss / w.updates).item()
+    if not np.isfinite(loss):
+        raise Diverged(
+            f"[pretrain] {p.cfg.name}: the loss became non-finite ({loss}) between updates "
+            f"{step - w.updates + 1} and {step}; stopping. Lower blr, enable grad_clip, or use amp=bf16/off. "
+            f"{last_good(p).capitalize()}.")
+    dt = time.perf_counter() - w.t0
+    rec = {"step": step, "epoch": step / p.derived.steps_per_epoch, "lr": p.optimizer.param_groups[0]["lr"],
+           "loss": loss, **({"teacher": p.derived.teacher} if p.derived.teacher else {}),
+           **{k: D.all_reduce_mean(v / w.updates).item() for k, v in w.parts.items()},
+           "clips_per_s": w.updates * p.cfg.batch_size / dt, "data_wait": w.wait / dt}
+    if p.dist.is_main:
+        with p.log_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
+
+
+def last_good(p: Parts) -> str:
+    """Where a diverged run can restart from: the checkpoint this run wrote, if it wrote one."""
+    if p.ckpt_path.exists():
+        return f"the last good checkpoint is {p.ckpt_path} (not overwritten)"
+    return f"no checkpoint was written yet (the first is due at update {min(p.cfg.ckpt_every, p.derived.total_steps)})"
+
+
+def checkpoint_state(p: Parts, step: int, full: bool = True) -> dict:
+    """What a checkpoint holds: the bare model, the full config and derived values, the stores'
+    fingerprints, the fbank normalisation (`norm`); `full` adds what resuming needs (optimizer,
+    schedule, scaler, RNG states)."""
+    state = {"kind": "pretrain", "model": p.model.state_dict(), "step": step,
+             "epoch": step // p.derived.steps_per_epoch, "config": to_dict(p.cfg),
+             "derived": dataclasses.asdict(p.derived), "fingerprints": p.fingerprints, "teacher": p.derived.teacher,
+             "norm": p.norm}                                          # embedding normalises as training did
+    if full:
+        state |= {"optimizer": p.optimizer.state_dict(), "scheduler": p.scheduler.state_dict(),
+                  "scaler": p.scaler.state_dict(), "rng": rng_state()}
+    return state
+
+
+def finish(p: Parts, step: int) -> Path:
+    """At the end of the schedule: the final (model-only) checkpoint, runs/latest-pretrain, the plot."""
+    if step < p.derived.total_steps:
+        return p.ckpt_path
+    final = p.out / "checkpoint-final.pt"
+    if p.dist.is_main:
+        save_checkpoint(final, checkpoint_state(p, step, full=False))
+        (Path(p.cfg.run_dir) / "latest-pretrain").write_text(str(final.resolve()) + "\n")
+        plot_curves(p.log_path, p.out / "curves.png")
+        print(f"[pretrain] done: {final}", flush=True)
+    return final
+
+
+def run_pretrain(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
+                 stop_after: int | None = None, overwrite: bool = False) -> Path:
+    """Pretrain; returns the final checkpoint's path (the last one written when `stop_after` cut the run)."""
+    parts = build(cfg, online_teacher, resume, overwrite)
+    path = train(parts, stop_after)
+    del parts                         # free DDP's reducer before its process group (else gloo can hang at exit)
+    D.barrier()
+    D.cleanup()
+    return path
+
+
+def load_pretrain_config(preset: str | None, overrides: list[str] | None = None) -> PretrainConfig:
+    """PretrainConfig from configs/pretrain/<preset>.toml (or a .toml path) and key=value overrides;
+    empty store lists and run name are filled in (`clip_set`'s stores in `stores`, each target store
+    beside its clip store, the preset's name). A single store path is a list of one."""
+    cfg = load_config(PretrainConfig, preset, overrides, kind="pretrain")
+    clips = cfg.clips or [str(Path(cfg.stores) / n) for n in PRETRAIN_SETS[cfg.clip_set]]
+    targets = cfg.targets or [str(target_store_path(c)) for c in clips]
+    if len(targets) != len(clips):
+        raise ConfigError(f"{len(clips)} clip stores {clips} but {len(targets)} target stores {targets}: give one "
+                          f"target store per clip store, in the same order (or none: each beside its clip store)")
+    return dataclasses.replace(cfg, clips=clips, targets=targets,
+                               name=cfg.name or (Path(preset).stem if preset else "pretrain"))

@@ -1,0 +1,253 @@
+"""Embeddings from a trained encoder for any waveform: `load_pretrained(path).embed(wave, sr)`.
+
+Public API
+----------
+load_pretrained(path, device="cpu", norm=None) -> PretrainedEncoder   (eval mode)
+    path: our pretrain / finetune checkpoint.pt, AudioMAE's pretrained.pth / finetuned.pth (both read
+    with torch.load(weights_only=True), train.model.checkpoint), or a folder written by `supmam export`
+    (model.safetensors + config.json, train.use.export). norm=(mean, std) overrides the stored statistics.
+PretrainedEncoder.embed(wave, sr, layer=-1, hop=None, max_batch=8) -> Embeddings
+    wave: [n] one mono clip, [B, n] a batch of mono clips, or [B, C, n] (channels are averaged);
+    numpy or torch, float in [-1, 1], any rate `sr` (resampled to 16 kHz: pipeline.audio_io.resample).
+Embeddings: clip [B, D], frames [B, T', D], timestamps [T'] (float64 seconds), patches [B, T', F', D],
+    plus layer, hop (seconds) and window (seconds) as used.
+EmbedError (a SupmamError): a user-facing problem (bad input, unknown layer); EncoderLoadError(EmbedError):
+    a file that cannot be read as an encoder. Messages read `<file>: <why>`.
+
+What the numbers are
+--------------------
+Features: AudioMAE's Kaldi fbank (pipeline.features: 128 mel bins, 25 ms windows, 10 ms hop) of the
+16 kHz mono wave, normalised as the checkpoint was trained, (x - mean) / (2 std). Statistics: ours
+store them (`norm` in pretrain / finetune checkpoints, `normalization` in exported config.json);
+AudioMAE's files get AudioMAE's constants for the file's `args.dataset` (AudioSet when absent); our
+checkpoints written before the statistics were stored get their task's constants (pretraining:
+AudioSet) with a warning. `encoder.norm_source` says which.
+Layer: `layer` indexes the transformer blocks (0 = first, -1 = last); the last block's tokens pass
+through the encoder's final LayerNorm when it has one (pretrained encoders do; fine-tuned ones
+dropped it, as AudioMAE does). The classifier's fc_norm / head are never applied.
+patches [B, T', F', D]: the chosen layer's patch tokens on the (time, frequency) patch grid (the cls
+token is dropped). frames = patches averaged over frequency; clip = frames averaged over time (= the
+mean of all real patch tokens, AudioMAE's global-pool input).
+Timestamps: column t covers fbank frames [t p, (t + 1) p); its timestamp is the centre of the audio
+those frames span, t p 10 ms + ((p - 1) 10 ms + 25 ms) / 2 (p = 16: 160 t + 87.5 ms).
+Length: the encoder sees windows of its trained length L (fbank frames, e.g. 1024 = 10.24 s). A
+clip of n_f frames keeps the columns at least half of whose p frames are real,
+max(1, round-half-up(n_f / p)), so every timestamp lies inside the clip (a clip under half a column
+keeps its one column); the other (padding) columns are dropped. Shorter clips are zero-padded to L
+before normalisation, as in training. Longer clips are cut into windows starting every `hop`
+seconds (rounded to whole patch columns; default L, no overlap), the last window zero-padded; each
+column is taken from the window in which it lies closest to the window's centre (ties: the earlier
+window), so timestamps stay on one regular grid. Clips under one 25 ms fbank window (400 samples)
+are zero-padded to it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cache_tools.errors import SupmamError
+from pipeline.audio_io import resample
+from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
+from train.model.checkpoint import CheckpointError, encoder_from_checkpoint, load_checkpoint
+from train.distributed import resolve_device
+from train.model.models_vit import AudioViT
+
+SAMPLE_RATE = FBANK_PARAMS["sample_frequency"]
+SHIFT_S, WIN_S = FBANK_PARAMS["frame_shift"] / 1000, 0.025     # Kaldi defaults: 10 ms hop, 25 ms window
+MIN_SAMPLES = round(WIN_S * SAMPLE_RATE)                        # one fbank frame
+# AudioMAE's `args.dataset` -> our NORM_STATS key (AudioMAE's main_finetune_as.py norm_stats)
+AUDIOMAE_DATASETS = {"audioset": "audioset", "k400": "audioset", "esc50": "esc50", "speechcommands": "spc2"}
+TASK_DATASETS = {"as2m": "audioset", "as20k": "audioset", "esc50": "esc50", "spc1": "spc1", "spc2": "spc2"}
+
+
+class EmbedError(SupmamError):
+    """A user-facing problem with the input or the request; the message names the file or value."""
+
+
+class EncoderLoadError(EmbedError):
+    """A file that cannot be read as an encoder; the message reads `<file>: <why>`."""
+
+
+@dataclass
+class Embeddings:
+    clip: Tensor          # [B, D]
+    frames: Tensor        # [B, T', D]
+    timestamps: Tensor    # [T'] float64 seconds, centre of each patch column
+    patches: Tensor       # [B, T', F', D]
+    layer: int            # the block index used (0-based, non-negative)
+    hop: float            # seconds between window starts
+    window: float         # seconds of fbank frames one window holds
+
+
+def column_times(n_cols: int, patch: int) -> Tensor:
+    """[n_cols] float64 seconds: the centre of the audio that patch column t's fbank frames span."""
+    t = torch.arange(n_cols, dtype=torch.float64)
+    return t * patch * SHIFT_S + ((patch - 1) * SHIFT_S + WIN_S) / 2
+
+
+def stitch_plan(n_cols: int, window_cols: int, hop_cols: int) -> tuple[int, Tensor, Tensor]:
+    """(number of windows W, window index [n_cols], column inside that window [n_cols]).
+
+    Window w covers columns [w hop, w hop + window); column g comes from the covering window whose
+    centre it is closest to (torch.argmin keeps the first, i.e. earlier, window on ties)."""
+    W = 1 + max(0, math.ceil((n_cols - window_cols) / hop_cols))
+    g = torch.arange(n_cols, dtype=torch.float64)[None]                      # [1, G]
+    start = (torch.arange(W, dtype=torch.float64) * hop_cols)[:, None]       # [W, 1]
+    local = g - start                                                        # [W, G]
+    dist = (local + 0.5 - window_cols / 2).abs()
+    dist[(local < 0) | (local >= window_cols)] = math.inf
+    w = dist.argmin(dim=0)                                                   # [G]
+    return W, w, (g[0] - start[w, 0]).long()
+
+
+class PretrainedEncoder(nn.Module):
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, vit: AudioViT, norm_mean: float, norm_std: float, source: str, norm_source: str):
+        super().__init__()
+        self.vit = vit.eval()
+        self.norm_mean, self.norm_std = float(norm_mean), float(norm_std)
+        self.source, self.norm_source = source, norm_source
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def window_frames(self) -> int:
+        return self.vit.patch_grid[0] * self.vit.patch
+
+    def train(self, mode: bool = True) -> "PretrainedEncoder":
+        return super().train(False)                 # always eval: no dropout / drop-path at inference
+
+    def _layer_index(self, layer: int) -> int:
+        if not -self.depth <= layer < self.depth:
+            raise EmbedError(f"layer {layer}: this encoder has {self.depth} blocks "
+                             f"(0..{self.depth - 1} or -1..-{self.depth})")
+        return layer % self.depth
+
+    def hop_columns(self, hop: float | None) -> int:
+        """Seconds between window starts -> whole patch columns (at least 1, default the window)."""
+        win_cols, col_s = self.vit.patch_grid[0], self.vit.patch * SHIFT_S
+        if hop is None:
+            return win_cols
+        if not 0 < hop <= win_cols * col_s + 1e-9:
+            raise EmbedError(f"hop {hop} s: must be in (0, {win_cols * col_s:g}] s, the encoder's window")
+        return max(1, min(win_cols, round(hop / col_s)))
+
+    def fbanks(self, wave, sr: int) -> tuple[Tensor, int]:
+        """Any wave -> (raw log-mel [B, n_f, 128] at 16 kHz, n_f). See the module docstring for shapes."""
+        w = torch.as_tensor(np.asarray(wave) if not isinstance(wave, Tensor) else wave).detach().cpu().float()
+        if w.dim() == 1:
+            w = w[None]                                                      # [1, n]
+        elif w.dim() == 3:
+            w = w.mean(dim=1)                                                # [B, C, n] -> [B, n]
+        if w.dim() != 2 or w.shape[-1] == 0:
+            raise EmbedError(f"wave of shape {tuple(w.shape)}: expected [n], [B, n] or [B, C, n] samples")
+        if not torch.isfinite(w).all():
+            raise EmbedError("wave holds NaN or infinite samples")
+        if int(sr) != SAMPLE_RATE:
+            w = resample(w, int(sr), SAMPLE_RATE)                            # [B, m]
+        if w.shape[-1] < MIN_SAMPLES:
+            w = nn.functional.pad(w, (0, MIN_SAMPLES - w.shape[-1]))         # [B, 400]
+        n_f = 1 + (w.shape[-1] - MIN_SAMPLES) // round(SHIFT_S * SAMPLE_RATE)
+        return torch.stack([fbank(x, n_f) for x in w]), n_f                  # [B, n_f, 128]
+
+    def encode(self, x: Tensor, layer: int) -> Tensor:
+        """Normalised fbank windows [N, 1, L, 128] -> block `layer`'s patch tokens [N, Tp, Fp, D]."""
+        tokens, cls = self.vit.embed(x)                                      # [N, Tp*Fp, D], [N, 1, D]
+        h = torch.cat([cls, tokens], dim=1)                                  # [N, 1+Tp*Fp, D]
+        for blk in self.vit.blocks[:layer + 1]:
+            h = blk(h)
+        if layer == self.depth - 1:
+            h = self.vit.norm(h)
+        Tp, Fp = x.shape[2] // self.vit.patch, x.shape[3] // self.vit.patch
+        return h[:, 1:].reshape(x.shape[0], Tp, Fp, -1)                      # [N, Tp, Fp, D] time-major
+
+    @torch.no_grad()
+    def embed(self, wave, sr: int, layer: int = -1, hop: float | None = None, max_batch: int = 8) -> Embeddings:
+        layer = self._layer_index(layer)
+        fb, n_f = self.fbanks(wave, sr)                                      # [B, n_f, 128]
+        B, p, L = fb.shape[0], self.vit.patch, self.window_frames
+        win_cols, hop_cols = self.vit.patch_grid[0], self.hop_columns(hop)
+        n_cols = max(1, (n_f + p // 2) // p)                                 # columns at least half real
+        W, w_of, c_of = stitch_plan(n_cols, win_cols, hop_cols)
+        total = (W - 1) * hop_cols * p + L
+        fb = nn.functional.pad(fb, (0, 0, 0, total - n_f))                   # [B, total, 128] zero frames
+        fb = (fb - self.norm_mean) / (2 * self.norm_std)                     # AudioMAE's normalisation
+        wins = fb.unfold(1, L, hop_cols * p).transpose(2, 3)                 # [B, W, L, 128]
+        x = wins.reshape(B * W, 1, L, fb.shape[-1])                          # [B*W, 1, L, 128]
+        dev = self.vit.cls_token.device
+        out = torch.cat([self.encode(x[i:i + max_batch].to(dev), layer)
+                         for i in range(0, B * W, max_batch)])               # [B*W, Tp, Fp, D]
+        out = out.reshape(B, W, *out.shape[1:])                              # [B, W, Tp, Fp, D]
+        patches = out[:, w_of.to(dev), c_of.to(dev)]                         # [B, G, Fp, D]
+        frames = patches.mean(dim=2)                                         # [B, G, D]
+        return Embeddings(clip=frames.mean(dim=1), frames=frames, timestamps=column_times(n_cols, p),
+                          patches=patches, layer=layer, hop=hop_cols * p * SHIFT_S, window=L * SHIFT_S)
+
+
+def norm_of_checkpoint(ck: dict) -> tuple[float, float, str]:
+    """(mean, std, where they come from) for a loaded checkpoint dict (see the module docstring)."""
+    stored = ck.get("norm")
+    if isinstance(stored, dict) and {"mean", "std"} <= stored.keys():
+        return float(stored["mean"]), float(stored["std"]), "stored in the checkpoint"
+    dataset = getattr(ck.get("args"), "dataset", None)
+    if dataset in AUDIOMAE_DATASETS:
+        return (*NORM_STATS[AUDIOMAE_DATASETS[dataset]], f"AudioMAE's {dataset} constants (the file's args.dataset)")
+    if ck.get("kind") in ("pretrain", "finetune"):
+        task = (ck.get("config") or {}).get("task") if ck["kind"] == "finetune" else None
+        key = TASK_DATASETS.get(task, "audioset")
+        warnings.warn(f"checkpoint predates stored normalisation stats; using AudioMAE's {key} constants "
+                      f"{NORM_STATS[key]}", stacklevel=3)
+        return (*NORM_STATS[key], f"AudioMAE's {key} constants (not stored in this older checkpoint)")
+    return (*NORM_STATS["audioset"], "AudioMAE's AudioSet constants (default for AudioMAE files)")
+
+
+def _load_export_dir(path: Path) -> tuple[AudioViT, float, float, str]:
+    from train.use.export import ExportError, read_export
+    try:
+        sd, cfg = read_export(path)
+    except ExportError as e:
+        raise EncoderLoadError(str(e)) from e
+    vit = encoder_from_checkpoint(path, {"model": sd, "model_args": {"num_heads": cfg["supmam"].get("num_heads")}})
+    norm = cfg["normalization"]
+    return vit, norm["mean"], norm["std"], f"{norm.get('source', 'stored')} (export config.json)"
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
+                    norm: tuple[float, float] | None = None) -> PretrainedEncoder:
+    """Any encoder file this project reads -> PretrainedEncoder on `device`, in eval mode."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            vit, mean, std, source = _load_export_dir(path)
+        else:
+            ck = load_checkpoint(path)
+            vit = encoder_from_checkpoint(path, ck)
+            mean, std, source = norm_of_checkpoint(ck)
+    except CheckpointError as e:
+        raise EncoderLoadError(str(e)) from e
+    if norm is not None:
+        (mean, std), source = norm, "given by the caller"
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise EncoderLoadError(f"{path}: normalisation stats mean={mean} std={std} are not usable")
+    return PretrainedEncoder(vit, mean, std, str(path), source).to(resolve_device(str(device))).eval()
+
+
+def describe(enc: PretrainedEncoder) -> dict:
+    """JSON-able summary of what produced an embedding (stored beside embeddings on disk)."""
+    return {"source": enc.source, "embed_dim": enc.embed_dim, "depth": enc.depth, "patch": enc.vit.patch,
+            "window_frames": enc.window_frames, "norm_mean": enc.norm_mean, "norm_std": enc.norm_std,
+            "norm_source": enc.norm_source, "sample_rate": SAMPLE_RATE, "fbank": json.loads(json.dumps(FBANK_PARAMS))}

@@ -1,0 +1,101 @@
+"""The probe's frozen features: one vector per clip from a frozen encoder, computed once and cached.
+
+    digest = weights_sha256(vit)                                  # the encoder's identity, checked after the run
+    feats, hit = cached_features(vit, digest, store, layer=0, pooling="mean", cache_dir=..., device=...)
+
+Features: the encoder's tokens after block `layer` (0 or the depth: the last block, followed by the
+encoder's final norm where it has one), pooled over the patch tokens ("mean", as AudioMAE's
+classifier pools) or the cls token ("cls"). Inputs are the store's fbank normalised as fine-tuning
+normalises it (train.finetune.data.ClipDataset), with no augmentation.
+
+Cache: `<cache_dir>/<store stem>.<key>.npy` (float32 [N, D]) plus a `.json` that says what it is.
+The key hashes the encoder's weights (sha256 over every tensor, so a checkpoint, a seeded random
+encoder and its input length are all covered), the store's fingerprint and source fingerprint,
+the layer, the pooling and the normalisation. Files are written atomically; a file whose
+shape does not match the store is recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cache_tools.atomic import atomic_path, atomic_write_text
+from cache_tools.clip_store import ClipStore
+from cache_tools.fingerprint import json_fingerprint
+from train.finetune import data as fd
+from train.amp import autocast
+from train.model.models_vit import AudioViT
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over the state dict: names, shapes, dtypes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_layer(vit: AudioViT, layer: int) -> int:
+    """`layer` as a block count: 0 -> every block; else 1..depth."""
+    depth = len(vit.blocks)
+    if not 0 <= layer <= depth:
+        raise ValueError(f"layer {layer}: the encoder has {depth} blocks (0 = the last)")
+    return layer or depth
+
+
+def encode(vit: AudioViT, x: torch.Tensor, layer: int, pooling: str) -> torch.Tensor:
+    """x [B,1,T,F] -> pooled features [B,D] after `layer` blocks (the final norm after the last)."""
+    tokens, cls = vit.embed(x)                                   # [B,N,D], [B,1,D]
+    h = torch.cat([cls, tokens], dim=1)                          # [B,1+N,D]
+    for blk in vit.blocks[:layer]:
+        h = blk(h)
+    if layer == len(vit.blocks):
+        h = vit.norm(h)                                          # Identity where the encoder has none
+    return h[:, 0] if pooling == "cls" else h[:, 1:].mean(dim=1)  # [B,D]
+
+
+@torch.no_grad()
+def embed_store(vit: AudioViT, store: ClipStore, layer: int, pooling: str, device: torch.device,
+                batch_size: int = 64) -> np.ndarray:
+    """Features of every clip of `store`, in store order: float32 [N, D]."""
+    vit.eval()
+    out = []
+    for x, _ in DataLoader(fd.ClipDataset(store), batch_size=batch_size, shuffle=False, num_workers=0):
+        with autocast(device, "bf16" if device.type == "cuda" else "off"):
+            out.append(encode(vit, x.to(device), layer, pooling).float().cpu().numpy())   # [B,D]
+    return np.concatenate(out)                                                           # [N,D]
+
+
+def cache_key(digest: str, store: ClipStore, layer: int, pooling: str) -> dict:
+    return {"encoder_sha256": digest, "store_fingerprint": store.fingerprint,
+            "source_fingerprint": store.attrs.get("source_fingerprint"), "layer": layer, "pooling": pooling,
+            "norm": [store.norm_mean, store.norm_std], "target_length": store.target_length}
+
+
+def cached_features(vit: AudioViT, digest: str, store: ClipStore, layer: int, pooling: str, cache_dir: Path,
+                    device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+    """(features float32 [N, D], {"path", "hit", "seconds"}): from the cache, or computed and cached."""
+    layer = check_layer(vit, layer)
+    key = cache_key(digest, store, layer, pooling)
+    path = Path(cache_dir) / f"{store.path.stem}.{json_fingerprint(key)}.npy"
+    if path.is_file():
+        feats = np.load(path)
+        if feats.shape == (len(store), vit.embed_dim):
+            return feats, {"path": str(path), "hit": True, "seconds": 0.0}
+    t0 = time.time()
+    feats = embed_store(vit, store, layer, pooling, device, batch_size)
+    seconds = round(time.time() - t0, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, feats)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({**key, "store": str(store.path), "shape":
+                                                             list(feats.shape), "seconds": seconds}, indent=1))
+    return feats, {"path": str(path), "hit": False, "seconds": seconds}
