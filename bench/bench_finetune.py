@@ -28,7 +28,8 @@ def loader(tmp: Path, n: int, T: int, seconds: float, batch: int, workers: int, 
     from cache_tools.fbank import fbank
     from train.finetune.augment import Augment, SeededSampler, TrainClips
     from train.data import worker_init
-    from train.finetune import augment, load_finetune_config
+    from train.finetune.config import load_finetune_config
+    from train.finetune.protocols import augment
     tmp.mkdir(parents=True, exist_ok=True)
     store = ClipStore(synthetic.write_clip_store(tmp / "ft.h5", n, T, seconds, seed=5))
     preset = augment(load_finetune_config("as2m", ["init=none"]))

@@ -6,7 +6,7 @@ SDPA attention, `torch.compile` off and on, batch 32/64/128; and cached targets 
 CLAP teacher (HTSAT-tiny, random weights) on the same GPU. Data are synthetic tensors already on
 the device, so the figures are the model's ceiling (the loader is measured by bench_cpu.py).
 
-Every configuration runs in try/except (its error is recorded), a global time budget stops the
+Every configuration runs in try/except its error is recorded, a global time budget stops the
 run cleanly, and configurations run in priority order so a short budget still answers the main
 questions. MFU = FLOPs counted from the shapes (bench/flops.py) / step time / bf16 dense peak.
 `--dry-run`: the same code on CPU at toy sizes (tiny 1-layer encoder, T=128), in seconds.

@@ -1,6 +1,7 @@
-"""User-facing errors: SupmamError is the one base class (bad input, bad store, bad config, missing
-file); its message reads `<file>: <why>`. The CLI turns exactly these into `error: <msg>`, exit 1.
-StoreError is what both stores raise."""
+"""User-facing errors: SupmamError, the base the CLI turns into `error: <msg>` (exit 1), and the five
+kinds a caller may catch: ConfigError (a setting, option or request), StoreError (a clip or target
+store), InputFileError (an audio file, dataset folder or list), CheckpointError (a model file) and
+Diverged (a run whose loss became non-finite). A message reads `<file>: <why>`."""
 from __future__ import annotations
 
 import re
@@ -31,7 +32,7 @@ class SupmamError(Exception):
     """A user-facing error: the input, store, config or file named in the message is wrong.
 
     Pickles without calling __init__ again, so a subclass with its own __init__ signature (StoreError,
-    LayoutError) raised in a worker process reaches the parent as the same class and message.
+    InputFileError) raised in a worker process reaches the parent as the same class and message.
     Constructible from one string too (every subclass): that is how a DataLoader worker's exception
     reaches the parent, and the traceback text it carries is cut back to the original one line."""
 
@@ -54,3 +55,32 @@ class StoreError(SupmamError):
         else:
             super().__init__(f"{path}: {why}")
         self.path, self.why = Path(path), why
+
+
+class ConfigError(SupmamError):
+    """A setting, option, run folder or API argument that is wrong or does not fit the data."""
+
+
+class InputFileError(SupmamError):
+    """An input file, dataset folder or list that is missing, unreadable or not laid out as expected.
+
+    `InputFileError(root, problem, expected)` reads `<root>: <problem>` plus the expected layout;
+    `InputFileError(message)` takes a whole message (also how a DataLoader worker's error arrives)."""
+
+    def __init__(self, root: Path | str, problem: str | None = None, expected: str = ""):
+        if problem is None:
+            super().__init__(str(root))
+        elif expected:
+            super().__init__(f"{root}: {problem}\nExpected layout:\n{expected.rstrip()}")
+        else:
+            super().__init__(f"{root}: {problem}")
+        self.root = Path(root) if problem is not None else Path(str(self).partition(": ")[0])
+
+
+class CheckpointError(SupmamError):
+    """A checkpoint, export or teacher file that cannot (or must not) be loaded; the message names the file."""
+
+
+class Diverged(SupmamError, FloatingPointError):
+    """The training loss became NaN / inf: the settings (lr, clipping, amp) made the run diverge. The
+    message names the run, the update and the checkpoint it can restart from; the CLI prints it as one line."""

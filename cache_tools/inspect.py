@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache_tools.target_store import (ARRAY, FORMAT, StoreError, ShardWriter, file_sha256, read_attrs,
-                                      shard_file)
+from cache_tools.target_store import ARRAY, FORMAT, ShardWriter, file_sha256, read_attrs, shard_file
+from cache_tools.errors import StoreError
 
 
 def is_target_store(path) -> bool:

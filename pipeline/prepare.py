@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cache_tools import clip_store
 from cache_tools.disk_space import disk_full, is_disk_full, require_space
-from cache_tools.errors import SupmamError
+from cache_tools.errors import InputFileError
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.names import SPLITS, clip_store_name
 from cache_tools.writer_lock import writer_lock
@@ -32,10 +32,6 @@ from pipeline.parent_watch import die_with_parent
 from pipeline.readers import ClipRecord, DatasetSpec, read_audioset, read_esc50, read_spc1, read_spc2
 
 BLOCK_SIZE = 64
-
-
-class PrepareError(SupmamError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -156,12 +152,12 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
     if out.exists():
         attrs = clip_store.check_store(out)
         if attrs.get("source_fingerprint") != source:
-            raise PrepareError(f"{out}: exists but was made from other input or settings; delete it to rebuild")
+            raise InputFileError(f"{out}: exists but was made from other input or settings; delete it to rebuild")
         shutil.rmtree(clip_store.parts_dir(out), ignore_errors=True)   # left by a kill after the rename
         clip_store.tmp_path(out).unlink(missing_ok=True)
         return {"store": str(out), "status": "already complete", "written": None}
     if not spec.records:
-        raise PrepareError(f"{out}: {spec.dataset}/{spec.split} lists no clips with audio "
+        raise InputFileError(f"{out}: {spec.dataset}/{spec.split} lists no clips with audio "
                            f"({len(spec.missing)} listed clips have no file)")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records),

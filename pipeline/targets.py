@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from cache_tools.atomic import atomic_write_text
 from cache_tools.disk_space import disk_full, is_disk_full, require_space
-from cache_tools.errors import SupmamError
-from cache_tools.target_store import ShardWriter, StoreError, finalize, init_store
+from cache_tools.errors import SupmamError, StoreError
+from cache_tools.target_store import ShardWriter, finalize, init_store
 from cache_tools.writer_lock import writer_lock
 from pipeline import teacher_audio
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cache_tools.errors import StoreError, SupmamError
+from cache_tools.errors import CheckpointError, StoreError
 from cache_tools.fingerprint import file_sha256
 from cache_tools.safe_load import LAION_CLAP, safe_torch_load
 from pipeline.teacher_input import FusionMel, layout_batch, quantize_int16, resample
@@ -37,15 +37,11 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.
 HTSAT_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_seconds": 10.0, "htk": False}
 
 
-class TeacherError(SupmamError):
-    """A checkpoint or model config that cannot make a teacher; the message names the file."""
-
-
 def clap_package_dir() -> Path:
     """The installed laion_clap package folder (found without importing it)."""
     spec = importlib.util.find_spec("laion_clap")
     if spec is None or spec.origin is None:
-        raise TeacherError("laion_clap is not installed: `pip install laion-clap==1.1.7`")
+        raise CheckpointError("laion_clap is not installed: `pip install laion-clap==1.1.7`")
     return Path(spec.origin).parent
 
 
@@ -70,10 +66,10 @@ def model_config(model: str) -> dict:
     path = cfg_dir / f"{model}.json"
     if not path.is_file():
         known = sorted(p.stem for p in cfg_dir.glob("HTSAT-*.json"))
-        raise TeacherError(f"{path}: no laion-clap model config for {model!r}; HTSAT configs: {known}")
+        raise CheckpointError(f"{path}: no laion-clap model config for {model!r}; HTSAT configs: {known}")
     cfg = json.loads(path.read_text())
     if cfg.get("audio_cfg", {}).get("model_type") != "HTSAT":
-        raise TeacherError(f"{path}: audio model_type is {cfg.get('audio_cfg', {}).get('model_type')!r}, "
+        raise CheckpointError(f"{path}: audio model_type is {cfg.get('audio_cfg', {}).get('model_type')!r}, "
                            "the teacher supports HTSAT only")
     return cfg
 
@@ -96,14 +92,14 @@ def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         ckpt = safe_torch_load(path, allow=LAION_CLAP)   # weights only: numpy lr scalars allowed, no code
     except StoreError as err:
-        raise TeacherError(str(err)) from None
+        raise CheckpointError(str(err)) from None
     sd = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise TeacherError(f"{path}: expected a state dict (or a dict with 'state_dict') of tensors")
+        raise CheckpointError(f"{path}: expected a state dict (or a dict with 'state_dict') of tensors")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     audio = {k.removeprefix("audio_branch."): v for k, v in sd.items() if k.startswith("audio_branch.")}
     if not audio:
-        raise TeacherError(f"{path}: no 'audio_branch.*' keys; first keys: {sorted(sd)[:5]}")
+        raise CheckpointError(f"{path}: no 'audio_branch.*' keys; first keys: {sorted(sd)[:5]}")
     return audio
 
 
@@ -113,12 +109,12 @@ def load_strict(net: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path) -
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
-        raise TeacherError(f"{path}: audio_branch keys do not match the model (is `fusion` right?); "
+        raise CheckpointError(f"{path}: audio_branch keys do not match the model (is `fusion` right?); "
                            f"missing keys ({len(missing)}): {missing}; unexpected keys ({len(unexpected)}): {unexpected}")
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in sd.items() if v.shape != own[k].shape]
     if bad:
-        raise TeacherError(f"{path}: shape mismatches (is `model` right?): {bad}")
+        raise CheckpointError(f"{path}: shape mismatches (is `model` right?): {bad}")
     net.load_state_dict(sd, strict=True)
 
 
@@ -167,7 +163,7 @@ class ClapTeacher:
         else:
             path = Path(path)
             if not path.is_file():
-                raise TeacherError(f"{path}: CLAP checkpoint not found")
+                raise CheckpointError(f"{path}: CLAP checkpoint not found")
             load_strict(net, load_audio_state_dict(path), path)
             checkpoint_id = f"sha256:{file_sha256(path)}"
         return cls(net, cfg, model, fusion, path, checkpoint_id, device, amp_dtype, quantize)

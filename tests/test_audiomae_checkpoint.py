@@ -8,9 +8,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from train.model.checkpoint import (CheckpointError, export_encoder, load_checkpoint, load_encoder,
-                              save_checkpoint)
+from train.model.checkpoint import export_encoder, load_checkpoint, load_encoder, save_checkpoint
 from train.model.models_mam import MAMConfig, MaskedAudioModel
+from cache_tools.errors import CheckpointError
 
 torch.set_num_threads(1)
 D, DEPTH, HEADS = 768, 2, 12          # AudioMAE's ViT-B shapes, 2 blocks to stay fast

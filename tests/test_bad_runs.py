@@ -16,18 +16,18 @@ import torch
 from typer.testing import CliRunner
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import StoreError
+from cache_tools.errors import ConfigError, StoreError
 from cache_tools.target_store import shard_file
 from pipeline.app.cli import app
 from tests.stores import (DIM, GRID, TINY_PRETRAIN, spc_stores, write_clip_store, write_clips, write_target_store,
                           write_targets)
-from train.config import ConfigError, RunConfig
+from train.config import RunConfig
 from train.data import PretrainDataset
 from train.finetune.config import FinetuneConfig, FinetuneModel, load_finetune_config
 from train.finetune.data import ClipDataset
 from train.model.models_mam import MAMConfig
 from train.pretrain.run import PretrainConfig, load_pretrain_config, run_pretrain
-from train.run_folder import RunFolderError, truncate_log
+from train.run_folder import truncate_log
 
 REC = ["model.target_head_init=mae", "batch_size=4", "max_steps=2", "ckpt_every=1000"]
 
@@ -145,7 +145,7 @@ def test_a_half_written_last_log_line_is_dropped_on_resume(stores, tmp_path):
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')            # damage inside the log: named
-    with pytest.raises(RunFolderError, match=rf"^{log}:2: not a JSON line"):
+    with pytest.raises(ConfigError, match=rf"^{log}:2: not a JSON line"):
         truncate_log(log, 3)
 
 

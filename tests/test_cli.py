@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.app.cli import app
 
+
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_ORDER = ["data", "prepare", "targets", "store", "pretrain", "finetune", "evaluate", "probe", "embed",
                   "export", "demo", "ablate"]

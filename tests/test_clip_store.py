@@ -11,8 +11,9 @@ import pytest
 
 from cache_tools import clip_store
 from cache_tools.atomic import atomic_path
-from cache_tools.clip_store import ClipStore, StoreError
+from cache_tools.clip_store import ClipStore
 from cache_tools.fingerprint import clip_fingerprint
+from cache_tools.errors import StoreError
 
 T, F, S, C = 12, 128, 320, 3
 PARAMS = {"num_mel_bins": F, "frame_shift": 10}

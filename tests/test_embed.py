@@ -11,11 +11,12 @@ import pytest
 import torch
 import torchaudio
 
-from train.use.embed import EmbedError, EncoderLoadError, load_pretrained
+from train.use.embed import load_pretrained
 from pipeline.features import FBANK_PARAMS, NORM_STATS
 from train.model.checkpoint import save_checkpoint
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.model.models_vit import AudioViT
+from cache_tools.errors import CheckpointError, ConfigError
 
 L = 128                 # the tiny encoder's trained length: 128 frames = 8 time patches = 1.28 s
 MEAN, STD = -5.5, 3.25  # stats stored in the test checkpoints (not any dataset's constants)
@@ -127,7 +128,7 @@ def test_layers(ckpt):
         h = vit.blocks[0](torch.cat([cls, tok], 1))[:, 1:].reshape(8, 8, -1)
     torch.testing.assert_close(first.patches[0], h[:first.patches.shape[1]], atol=1e-5, rtol=1e-5)
     for bad in (2, -3):
-        with pytest.raises(EmbedError, match=f"layer {bad}"):
+        with pytest.raises(ConfigError, match=f"layer {bad}"):
             enc.embed(wave, 16000, layer=bad)
 
 
@@ -156,16 +157,16 @@ def test_pretrain_checkpoint_and_audiomae_files(tmp_path):
 
 def test_bad_files_and_inputs_name_the_problem(tmp_path, ckpt):
     torch.save({"model": {}, "extra": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")
-    with pytest.raises(EncoderLoadError, match=r"pickled\.pt: holds fractions\.Fraction, which is not on the allow-list"):
+    with pytest.raises(CheckpointError, match=r"pickled\.pt: holds fractions\.Fraction, which is not on the allow-list"):
         load_pretrained(tmp_path / "pickled.pt")                                  # never unpickled in full
-    with pytest.raises(EncoderLoadError, match="nope.pt: checkpoint file not found"):
+    with pytest.raises(CheckpointError, match="nope.pt: checkpoint file not found"):
         load_pretrained(tmp_path / "nope.pt")
     (tmp_path / "emptydir").mkdir()
-    with pytest.raises(EncoderLoadError, match="model.safetensors: not found"):
+    with pytest.raises(CheckpointError, match="model.safetensors: not found"):
         load_pretrained(tmp_path / "emptydir")
     enc = load_pretrained(ckpt[0])
-    with pytest.raises(EmbedError, match="NaN"):
+    with pytest.raises(ConfigError, match="NaN"):
         enc.embed(np.full(16000, np.nan, np.float32), 16000)
-    with pytest.raises(EmbedError, match="hop"):
+    with pytest.raises(ConfigError, match="hop"):
         enc.embed(noise(1.0), 16000, hop=5.0)
     assert enc.embed(noise(0.01), 16000).frames.shape == (1, 1, 128)               # < one fbank window: padded

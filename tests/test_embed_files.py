@@ -21,9 +21,10 @@ import train.use.embed_files as ef
 from pipeline.audio_io import load_clip
 from pipeline.app.cli import app
 from train.use.embed import load_pretrained
-from train.use.embed_files import EmbedFilesError, embed_files, list_audio
+from train.use.embed_files import embed_files, list_audio
 from train.model.checkpoint import save_checkpoint
 from train.model.models_vit import AudioViT
+from cache_tools.errors import InputFileError
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
@@ -96,7 +97,7 @@ def test_folder_to_h5_layout_and_values(ckpt, audio, tmp_path):
             np.testing.assert_allclose(f["timestamps"][off[i]:off[i] + cnt[i]], e.timestamps.numpy())
     again = embed_files(enc, [audio], out, block_size=2, progress=False)
     assert again["status"] == "already complete"
-    with pytest.raises(EmbedFilesError, match="emb.h5: exists and was made from other files or settings"):
+    with pytest.raises(InputFileError, match="emb.h5: exists and was made from other files or settings"):
         embed_files(enc, [audio], out, block_size=2, layer=0, hop=0.32, progress=False)
 
 
@@ -104,12 +105,12 @@ def test_inputs_lists_and_errors(audio, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text(f"# my clips\n{audio / 'a.wav'}\n\n{audio / 'sub' / 'b.flac'}\n")
     assert [cid for cid, _ in list_audio([], files_from=lst)] == [str(audio / "a.wav"), str(audio / "sub" / "b.flac")]
-    with pytest.raises(EmbedFilesError, match="nothing.wav: no such file"):
+    with pytest.raises(InputFileError, match="nothing.wav: no such file"):
         list_audio([tmp_path / "nothing.wav"])
-    with pytest.raises(EmbedFilesError, match="also names"):
+    with pytest.raises(InputFileError, match="also names"):
         list_audio([audio, audio])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EmbedFilesError, match="no audio files found"):
+    with pytest.raises(InputFileError, match="no audio files found"):
         list_audio([tmp_path / "empty"])
 
 

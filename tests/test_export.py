@@ -13,10 +13,11 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from pipeline.app.cli import app
-from train.use.embed import EncoderLoadError, load_pretrained
+from train.use.embed import load_pretrained
 from train.model.checkpoint import save_checkpoint
-from train.use.export import ExportError, read_export, timm_create_kwargs, write_export
+from train.use.export import read_export, timm_create_kwargs, write_export
 from train.model.models_vit import AudioViT
+from cache_tools.errors import CheckpointError, ConfigError
 
 T = 256                 # not 128: a square input would hide a swapped time / frequency axis
 NORM = {"mean": -6.0, "std": 5.0, "source": "test"}
@@ -89,7 +90,7 @@ def test_finetuned_encoder_logits_equal_ours(tmp_path, caplog):
         torch.testing.assert_close(m.forward_features(x)[:, 1:], vit.forward_tokens(x), atol=1e-5, rtol=1e-5)
     both = AudioViT(target_length=T, embed_dim=192, depth=1, num_heads=3)
     both.reset_head(3, drop_norm=False)                            # final norm AND fc_norm: timm has no such model
-    with pytest.raises(ExportError, match="both.pt: .*no timm equivalent"):
+    with pytest.raises(ConfigError, match="both.pt: .*no timm equivalent"):
         write_export(both, tmp_path / "both", "timm", NORM, source="both.pt")
     write_export(both, tmp_path / "both", "safetensors", NORM, source="both.pt")   # fine without timm fields
 
@@ -124,7 +125,7 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
     assert res.exit_code == 0, res.output
     _, plain = read_export(tmp_path / "plain")
     assert "architecture" not in plain and "model_args" not in plain
-    with pytest.raises(ExportError, match="re-export with --format timm"):
+    with pytest.raises(ConfigError, match="re-export with --format timm"):
         timm_create_kwargs(tmp_path / "plain")
     (tmp_path / "plain" / "config.json").unlink()                  # the header alone describes the file
     assert torch.equal(load_pretrained(tmp_path / "plain").embed(wave, 16000).clip, a.clip)
@@ -133,7 +134,7 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
     other = AudioViT(target_length=T, embed_dim=128, depth=2, num_heads=2)
     write_export(other, tmp_path / "other", "safetensors", NORM)
     (out / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
-    with pytest.raises(EncoderLoadError, match="exp/model.safetensors: does not match .*config.json"):
+    with pytest.raises(CheckpointError, match="exp/model.safetensors: does not match .*config.json"):
         load_pretrained(out)
     bad = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "none.pt" in bad.output

@@ -11,12 +11,12 @@ from tests.stores import FINETUNE_T as T, class_store, spc_stores
 from train.finetune import data as fd
 from train.model.checkpoint import load_checkpoint
 from train.finetune.evaluate import evaluate_checkpoint
-from train.config import ConfigError
-from train.finetune.config import FinetuneConfig, FinetuneError, load_finetune_config
+from train.finetune.config import FinetuneConfig, load_finetune_config
 from train.finetune.run import run_finetune
 from train.finetune.augment import Augment, TrainClips
 from train.model.models_vit import AudioViT
 from train.finetune.tasks import TASKS
+from cache_tools.errors import ConfigError
 
 TINY = ["model.encoder=tiny", "model.encoder_depth=1", "batch_size=8", "eval_batch_size=16", "num_workers=0",
         "log_every=2"]
@@ -65,7 +65,7 @@ def test_spc1_uses_twelve_classes(tmp_path):
     assert (state["config"]["freqm"], state["config"]["timem"]) == (16, 8)
     assert state["norm"] == {"mean": -6.8, "std": 5.5}               # the store's stats, kept for embedding
     spc_stores(tmp_path / "ten", "spc1", 10, per_class=(2, 1, 1))
-    with pytest.raises(FinetuneError, match="12 classes"):
+    with pytest.raises(ConfigError, match="12 classes"):
         finetune("spc1", tmp_path / "ten", *TINY, "epochs=1")
 
 
@@ -136,7 +136,7 @@ def test_init_from_audiomae_layout_file(tmp_path):
 
 def test_missing_latest_pretrain_says_what_to_do(tmp_path):
     spc_stores(tmp_path, "spc2", 3, per_class=(2, 1, 1))
-    with pytest.raises(FinetuneError, match="make pretrain"):
+    with pytest.raises(ConfigError, match="make pretrain"):
         finetune("spc2", tmp_path, init="latest")
     from pipeline.app.cli import app
     r = CliRunner().invoke(app, ["finetune", "--task", "spc2", "--preset", "spc2-mini", "--init", "latest",
@@ -192,7 +192,7 @@ def test_audioset_weighted_two_stores_reports_map(tmp_path):
         lab = (rng.random((n, 4)) < 0.3).astype(np.uint8)
         lab[np.arange(n), np.arange(n) % 4] = 1                       # every clip has a label
         class_store(tmp_path / name, lab, names, dataset="audioset", seed=seed)
-    with pytest.raises(fd.DataError, match="fewer than one fbank window"):   # these stores hold no real waves
+    with pytest.raises(fd.StoreError, match="fewer than one fbank window"):   # these stores hold no real waves
         finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", name="as0")
     m = finetune("as2m", tmp_path, *TINY, "epochs=1", "epoch_len=24", "mixup=0", name="as")
     # the reported mAP / AUC are sklearn's class means over the final model's sigmoid scores
@@ -225,7 +225,7 @@ def test_class_balance_weights_and_sampler():
     assert list(s0) == a
     s0.set_epoch(1)
     assert list(s0) != a
-    with pytest.raises(fd.DataError, match="epoch_len"):
+    with pytest.raises(fd.StoreError, match="epoch_len"):
         fd.WeightedEpochSampler(np.ones(5), 6)
     assert torch.equal(fd.soft_targets(torch.arange(3), 3), torch.eye(3))
 

@@ -11,9 +11,9 @@ from cache_tools.fbank import clip_samples
 from tests.stores import SR, class_store, spc_stores, wave_clips, wave_store
 from train.finetune import data as fd
 from train.finetune.augment import Augment, SeededSampler, TrainClips, spec_augment
-from train.config import ConfigError
 from train.finetune.config import load_finetune_config
 from train.finetune.run import run_finetune
+from cache_tools.errors import ConfigError
 
 T = 128
 KALDI = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from train.use import hear
-from train.use.embed import EmbedError
 from train.model.checkpoint import save_checkpoint
 from train.model.models_vit import AudioViT
+from cache_tools.errors import ConfigError
 
 ACCEPTABLE_SAMPLE_RATE = [16000, 22050, 44100, 48000]     # hearvalidator's list
 
@@ -48,9 +48,9 @@ def test_load_model_and_attributes(model):
     assert model.sample_rate in ACCEPTABLE_SAMPLE_RATE
     assert isinstance(model.scene_embedding_size, int) and isinstance(model.timestamp_embedding_size, int)
     assert model.scene_embedding_size == model.timestamp_embedding_size == 64
-    with pytest.raises(EmbedError, match="model_file_path is required"):
+    with pytest.raises(ConfigError, match="model_file_path is required"):
         hear.load_model()
-    with pytest.raises(EmbedError, match="layer 5"):
+    with pytest.raises(ConfigError, match="layer 5"):
         hear.load_model(model.source, layer=5)
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from timm.optim import param_groups_layer_decay
 
-from train.config import ConfigError, load_config
+from train.config import load_config
 from train.model.losses import clap_loss, cls_loss, rec_loss
 from train.model.masking import random_masking, random_masking_2d
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.model.models_vit import sincos_pos_embed, vit_base, vit_small, vit_tiny
+from cache_tools.errors import ConfigError
 
 torch.set_num_threads(1)
 

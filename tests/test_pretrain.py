@@ -12,10 +12,10 @@ import torch
 from cache_tools import clip_store as cs
 from tests.stores import DIM, GRID, T, TEACHER_MEL, fake_teacher, write_clips, write_targets
 from tests.stores import TINY_PRETRAIN as TINY
-from train.config import ConfigError
-from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, check_stores, clip_gain
+from train.data import PretrainDataset, StepBatchSampler, check_stores, clip_gain
 from train.lr_sched import build_scheduler
 from train.pretrain.run import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
+from cache_tools.errors import ConfigError, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +83,21 @@ def test_online_teacher_matches_cached(stores, tmp_path):
 def test_mismatched_target_store_is_refused(stores, tmp_path):
     other = write_clips(tmp_path / "other.h5", 8, prefix="other")
     cfg = cfg_for("mam-clap", stores, tmp_path, f"clips={other}", "batch_size=4", "max_steps=1")
-    with pytest.raises(StoreMismatch) as e:
+    with pytest.raises(StoreError) as e:
         run_pretrain(cfg)
     msg = str(e.value)
     fp_other, fp_ok = cs.ClipStore(other).fingerprint, cs.ClipStore(stores["clips"]).fingerprint
     assert str(other) in msg and str(stores["targets"]) in msg and fp_other in msg and fp_ok in msg
     assert "supmam targets" in msg
     fewer = write_clips(tmp_path / "fewer.h5", 6)     # same ids as the first 6: another fingerprint
-    with pytest.raises(StoreMismatch):
+    with pytest.raises(StoreError):
         run_pretrain(cfg_for("mam-clap", stores, tmp_path, f"clips={fewer}", "batch_size=4", "max_steps=1"))
 
 
 def test_store_count_mismatch_is_refused(stores):
     clips = cs.ClipStore(stores["clips"])
     short = type("Short", (), {"clip_fingerprint": clips.fingerprint, "__len__": lambda self: len(clips) - 1})()
-    with pytest.raises(StoreMismatch, match=f"holds {len(clips) - 1} clips but the clip store"):
+    with pytest.raises(StoreError, match=f"holds {len(clips) - 1} clips but the clip store"):
         check_stores(clips, short, "t.zarr")
 
 
@@ -353,7 +353,7 @@ def test_several_stores_pretrain_and_resume_exactly(two, tmp_path):
     other = write_clips(tmp_path / "o.h5", 4, seed=2, prefix="o")   # other stores: the checkpoint refuses them
     swapped = dict(two, clips=[two["clips"][0], other], targets=[two["targets"][0],
                                                                  write_targets(tmp_path / "o.targets.zarr", other)])
-    with pytest.raises(StoreMismatch, match="trained on stores"):
+    with pytest.raises(StoreError, match="trained on stores"):
         run_pretrain(two_cfg(swapped, tmp_path / "b", *extra), resume=True)
 
 
@@ -363,16 +363,16 @@ def test_stores_of_another_label_space_or_teacher_are_refused(two, tmp_path):
     from train.pretrain.targets import target_info
     first = two["clips"][0]
     named = write_clips(tmp_path / "named.h5", 4, prefix="n", class_names=["x", "y", "z"])
-    with pytest.raises(StoreMismatch) as e:
+    with pytest.raises(StoreError) as e:
         PretrainDataset([first, named])
     assert str(e.value).startswith(f"{named}: class_ids, class_names differ from the clip store {first}")
     short = write_clip_store(tmp_path / "short.h5", np.zeros((4, 64, 128), np.float16), np.zeros((4, 16000), np.int16),
                              np.arange(4) % 3, ["c0", "c1", "c2"], norm_mean=-4.0, norm_std=2.0)
-    with pytest.raises(StoreMismatch, match=f"^{short.path}: target_length differs from the clip store {first}"):
+    with pytest.raises(StoreError, match=f"^{short.path}: target_length differs from the clip store {first}"):
         PretrainDataset([first, short.path])
-    with pytest.raises(StoreMismatch, match=f"target store {two['targets'][0]} was computed from a clip store"):
+    with pytest.raises(StoreError, match=f"target store {two['targets'][0]} was computed from a clip store"):
         PretrainDataset(two["clips"], [two["targets"][0], two["targets"][0]])     # each pair is checked
     other_teacher = write_targets(tmp_path / "b2.targets.zarr", two["clips"][1], checkpoint_sha256="another")
     ds = PretrainDataset(two["clips"], [two["targets"][0], other_teacher])
-    with pytest.raises(StoreMismatch, match=f"^{other_teacher}: checkpoint_sha256 differs from the target store"):
+    with pytest.raises(StoreError, match=f"^{other_teacher}: checkpoint_sha256 differs from the target store"):
         target_info(ds, None)

@@ -18,9 +18,10 @@ from train.probe import run as probe_mod
 from train.model.checkpoint import save_checkpoint
 from train.finetune.metrics import per_class_average_precision
 from train.model.models_vit import build_encoder
-from train.probe.run import ProbeError, load_probe_config, run_probe
+from train.probe.run import load_probe_config, run_probe
 from train.use.features import weights_sha256
 from train.probe.head import HeadSpec, average_precision, train_heads
+from cache_tools.errors import ConfigError
 
 TINY = ["init=none", "encoder=tiny", "encoder_depth=1", "device=cpu", "steps=100", "eval_every=20"]
 
@@ -95,7 +96,7 @@ def test_checkpoint_init_and_a_changed_encoder_is_an_error(tmp_path, monkeypatch
             vit.blocks[0].mlp.fc1.weight.add_(0.01)
         return real(vit, *args, **kw)
     monkeypatch.setattr(probe_mod, "cached_features", tamper)
-    with pytest.raises(ProbeError, match="weights changed during the probe"):
+    with pytest.raises(ConfigError, match="weights changed during the probe"):
         probe(tmp_path, "task=spc2", f"init={ckpt}", "name=bad")
 
 

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from pipeline.readers import LayoutError, read_audioset, read_esc50
+from pipeline.readers import read_audioset, read_esc50
 from tests.fixtures_audio import make_audioset, make_esc50
+from cache_tools.errors import InputFileError
 
 
 def _esc_csv(root):
@@ -59,7 +60,7 @@ def test_esc50_bad_rows_name_csv_and_line(tmp_path, case, line, message):
         return lines
 
     _edit_esc(root, edit)
-    with pytest.raises(LayoutError, match=f"^{re.escape(str(_esc_csv(root)))}:{line}: {message}"):
+    with pytest.raises(InputFileError, match=f"^{re.escape(str(_esc_csv(root)))}:{line}: {message}"):
         read_esc50(root)
 
 
@@ -75,20 +76,20 @@ def test_audioset_csv_bom_rows_and_ambiguous_files(tmp_path):
 
     text = segs.read_text(encoding="utf-8-sig")
     segs.write_text(text + 'Ev1, 1.000, 11.000, "/m/09x0r"\n')               # line 5: the segment again
-    with pytest.raises(LayoutError, match=rf"^{re.escape(str(segs))}:5: segment Ev1_1.000 listed twice \(first on line 4\)"):
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(segs))}:5: segment Ev1_1.000 listed twice \(first on line 4\)"):
         read_audioset(root, split="eval")
     segs.write_text(text + 'Ev2, ten, 20.0, "/m/09x0r"\n')
-    with pytest.raises(LayoutError, match=rf"^{re.escape(str(segs))}:5: start / end 'ten', '20.0' are not numbers"):
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(segs))}:5: start / end 'ten', '20.0' are not numbers"):
         read_audioset(root, split="eval")
     segs.write_text(text)
 
     (root / "audio" / "Ev1_1.000_11.000.flac").write_bytes((root / "audio" / "Ev1_1.000_11.000.wav").read_bytes())
-    with pytest.raises(LayoutError, match=rf"^{re.escape(str(segs))}:4: 2 files map to segment Ev1 at 1 s: .*flac, .*wav"):
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(segs))}:4: 2 files map to segment Ev1 at 1 s: .*flac, .*wav"):
         read_audioset(root, split="eval")                                   # two files, one clip id
 
     lines = labels.read_text(encoding="utf-8-sig").splitlines()
     labels.write_text("\n".join([*lines, f"5,{lines[1].split(',')[1]},Again"]) + "\n")
-    with pytest.raises(LayoutError, match=rf"^{re.escape(str(labels))}:7: mid /m/09x0r is listed twice \(first on line 2\)"):
+    with pytest.raises(InputFileError, match=rf"^{re.escape(str(labels))}:7: mid /m/09x0r is listed twice \(first on line 2\)"):
         read_audioset(root, split="eval")
 
 
@@ -102,8 +103,8 @@ def test_audioset_manifest_paths_and_ids(tmp_path):
         return read_audioset(root, manifest=man)
 
     assert [r.clip_id for r in read([{"wav": "audio/Plain01.wav", "labels": "/m/04rlf"}]).records] == ["Plain01"]
-    with pytest.raises(LayoutError, match=r"data\[0\]: '../as/audio/Plain01.wav' climbs out"):
+    with pytest.raises(InputFileError, match=r"data\[0\]: '../as/audio/Plain01.wav' climbs out"):
         read([{"wav": "../as/audio/Plain01.wav", "labels": "/m/04rlf"}])
-    with pytest.raises(LayoutError, match=r"data\[1\]: audio/sub/Plain01.wav and audio/Plain01.wav \(data\[0\]\) "
+    with pytest.raises(InputFileError, match=r"data\[1\]: audio/sub/Plain01.wav and audio/Plain01.wav \(data\[0\]\) "
                                          r"map to one clip id 'Plain01'"):
         read([{"wav": "audio/Plain01.wav", "labels": "/m/04rlf"}, {"wav": "audio/sub/Plain01.wav", "labels": "/m/04rlf"}])

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from pipeline.readers import LayoutError, read_audioset, read_esc50, read_spc1, read_spc2
+from pipeline.readers import read_audioset, read_esc50, read_spc1, read_spc2
 from pipeline.readers.speech_commands import SPC1_CLASSES
 from tests.fixtures_audio import AS_CLASSES, ESC_CLASSES, make_audioset, make_esc50, make_spc, make_spc1_test
+from cache_tools.errors import InputFileError
 
 SPC2_WORDS = ["backward", "yes", "zero", "no"]
 SPC1_WORDS = ["yes", "no", "go", "bed", "cat"]   # bed, cat -> _unknown_
@@ -70,7 +71,7 @@ def test_spc1_superb_twelve_classes(tmp_path):
     assert len(test.records) == 8
     assert {(r.clip_id.split("/")[0], r.label) for r in test.records} == {
         ("yes", 0), ("go", 9), ("_unknown_", unk), ("_silence_", sil)}
-    with pytest.raises(LayoutError, match="test_root"):
+    with pytest.raises(InputFileError, match="test_root"):
         read_spc1(root, None, "test")
 
 
@@ -119,27 +120,27 @@ def test_audioset_json_manifest(tmp_path):
     spec2 = read_audioset(tmp_path / "as", manifest=man2)
     assert spec2.records[0].path == man.parent / "audio" / "Ev1b.wav" and spec2.records[0].label == [2]
     man.write_text(json.dumps({"data": [{"wav": "audio/Plain01.wav", "labels": "/m/nope"}]}))
-    with pytest.raises(LayoutError, match="/m/nope"):
+    with pytest.raises(InputFileError, match="/m/nope"):
         read_audioset(tmp_path / "as", manifest=man)
 
 
 def test_wrong_layout_errors_name_root_and_show_layout(tmp_path):
-    with pytest.raises(LayoutError) as e:
+    with pytest.raises(InputFileError) as e:
         read_esc50(tmp_path / "nowhere")
     assert str(tmp_path / "nowhere") in str(e.value) and "meta/esc50.csv" in str(e.value)
     (tmp_path / "esc" / "audio").mkdir(parents=True)
-    with pytest.raises(LayoutError, match=r"no meta/esc50.csv[\s\S]*Expected layout"):
+    with pytest.raises(InputFileError, match=r"no meta/esc50.csv[\s\S]*Expected layout"):
         read_esc50(tmp_path / "esc")
     (tmp_path / "spc" / "yes").mkdir(parents=True)
-    with pytest.raises(LayoutError, match=r"validation_list.txt[\s\S]*word/file.wav"):
+    with pytest.raises(InputFileError, match=r"validation_list.txt[\s\S]*word/file.wav"):
         read_spc2(tmp_path / "spc", "train")
     (tmp_path / "as").mkdir()
-    with pytest.raises(LayoutError, match=r"class_labels_indices.csv[\s\S]*segments.csv"):
+    with pytest.raises(InputFileError, match=r"class_labels_indices.csv[\s\S]*segments.csv"):
         read_audioset(tmp_path / "as", split="eval")
     make_audioset(tmp_path / "as2")
     (tmp_path / "as2" / "eval_segments.csv").unlink()
-    with pytest.raises(LayoutError, match="eval_segments.csv"):
+    with pytest.raises(InputFileError, match="eval_segments.csv"):
         read_audioset(tmp_path / "as2", split="eval")
     (tmp_path / "t1" / "maybe").mkdir(parents=True)
-    with pytest.raises(LayoutError, match=r"unexpected class folders \['maybe'\][\s\S]*_silence_"):
+    with pytest.raises(InputFileError, match=r"unexpected class folders \['maybe'\][\s\S]*_silence_"):
         read_spc1(tmp_path / "spc", tmp_path / "t1", "test")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from cache_tools.errors import StoreError, SupmamError
+from cache_tools.errors import SupmamError, CheckpointError, StoreError
 from cache_tools.safe_load import AUDIOMAE, LAION_CLAP, OURS, safe_torch_load
-from train.model.checkpoint import CheckpointError, load_checkpoint, load_encoder, save_checkpoint
+from train.model.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 
 REFUSED = "holds io.open, which is not on the allow-list; not loading it"
 
@@ -69,12 +69,12 @@ def test_load_encoder_refuses_payload_in_ours_and_audiomae_files(tmp_path):
 
 
 def test_teacher_refuses_payload(tmp_path):
-    from pipeline.teacher import ClapTeacher, TeacherError, load_audio_state_dict
+    from pipeline.teacher import ClapTeacher, load_audio_state_dict
     marker = tmp_path / "marker"
     ck = plant(tmp_path / "630k-audioset-best.pt", marker, {"epoch": 1, "name": "x"})   # targets --clap-ckpt
-    with pytest.raises(TeacherError, match=f"{ck}: holds io.open, which is not on the allow-list"):
+    with pytest.raises(CheckpointError, match=f"{ck}: holds io.open, which is not on the allow-list"):
         load_audio_state_dict(ck)
-    with pytest.raises(TeacherError, match="io.open"):
+    with pytest.raises(CheckpointError, match="io.open"):
         ClapTeacher.from_checkpoint(ck)
     assert not marker.exists()
 

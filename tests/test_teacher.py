@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchaudio
 
-from pipeline.teacher import HTSAT_MEL, ClapTeacher, TeacherError, import_clap_module, model_config
+from pipeline.teacher import HTSAT_MEL, ClapTeacher, import_clap_module, model_config
 from pipeline.teacher_input import fusion_chunk_starts, repeatpad
+from cache_tools.errors import CheckpointError
 
 torch.set_num_threads(1)
 ATOL = 1e-5                                    # fp32, same weights, same input: only summation order differs
@@ -100,21 +101,21 @@ def test_refuses_mismatched_checkpoint(tmp_path, untrained):
     sd["module.text_branch.whatever"] = torch.zeros(1)                    # ignored, not "unexpected"
     path = tmp_path / "bad.pt"
     torch.save({"state_dict": sd}, path)
-    with pytest.raises(TeacherError) as err:
+    with pytest.raises(CheckpointError) as err:
         ClapTeacher.from_checkpoint(path)
     msg = str(err.value)
     assert str(path) in msg and dropped in msg and "fusion_model.extra.weight" in msg
     assert "missing keys (1)" in msg and "unexpected keys (1)" in msg and "text_branch" not in msg
 
     torch.save({"state_dict": {"module.text_branch.w": torch.zeros(1)}}, path)
-    with pytest.raises(TeacherError, match="no 'audio_branch"):
+    with pytest.raises(CheckpointError, match="no 'audio_branch"):
         ClapTeacher.from_checkpoint(path)
-    with pytest.raises(TeacherError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         ClapTeacher.from_checkpoint(tmp_path / "absent.pt")
     sd = {f"audio_branch.{k}": v for k, v in net.state_dict().items()}     # bare sd, no prefix: loads
     sd["audio_branch.head.weight"] = torch.zeros(5, 5)
     torch.save(sd, path)
-    with pytest.raises(TeacherError, match="shape mismatches.*head.weight"):
+    with pytest.raises(CheckpointError, match="shape mismatches.*head.weight"):
         ClapTeacher.from_checkpoint(path)
 
 
@@ -157,7 +158,7 @@ def test_geometry_from_configs(fused, untrained):
     assert fused.mel["htk"] is True and fused.name == "laion-clap HTSAT-tiny fusion"
     d = fused.describe()
     assert d["grid"] == [32, 2] and d["dim"] == 768 and d["teacher_mel"] == fused.mel == {**HTSAT_MEL, "htk": True}
-    with pytest.raises(TeacherError, match="HTSAT-nano"):
+    with pytest.raises(CheckpointError, match="HTSAT-nano"):
         ClapTeacher.from_checkpoint(None, model="HTSAT-nano")
     with pytest.raises(ValueError, match=r"\(B, S\)"):
         fused.token_grid(torch.zeros(16000))

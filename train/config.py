@@ -21,21 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from cache_tools.errors import SupmamError
+from cache_tools.errors import ConfigError
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 Amp = Literal["bf16", "fp16", "off"]
 EncoderSize = Literal["tiny", "small", "base"]       # train.model.models_vit.SIZES
-
-
-class ConfigError(SupmamError):
-    pass
-
-
-class Diverged(SupmamError, FloatingPointError):
-    """The training loss became NaN / inf: the settings (lr, clipping, amp) made the run diverge. The
-    message names the run, the update and the checkpoint it can restart from; the CLI prints it as one line."""
 
 
 @dataclass(frozen=True)

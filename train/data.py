@@ -31,29 +31,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import StoreError, SupmamError
+from cache_tools.errors import ConfigError, StoreError
 from cache_tools.fbank import gain_fbank
 from cache_tools.target_store import TargetStore
-from train.config import ConfigError
 from train.rng import item_seed
-
-
-class StoreMismatch(SupmamError):
-    """A store that does not belong with the others: a target store computed from another clip store,
-    or clip stores with different label spaces read as one dataset."""
 
 
 def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Path) -> None:
     """Refuse a target store made from another clip store (fingerprint) or with another clip count."""
     if targets.clip_fingerprint != clips.fingerprint:
-        raise StoreMismatch(
+        raise StoreError(
             f"target store {targets_path} was computed from a clip store "
             f"with fingerprint {targets.clip_fingerprint}, but the clip store {clips.path} has fingerprint "
             f"{clips.fingerprint}: the clips (ids, order or feature parameters) differ, so the targets would "
             f"belong to other clips. Recompute the targets for this clip store "
             f"(`supmam targets --clips {clips.path} --out <new target store>`) or pass the matching clip store.")
     if len(targets) != len(clips):
-        raise StoreMismatch(
+        raise StoreError(
             f"target store {targets_path} holds {len(targets)} clips but the clip store "
             f"{clips.path} holds {len(clips)} (same fingerprint {clips.fingerprint}): the target store is "
             f"incomplete or was written wrongly; rerun `supmam targets --clips {clips.path} --out <target store>`.")
@@ -100,7 +94,7 @@ def check_label_space(stores: Sequence[ClipStore]) -> None:
         diff = [k for k in ref if got[k] != ref[k]]
         if diff:
             k, verb = diff[0], "differs" if len(diff) == 1 else "differ"
-            raise StoreMismatch(
+            raise StoreError(
                 f"{s.path}: {', '.join(diff)} {verb} from the clip store {stores[0].path} ({k}: {_short(got[k])} "
                 f"here, {_short(ref[k])} there); clip stores pretrained on as one dataset must share the class "
                 f"ids and names, the label kind, the input length and the feature parameters")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
+from cache_tools.errors import ConfigError
 
-from train.config import ConfigError
 
 
 @dataclass(frozen=True)

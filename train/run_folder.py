@@ -1,6 +1,6 @@
 """A run's folder, <run_dir>/<name>/: who may write it, and its log when a run resumes.
 
-claim(out, resume, overwrite, is_main) -> None     RunFolderError unless `out` may be written: a folder
+claim(out, resume, overwrite, is_main) -> None     ConfigError unless `out` may be written: a folder
     that holds a checkpoint (checkpoint*.pt, also in fold sub-folders) is a finished or interrupted
     run; a new run refuses to replace it unless told (`--overwrite`: the main rank deletes those
     checkpoints first), a resumed one (`--resume`) continues it.
@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache_tools.errors import SupmamError
-
-
-class RunFolderError(SupmamError):
-    """A run folder that must not be written, or a log that cannot be read; names the file."""
+from cache_tools.errors import ConfigError
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -28,7 +24,7 @@ def claim(out: Path | str, resume: bool = False, overwrite: bool = False, is_mai
     out = Path(out)
     held = checkpoints(out)
     if held and not resume and not overwrite:
-        raise RunFolderError(f"{out}: holds {held[0].relative_to(out)} from an earlier run; not overwriting it. "
+        raise ConfigError(f"{out}: holds {held[0].relative_to(out)} from an earlier run; not overwriting it. "
                              "Pass --resume to continue that run, --overwrite to replace it, or another --name")
     if held and overwrite and not resume and is_main:
         for ck in held:                              # no stale final checkpoint beside the new run's
@@ -52,7 +48,7 @@ def truncate_log(path: Path | str, step: int) -> None:
         except json.JSONDecodeError as e:
             if n == len(lines):                              # the last line, half written: drop it
                 break
-            raise RunFolderError(f"{path}:{n}: not a JSON line ({e.msg}); delete the line to resume") from None
+            raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg}); delete the line to resume") from None
         if rec["step"] <= step:
             keep.append(line)
     path.write_text("".join(ln + "\n" for ln in keep))

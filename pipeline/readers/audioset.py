@@ -6,7 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, audio_files, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, audio_files, require
+from cache_tools.errors import InputFileError
 
 SPLITS = ("balanced_train", "unbalanced_train", "eval")
 TARGET_LENGTH, CLIP_SECONDS = 1024, 10.0
@@ -27,24 +28,24 @@ def read_class_labels(path: Path) -> tuple[list[str], list[str]]:
         reader = csv.DictReader(f)
         rows = [(reader.line_num, r) for r in reader]
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0][1]):
-        raise LayoutError(path.parent, f"{path.name} lacks the header `index,mid,display_name`", EXPECTED)
+        raise InputFileError(path.parent, f"{path.name} lacks the header `index,mid,display_name`", EXPECTED)
     parsed, seen = [], {}
     for line, r in rows:
         where = f"{path}:{line}"
         try:
             index = int(r["index"])
         except (TypeError, ValueError):
-            raise LayoutError(where, f"index {r['index']!r} is not an integer") from None
+            raise InputFileError(where, f"index {r['index']!r} is not an integer") from None
         mid = (r["mid"] or "").strip()
         if not mid:
-            raise LayoutError(where, f"empty mid")
+            raise InputFileError(where, f"empty mid")
         if mid in seen:
-            raise LayoutError(where, f"mid {mid} is listed twice (first on line {seen[mid]})")
+            raise InputFileError(where, f"mid {mid} is listed twice (first on line {seen[mid]})")
         seen[mid] = line
         parsed.append((index, mid, r["display_name"] or ""))
     parsed.sort()
     if [i for i, _, _ in parsed] != list(range(len(parsed))):
-        raise LayoutError(path.parent, f"{path.name}: indices are not 0..{len(parsed) - 1} (each once)", EXPECTED)
+        raise InputFileError(path.parent, f"{path.name}: indices are not 0..{len(parsed) - 1} (each once)", EXPECTED)
     return [n for _, _, n in parsed], [m for _, m, _ in parsed]
 
 
@@ -54,10 +55,10 @@ def _labels(mids: str, mid_index: dict[str, int], where: str) -> list[int]:
         if not mid:
             continue
         if mid not in mid_index:
-            raise LayoutError(where, f"label {mid!r} is not in class_labels_indices.csv")
+            raise InputFileError(where, f"label {mid!r} is not in class_labels_indices.csv")
         out.append(mid_index[mid])
     if not out:
-        raise LayoutError(where, f"no labels")
+        raise InputFileError(where, f"no labels")
     return sorted(set(out))
 
 
@@ -78,7 +79,7 @@ def _index_audio(folder: Path) -> dict[str, list[tuple[float | None, Path]]]:
 
 def _find(index: dict, ytid: str, start: float, split: str, where: str) -> Path | None:
     """The file of segment (ytid, start): a name carrying the start, else the plain YTID name; files
-    under a folder named after the split come first. Two files at the same rank: LayoutError."""
+    under a folder named after the split come first. Two files at the same rank: InputFileError."""
     cands = index.get(ytid, [])
     for in_split in (True, False):                          # YTID_{start}_{end}: start in s or in ms
         level = [path for value, path in cands if (split in path.parts) == in_split]
@@ -87,7 +88,7 @@ def _find(index: dict, ytid: str, start: float, split: str, where: str) -> Path 
         named = sorted({path for value, path in cands if path in level and value is None})
         for group in (timed, named):
             if len(group) > 1:
-                raise LayoutError(where, f"{len(group)} files map to segment {ytid} at {start:g} s: "
+                raise InputFileError(where, f"{len(group)} files map to segment {ytid} at {start:g} s: "
                                  f"{', '.join(str(p) for p in group[:4])}; keep one")
             if group:
                 return group[0]
@@ -95,16 +96,16 @@ def _find(index: dict, ytid: str, start: float, split: str, where: str) -> Path 
 
 
 def _segment(row: list[str], where: str) -> tuple[str, float, float]:
-    """(YTID, start, end) of one segment row; LayoutError naming the CSV and line."""
+    """(YTID, start, end) of one segment row; InputFileError naming the CSV and line."""
     if len(row) != 4:
-        raise LayoutError(where, f"expected `YTID, start, end, \"mids\"`, got {row}")
+        raise InputFileError(where, f"expected `YTID, start, end, \"mids\"`, got {row}")
     ytid = row[0].strip()
     try:
         start, end = float(row[1]), float(row[2])
     except ValueError:
-        raise LayoutError(where, f"start / end {row[1]!r}, {row[2]!r} are not numbers") from None
+        raise InputFileError(where, f"start / end {row[1]!r}, {row[2]!r} are not numbers") from None
     if not ytid or not 0 <= start < end:
-        raise LayoutError(where, f"bad segment {row[:3]} (need a YTID and 0 <= start < end)")
+        raise InputFileError(where, f"bad segment {row[:3]} (need a YTID and 0 <= start < end)")
     return ytid, start, end
 
 
@@ -123,7 +124,7 @@ def _read_segments(root: Path, split: str, mid_index: dict[str, int]) -> tuple[l
             ytid, start, end = _segment(row, where)
             clip_id = f"{ytid}_{start:.3f}"
             if clip_id in seen:
-                raise LayoutError(where, f"segment {clip_id} listed twice (first on line {seen[clip_id]})")
+                raise InputFileError(where, f"segment {clip_id} listed twice (first on line {seen[clip_id]})")
             seen[clip_id] = reader.line_num
             path = _find(index, ytid, start, split, where)
             if path is None:
@@ -138,20 +139,20 @@ def _read_manifest(manifest: Path, mid_index: dict[str, int]) -> tuple[list[Clip
     try:
         data = json.loads(manifest.read_text(encoding="utf-8-sig"))["data"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise LayoutError(manifest, f"not a readable JSON manifest with a `data` list ({e})", EXPECTED) from None
+        raise InputFileError(manifest, f"not a readable JSON manifest with a `data` list ({e})", EXPECTED) from None
     records, missing, seen = [], [], {}
     for i, item in enumerate(data):
         where = f"{manifest}: data[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or "labels" not in item:
-            raise LayoutError(where, f"expected {{\"wav\": path, \"labels\": \"mid1,mid2\"}}, got {item!r}")
+            raise InputFileError(where, f"expected {{\"wav\": path, \"labels\": \"mid1,mid2\"}}, got {item!r}")
         wav = Path(item["wav"])        # absolute paths are what AST / AudioMAE manifests hold: allowed
         if not wav.is_absolute() and ".." in wav.parts:
-            raise LayoutError(where, f"{item['wav']!r} climbs out of the manifest's folders (`..`); refusing it")
+            raise InputFileError(where, f"{item['wav']!r} climbs out of the manifest's folders (`..`); refusing it")
         cands = [wav] if wav.is_absolute() else [manifest.parent / wav, manifest.parent.parent / wav]
         path = next((c for c in cands if c.is_file()), None)
         clip_id = wav.stem
         if clip_id in seen:
-            raise LayoutError(where, f"{item['wav']} and {seen[clip_id][1]} (data[{seen[clip_id][0]}]) "
+            raise InputFileError(where, f"{item['wav']} and {seen[clip_id][1]} (data[{seen[clip_id][0]}]) "
                              f"map to one clip id {clip_id!r}")
         seen[clip_id] = (i, item["wav"])
         labels = _labels(str(item["labels"]), mid_index, where)
@@ -167,7 +168,7 @@ def read_audioset(root: Path | str, split: str | None = None, manifest: Path | s
     root = Path(root)
     require(root.is_dir(), root, "AudioSet root does not exist", EXPECTED)
     if (split is None) == (manifest is None):
-        raise LayoutError(root, f"give exactly one of split ({'|'.join(SPLITS)}) or manifest")
+        raise InputFileError(root, f"give exactly one of split ({'|'.join(SPLITS)}) or manifest")
     labels_csv = root / "class_labels_indices.csv"
     if manifest is not None and not labels_csv.is_file():
         labels_csv = Path(manifest).parent / "class_labels_indices.csv"
@@ -181,6 +182,6 @@ def read_audioset(root: Path | str, split: str | None = None, manifest: Path | s
         split = split or manifest.stem
     else:
         if split not in SPLITS:
-            raise LayoutError(root, f"unknown AudioSet split {split!r}; known: {', '.join(SPLITS)}")
+            raise InputFileError(root, f"unknown AudioSet split {split!r}; known: {', '.join(SPLITS)}")
         records, missing = _read_segments(root, split, mid_index)
     return DatasetSpec("audioset", split, names, mids, True, TARGET_LENGTH, CLIP_SECONDS, records, missing)

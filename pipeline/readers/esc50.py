@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path, PurePath
 
-from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, require
+from cache_tools.errors import InputFileError
 
 TARGET_LENGTH, CLIP_SECONDS = 512, 5.0
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
@@ -19,14 +20,14 @@ EXPECTED = """\
 
 
 def safe_relative(name: str, where: str, inside: str) -> PurePath:
-    """`name` as a relative path that stays inside its folder; LayoutError naming `where` otherwise."""
+    """`name` as a relative path that stays inside its folder; InputFileError naming `where` otherwise."""
     path = PurePath(name.replace("\\", "/"))
     if not name.strip():
-        raise LayoutError(where, f"empty filename")
+        raise InputFileError(where, f"empty filename")
     if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise LayoutError(where, f"filename {name!r} is absolute; it must be relative to {inside}")
+        raise InputFileError(where, f"filename {name!r} is absolute; it must be relative to {inside}")
     if ".." in path.parts:
-        raise LayoutError(where, f"filename {name!r} climbs out of {inside} (`..`); refusing it")
+        raise InputFileError(where, f"filename {name!r} climbs out of {inside} (`..`); refusing it")
     return path
 
 
@@ -37,7 +38,7 @@ def _rows(meta: Path, root: Path) -> list[tuple[int, dict]]:
         rows = [(reader.line_num, r) for r in reader]
         header = reader.fieldnames or []
     if not set(COLUMNS) <= {h.strip() for h in header}:
-        raise LayoutError(root, f"{meta} lacks the columns {','.join(COLUMNS)} (header: {','.join(header)})", EXPECTED)
+        raise InputFileError(root, f"{meta} lacks the columns {','.join(COLUMNS)} (header: {','.join(header)})", EXPECTED)
     return [(line, {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}) for line, r in rows]
 
 
@@ -45,7 +46,7 @@ def _int(row: dict, key: str, where: str) -> int:
     try:
         return int(row[key])
     except ValueError:
-        raise LayoutError(where, f"column {key!r} is {row[key]!r}, not an integer") from None
+        raise InputFileError(where, f"column {key!r} is {row[key]!r}, not an integer") from None
 
 
 def read_esc50(root: Path | str) -> DatasetSpec:
@@ -57,22 +58,22 @@ def read_esc50(root: Path | str) -> DatasetSpec:
     require((root / "audio").is_dir(), root, "no audio/ folder", EXPECTED)
     rows = _rows(meta, root)
     if not rows:
-        raise LayoutError(root, f"{meta} lists no clips", EXPECTED)
+        raise InputFileError(root, f"{meta} lists no clips", EXPECTED)
     category_of: dict[int, str] = {}
     parsed, names_at, ids_at = [], {}, {}
     for line, r in rows:
         where = f"{meta}:{line}"
         target, fold, cat = _int(r, "target", where), _int(r, "fold", where), r["category"]
         if category_of.setdefault(target, cat) != cat:
-            raise LayoutError(where, f"target {target} is both {category_of[target]!r} and {cat!r}")
+            raise InputFileError(where, f"target {target} is both {category_of[target]!r} and {cat!r}")
         if not 1 <= fold <= 5:
-            raise LayoutError(where, f"fold {fold} is not in 1..5")
+            raise InputFileError(where, f"fold {fold} is not in 1..5")
         rel = safe_relative(r["filename"], where, f"{root / 'audio'}")
         if str(rel) in names_at:
-            raise LayoutError(where, f"{rel} is listed twice (first on line {names_at[str(rel)]})")
+            raise InputFileError(where, f"{rel} is listed twice (first on line {names_at[str(rel)]})")
         clip_id = rel.stem
         if clip_id in ids_at:
-            raise LayoutError(where, f"{rel} and {ids_at[clip_id][1]} (line {ids_at[clip_id][0]}) "
+            raise InputFileError(where, f"{rel} and {ids_at[clip_id][1]} (line {ids_at[clip_id][0]}) "
                              f"map to one clip id {clip_id!r}")
         names_at[str(rel)], ids_at[clip_id] = line, (line, rel)
         parsed.append((clip_id, rel, target, fold))

@@ -17,7 +17,7 @@ Clip length (`choose_length`): unless given, the 95th percentile of the readable
 and capped at AudioSet's 10.24 s; `target_length` is those frames rounded up to a whole encoder
 patch (16 frames), at most 1024. Longer clips are cut, shorter ones zero-padded, as for ESC-50.
 
-Errors (LabelsError / LayoutError, SupmamError subclasses naming the CSV and its line, or the
+Errors (InputFileError / InputFileError, SupmamError subclasses naming the CSV and its line, or the
 folder): a CSV without the needed columns, an unknown split or a bad fold, an empty label, a file
 listed twice, a file outside ROOT, a label whose clips are all in valid/test (nothing to learn it
 from), a class without any audio file.
@@ -33,8 +33,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import soundfile as sf
 
-from cache_tools.errors import SupmamError
-from pipeline.readers.spec import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, LayoutError, audio_files, require
+from cache_tools.errors import InputFileError
+from pipeline.readers.spec import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, audio_files, require
 
 DATASET = "custom"
 SPLITS = ("train", "valid", "test")
@@ -47,10 +47,6 @@ EXPECTED = """\
   labels.csv (--labels)    header `file,label` [+ `split` (train/valid/test) or `fold` (1..127)];
                            file relative to ROOT; label `dog` or `dog;bark` (multi-label)
   or, without --labels:    ROOT/<class name>/**/<audio file>   one sub-folder per class"""
-
-
-class LabelsError(SupmamError):
-    """A labels CSV (or class folder) that cannot describe a dataset; message `<csv>:<line>: <why>`."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def read_folder(root: Path | str, labels: Path | str | None = None, target_lengt
     if labels is not None:
         labels = Path(labels)
         if not labels.is_file():
-            raise LabelsError(f"{labels}: labels CSV not found")
+            raise InputFileError(f"{labels}: labels CSV not found")
         rows, where = _csv_rows(labels), str(labels)
     else:
         rows, where = _folder_rows(root), str(root)
@@ -95,40 +91,40 @@ def _csv_rows(path: Path) -> list[_Row]:
         header = [h.strip() for h in (reader.fieldnames or [])]
         lacking = [c for c in ("file", "label") if c not in header]
         if lacking:
-            raise LabelsError(f"{path}:1: no column {' or '.join(map(repr, lacking))} "
+            raise InputFileError(f"{path}:1: no column {' or '.join(map(repr, lacking))} "
                               f"(header: {','.join(header) or 'empty'})\nExpected:\n{EXPECTED}")
         if "split" in header and "fold" in header:
-            raise LabelsError(f"{path}:1: has both `split` and `fold` columns; give one (a split, or "
+            raise InputFileError(f"{path}:1: has both `split` and `fold` columns; give one (a split, or "
                               "cross-validation folds)")
         raw = [(reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in r.items()}) for r in reader]
     if not raw:
-        raise LabelsError(f"{path}:2: no rows after the header")
+        raise InputFileError(f"{path}:2: no rows after the header")
     rows, first_line = [], {}
     for line, r in raw:
         where = f"{path}:{line}"
         rel = _relative(r["file"], where)
         if rel in first_line:
-            raise LabelsError(f"{where}: {rel} is listed twice (first on line {first_line[rel]})")
+            raise InputFileError(f"{where}: {rel} is listed twice (first on line {first_line[rel]})")
         first_line[rel] = line
         names = tuple(n.strip() for n in r["label"].split(";"))
         if not r["label"] or any(not n for n in names):
-            raise LabelsError(f"{where}: empty label {r['label']!r} for {rel}")
+            raise InputFileError(f"{where}: empty label {r['label']!r} for {rel}")
         if len(set(names)) != len(names):
-            raise LabelsError(f"{where}: label {r['label']!r} names a class twice")
+            raise InputFileError(f"{where}: label {r['label']!r} names a class twice")
         rows.append(_Row(line, rel, names, _split(r.get("split"), where), _fold(r.get("fold"), where)))
     return rows
 
 
 def _relative(name: str, where: str) -> str:
-    """`name` as a normalised posix path inside ROOT; LabelsError for empty, absolute or climbing names."""
+    """`name` as a normalised posix path inside ROOT; InputFileError for empty, absolute or climbing names."""
     if not name:
-        raise LabelsError(f"{where}: empty `file`")
+        raise InputFileError(f"{where}: empty `file`")
     text = name.replace("\\", "/")
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        raise LabelsError(f"{where}: file {name!r} is absolute; give it relative to the root folder")
+        raise InputFileError(f"{where}: file {name!r} is absolute; give it relative to the root folder")
     rel = PurePosixPath(os.path.normpath(text))
     if ".." in rel.parts:
-        raise LabelsError(f"{where}: file {name!r} climbs out of the root folder (`..`); refusing it")
+        raise InputFileError(f"{where}: file {name!r} climbs out of the root folder (`..`); refusing it")
     return rel.as_posix()
 
 
@@ -136,7 +132,7 @@ def _split(value: str | None, where: str) -> str | None:
     if value is None:
         return None
     if value not in SPLITS:
-        raise LabelsError(f"{where}: split {value!r} is not one of {', '.join(SPLITS)}")
+        raise InputFileError(f"{where}: split {value!r} is not one of {', '.join(SPLITS)}")
     return value
 
 
@@ -146,9 +142,9 @@ def _fold(value: str | None, where: str) -> int | None:
     try:
         fold = int(value)
     except ValueError:
-        raise LabelsError(f"{where}: fold {value!r} is not an integer") from None
+        raise InputFileError(f"{where}: fold {value!r} is not an integer") from None
     if not 1 <= fold <= 127:
-        raise LabelsError(f"{where}: fold {fold} is not in 1..127")
+        raise InputFileError(f"{where}: fold {fold} is not in 1..127")
     return fold
 
 
@@ -156,14 +152,14 @@ def _folder_rows(root: Path) -> list[_Row]:
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if loose:
-        raise LayoutError(root, f"audio files outside a class folder ({', '.join(loose[:3])}); move them into "
+        raise InputFileError(root, f"audio files outside a class folder ({', '.join(loose[:3])}); move them into "
                                 "ROOT/<class>/ or label them with --labels", EXPECTED)
     require(bool(classes), root, "no class sub-folders (and no --labels CSV)", EXPECTED)
     rows = []
     for d in classes:
         files = audio_files(d)
         if not files:
-            raise LabelsError(f"{d}: class {d.name!r} is empty: no audio file ({', '.join(AUDIO_EXTENSIONS)})")
+            raise InputFileError(f"{d}: class {d.name!r} is empty: no audio file ({', '.join(AUDIO_EXTENSIONS)})")
         rows += [_Row(0, p.relative_to(root).as_posix(), (d.name,)) for p in files]
     return rows
 
@@ -177,7 +173,7 @@ def _check_classes(rows: list[_Row], present: list[_Row], names: list[str], wher
     for name in names:
         if name not in have:
             lines = [r.line for r in rows if name in r.labels]
-            raise LabelsError(f"{where}:{lines[0]}: class {name!r} is empty: none of its {len(lines)} listed "
+            raise InputFileError(f"{where}:{lines[0]}: class {name!r} is empty: none of its {len(lines)} listed "
                               f"files exists (lines {_few(lines)})")
     if not any(r.split for r in present):
         return
@@ -185,7 +181,7 @@ def _check_classes(rows: list[_Row], present: list[_Row], names: list[str], wher
         clips = [r for r in present if name in r.labels]
         if not any(r.split == "train" for r in clips):
             splits = sorted({r.split for r in clips})
-            raise LabelsError(f"{where}:{clips[0].line}: label {name!r} appears only in {'/'.join(splits)} rows "
+            raise InputFileError(f"{where}:{clips[0].line}: label {name!r} appears only in {'/'.join(splits)} rows "
                               f"(lines {_few([r.line for r in clips])}), never in train: no model can learn it")
 
 
@@ -217,14 +213,14 @@ def clip_length(records: list[ClipRecord], target_length: int | None,
                 clip_seconds: float | None) -> tuple[float, int, str]:
     """(clip_seconds, target_length, how they were decided) from the options or from the data."""
     if target_length is not None and (target_length <= 0 or target_length % PATCH_FRAMES):
-        raise LabelsError(f"--target-length {target_length}: must be a positive multiple of {PATCH_FRAMES} "
+        raise InputFileError(f"--target-length {target_length}: must be a positive multiple of {PATCH_FRAMES} "
                           "frames (the encoder's patch)")
     if clip_seconds is not None and clip_seconds <= 0:
-        raise LabelsError(f"--clip-seconds {clip_seconds}: must be positive")
+        raise InputFileError(f"--clip-seconds {clip_seconds}: must be positive")
     if target_length is None and clip_seconds is None:
         known = [d for d in (duration(r.path) for r in records) if d is not None and d > 0]
         if not known:
-            raise LabelsError(f"{records[0].path.parent if records else '?'}: no readable audio file to measure "
+            raise InputFileError(f"{records[0].path.parent if records else '?'}: no readable audio file to measure "
                               "the clip length from; give --clip-seconds or --target-length")
         seconds, frames = choose_length(known)
         return seconds, frames, (f"clip length {seconds:.2f} s, target_length {frames} frames: the "

@@ -1,10 +1,10 @@
-"""What every reader returns (ClipRecord, DatasetSpec) and how it says a layout is wrong (LayoutError)."""
+"""What every reader returns (ClipRecord, DatasetSpec) and how it says a layout is wrong (InputFileError)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_tools.errors import SupmamError
+from cache_tools.errors import InputFileError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".aiff", ".aif")
 
@@ -39,23 +39,9 @@ class DatasetSpec:
         return len(self.class_names)
 
 
-class LayoutError(SupmamError):
-    """A dataset root that is missing or not laid out as the reader expects (with the expected layout),
-    or a list / CSV row that is wrong (`root` is then `<file>:<line>`, no layout)."""
-
-    def __init__(self, root: Path | str, problem: str | None = None, expected: str = ""):
-        if problem is None:              # one string: a whole message (a DataLoader worker re-raise)
-            super().__init__(str(root))
-        elif expected:
-            super().__init__(f"{root}: {problem}\nExpected layout:\n{expected.rstrip()}")
-        else:
-            super().__init__(f"{root}: {problem}")
-        self.root = Path(root) if problem is not None else Path(str(self).partition(": ")[0])
-
-
 def require(cond: bool, root: Path | str, problem: str, expected: str) -> None:
     if not cond:
-        raise LayoutError(root, problem, expected)
+        raise InputFileError(root, problem, expected)
 
 
 def audio_files(folder: Path) -> list[Path]:

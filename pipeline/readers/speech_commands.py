@@ -5,7 +5,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from pipeline.readers.spec import ClipRecord, DatasetSpec, LayoutError, require
+from pipeline.readers.spec import ClipRecord, DatasetSpec, require
+from cache_tools.errors import InputFileError
 
 SPLITS = ("train", "valid", "test")
 TARGET_LENGTH, CLIP_SECONDS = 128, 1.0
@@ -40,7 +41,7 @@ def _read_list(path: Path) -> set[str]:
 def _split_files(root: Path, split: str) -> tuple[dict[str, list[str]], list[str]]:
     """The split's files per word, and list entries with no file (missing)."""
     if split not in SPLITS:
-        raise LayoutError(root, f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        raise InputFileError(root, f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     words = _word_files(root)
     valid, test = _read_list(root / "validation_list.txt"), _read_list(root / "testing_list.txt")
     present = {f for fs in words.values() for f in fs}
@@ -88,7 +89,7 @@ def read_spc1(root: Path | str, test_root: Path | str | None, split: str) -> Dat
     root = Path(root)
     if split == "test":
         if test_root is None:
-            raise LayoutError(root, f"the SPC-1 test split reads SUPERB's test set; give test_root")
+            raise InputFileError(root, f"the SPC-1 test split reads SUPERB's test set; give test_root")
         records, missing = _read_spc1_test(Path(test_root)), []
     else:
         files, missing = _split_files(root, split)
@@ -106,6 +107,6 @@ def _read_spc1_test(test_root: Path) -> list[ClipRecord]:
     folders = sorted(d.name for d in test_root.iterdir() if d.is_dir() and not d.name.startswith("."))
     extra = [f for f in folders if f not in SPC1_CLASSES]
     if extra or not folders:
-        raise LayoutError(test_root, f"unexpected class folders {extra or folders}", EXPECTED_TEST)
+        raise InputFileError(test_root, f"unexpected class folders {extra or folders}", EXPECTED_TEST)
     return [_record(test_root, f"{w}/{p.name}", SPC1_CLASSES.index(w))
             for w in folders for p in sorted((test_root / w).glob("*.wav"))]

@@ -35,10 +35,9 @@ from torch.utils.data import Dataset, Sampler
 
 from cache_tools.clip_store import ClipStore
 from cache_tools.fbank import NUM_MEL_BINS, WINDOW, clip_samples, fbank, gain_fbank
-from train.config import ConfigError
-from train.finetune.data import DataError
 from train.data import normalize_fbank, require_finite
 from train.rng import item_seed
+from cache_tools.errors import ConfigError, StoreError
 
 SILENCE = re.compile(r"^_silence_/(?P<recording>.+)_(?P<k>\d+)$")   # SPC-1 reader's silence window ids
 
@@ -217,7 +216,7 @@ class TrainClips(Dataset):
         else:
             raw = raw[:clip_length(store, i, raw)]                             # [n]
         if len(raw) < WINDOW:
-            raise DataError(f"{store.path}: clip {store.clip_ids[i]!r} holds {len(raw)} samples of wave, fewer than "
+            raise StoreError(f"{store.path}: clip {store.clip_ids[i]!r} holds {len(raw)} samples of wave, fewer than "
                             f"one fbank window ({WINDOW}); mixup and roll_mag_aug recompute the fbank from the "
                             "stored wave, so they need a store written by `supmam prepare`")
         w = torch.from_numpy(raw.astype(np.float32) / 32768.0)                 # [n]

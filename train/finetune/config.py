@@ -7,14 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from cache_tools.errors import SupmamError
-from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_OPEN, ConfigError, EncoderSize, Range,
-                          RunConfig, check_ranges, load_config, preset_value)
+from cache_tools.errors import ConfigError
+from train.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, UNIT_OPEN, EncoderSize, Range, RunConfig, check_ranges, load_config, preset_value
 from train.finetune.tasks import TASKS, TaskName
-
-
-class FinetuneError(SupmamError):
-    pass
 
 
 @dataclass
@@ -115,7 +110,7 @@ def resolve_init(init: str, runs: str | Path) -> Path | None:
     if init == "latest":
         marker = Path(runs) / "latest-pretrain"
         if not marker.exists():
-            raise FinetuneError(f"--init latest: {marker} does not exist, so there is no pretraining checkpoint "
+            raise ConfigError(f"--init latest: {marker} does not exist, so there is no pretraining checkpoint "
                                 "yet. Run `make pretrain` first, or pass --init PATH (ours or AudioMAE's "
                                 "pretrained.pth), or --init none to fine-tune from random weights.")
         text = marker.read_text().strip()
@@ -123,12 +118,12 @@ def resolve_init(init: str, runs: str | Path) -> Path | None:
         if not path.exists() and (Path(runs).parent / text).exists():
             path = Path(runs).parent / text
         if not path.exists():
-            raise FinetuneError(f"--init latest: {marker} points at {text}, which does not exist; "
+            raise ConfigError(f"--init latest: {marker} points at {text}, which does not exist; "
                                 "run `make pretrain` again or pass --init PATH")
         return path
     path = Path(init)
     if not path.exists():
-        raise FinetuneError(f"{init}: init checkpoint not found")
+        raise ConfigError(f"{init}: init checkpoint not found")
     return path
 
 

@@ -22,10 +22,11 @@ from train.finetune import data as fd
 from train.finetune.split import Assignment, assign
 from train.finetune.engine import Splits, fit
 from train.finetune.augment import TrainClips
-from train.finetune.config import CustomFinetuneConfig, FinetuneConfig, FinetuneError
+from train.finetune.config import CustomFinetuneConfig, FinetuneConfig
 from train.finetune.protocols import Outcome, _fit_fields, _info, _run_cv, _summary, augment, build_model
 from train.finetune.metrics import primary_metric
 from train.finetune.tasks import TASKS, Task
+from cache_tools.errors import ConfigError
 
 
 def store_task(task: Task, store: ClipStore, assignment: Assignment) -> Task:
@@ -36,7 +37,7 @@ def store_task(task: Task, store: ClipStore, assignment: Assignment) -> Task:
 
 def open_custom_store(cfg: FinetuneConfig) -> ClipStore:
     if len(cfg.train_clips) != 1:
-        raise FinetuneError(f"{', '.join(cfg.train_clips) or '(none)'}: the custom task takes one clip store "
+        raise ConfigError(f"{', '.join(cfg.train_clips) or '(none)'}: the custom task takes one clip store "
                             "(from `supmam prepare folder`; --clips X.h5), with its split or folds inside")
     return fd.open_stores(cfg.train_clips)[0]
 

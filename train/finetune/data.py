@@ -18,12 +18,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import SupmamError
+from cache_tools.errors import StoreError
 from train.data import normalize_fbank, require_finite
-
-
-class DataError(SupmamError):
-    pass
 
 
 def open_stores(paths: Sequence[str | Path]) -> list[ClipStore]:
@@ -31,7 +27,7 @@ def open_stores(paths: Sequence[str | Path]) -> list[ClipStore]:
     out = []
     for path in map(Path, paths):
         if not path.exists():
-            raise DataError(f"{path}: clip store not found (build the stores with `make prepare`, "
+            raise StoreError(f"{path}: clip store not found (build the stores with `make prepare`, "
                             f"or point `stores` (--stores) at the folder that holds {path.name})")
         out.append(ClipStore(path))
     return out
@@ -43,7 +39,7 @@ def check_compatible(stores: Sequence[ClipStore]) -> None:
     for s in stores[1:]:
         for attr in ("multilabel", "num_classes", "class_names", "target_length"):
             if getattr(s, attr) != getattr(ref, attr):
-                raise DataError(f"{s.path}: {attr} = {getattr(s, attr)!r} differs from "
+                raise StoreError(f"{s.path}: {attr} = {getattr(s, attr)!r} differs from "
                                 f"{ref.path} ({getattr(ref, attr)!r}); these stores cannot be used together")
 
 
@@ -99,7 +95,7 @@ class WeightedEpochSampler(Sampler[int]):
     def __init__(self, weights: np.ndarray, num_samples: int, replacement: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         if not replacement and num_samples > len(weights):
-            raise DataError(f"weighted sampler: epoch_len {num_samples} exceeds the {len(weights)} clips "
+            raise StoreError(f"weighted sampler: epoch_len {num_samples} exceeds the {len(weights)} clips "
                             "(sampling without replacement); lower epoch_len or set replacement")
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         self.num_samples, self.replacement = num_samples, replacement

@@ -33,7 +33,7 @@ from train.finetune import data as fd
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.finetune.augment import SeededSampler
 from train.model.checkpoint import save_checkpoint
-from train.config import ConfigError, Diverged, to_dict
+from train.config import to_dict
 from train.data import worker_init
 from train.finetune.resume import gather_rng, load_resume, save_resume, truncate_logs
 from train.lr_sched import build_scheduler
@@ -41,6 +41,7 @@ from train.finetune.metrics import task_metrics
 from train.model.models_vit import AudioViT, describe
 from train.rng import set_rng_state
 from train.finetune.tasks import Task
+from cache_tools.errors import ConfigError, Diverged
 
 if TYPE_CHECKING:
     from train.finetune.config import FinetuneConfig

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_tools.errors import SupmamError
+from cache_tools.errors import ConfigError
 from train.finetune import data as fd
 from train.model.checkpoint import load_checkpoint
 from train.distributed import resolve_device
 from train.finetune.engine import evaluate
 from train.model.models_vit import AudioViT
 from train.finetune.tasks import TASKS
-
-
-class EvaluateError(SupmamError):
-    pass
 
 
 def rebuild(model_args: dict, state_dict: dict) -> AudioViT:
@@ -41,11 +37,11 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
     if state.get("kind") != "finetune" or "model_args" not in state:
-        raise EvaluateError(f"{ckpt}: not a fine-tuning checkpoint (kind={state.get('kind')!r}); "
+        raise ConfigError(f"{ckpt}: not a fine-tuning checkpoint (kind={state.get('kind')!r}); "
                             "evaluate takes the checkpoint.pt that `supmam finetune` writes")
     cfg = state["config"]
     if task is not None and task != cfg["task"]:
-        raise EvaluateError(f"{ckpt}: fine-tuned for task {cfg['task']!r}, not {task!r}")
+        raise ConfigError(f"{ckpt}: fine-tuned for task {cfg['task']!r}, not {task!r}")
     t = TASKS[cfg["task"]]
     path = Path(cfg["train_clips"][0] if t.protocol in ("cv", "store") else cfg["test_clips"])
     store = fd.open_stores([Path(stores) / path.name if stores is not None else path])[0]
@@ -60,7 +56,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     dev = resolve_device(device)
     vit = rebuild(state["model_args"], state["model"]).to(dev)
     if store.num_classes != vit.head.out_features:
-        raise EvaluateError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "
+        raise ConfigError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "
                             f"{vit.head.out_features}-class head")
     r = evaluate(vit, ds, t.multilabel, dev, batch_size)
     return {"task": t.name, "checkpoint": str(ckpt), "test_set": where, "clips": len(ds), "metric": t.metric,

@@ -12,11 +12,12 @@ import torch
 from cache_tools.clip_store import ClipStore
 from train.finetune import data as fd
 from train.finetune.augment import Augment, TrainClips
-from train.finetune.config import FinetuneConfig, FinetuneError
+from train.finetune.config import FinetuneConfig
 from train.finetune.engine import EvalResult, FitResult, Splits, fit
 from train.finetune.tasks import Task
 from train.model.checkpoint import load_encoder
 from train.model.models_vit import build_encoder
+from cache_tools.errors import ConfigError
 
 
 @dataclass
@@ -50,9 +51,9 @@ def check_stores(task: Task, stores: Sequence[ClipStore]) -> None:
     ref = stores[0]
     if ref.multilabel != task.multilabel:
         kind = "multi-label" if ref.multilabel else "single-label"
-        raise FinetuneError(f"{ref.path}: a {kind} store, but task {task.name} is not")
+        raise ConfigError(f"{ref.path}: a {kind} store, but task {task.name} is not")
     if task.num_classes is not None and ref.num_classes != task.num_classes:
-        raise FinetuneError(f"{ref.path}: task {task.name} has {task.num_classes} classes, "
+        raise ConfigError(f"{ref.path}: task {task.name} has {task.num_classes} classes, "
                             f"this store has {ref.num_classes}")
 
 
@@ -87,12 +88,12 @@ def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -> O
     store = fd.open_stores(cfg.train_clips)[0]
     check_stores(task, [store])
     if store.folds is None:
-        raise FinetuneError(f"{store.path}: no `fold` dataset, so {task.name} cross-validation is impossible")
+        raise ConfigError(f"{store.path}: no `fold` dataset, so {task.name} cross-validation is impossible")
     folds_all = np.asarray(store.folds)
     folds = cfg.folds or sorted(int(f) for f in np.unique(folds_all))
     missing = [f for f in folds if not (folds_all == f).any()]
     if missing:
-        raise FinetuneError(f"{store.path}: folds {missing} hold no clips "
+        raise ConfigError(f"{store.path}: folds {missing} hold no clips "
                             f"(stored folds: {sorted(set(folds_all.tolist()))})")
     info, per_fold, tests = _info([store]), [], []
     for k in folds:

@@ -21,9 +21,9 @@ import torch
 
 from train import distributed
 from train.model.checkpoint import load_checkpoint, save_checkpoint
-from train.data import StoreMismatch
 from train.rng import rng_state
 from train.run_folder import truncate_log
+from cache_tools.errors import StoreError
 
 RESUME = "last.pt"
 
@@ -52,11 +52,11 @@ def load_resume(out: Path, info: dict, dist: distributed.DistInfo) -> dict | Non
         return None
     st = load_checkpoint(path)
     if st.get("kind") != "finetune-resume":
-        raise StoreMismatch(f"{path}: not a fine-tuning resume state (kind={st.get('kind')!r})")
+        raise StoreError(f"{path}: not a fine-tuning resume state (kind={st.get('kind')!r})")
     if st["fingerprints"] != info["fingerprints"]:
-        raise StoreMismatch(f"{path}: trained on stores {st['fingerprints']}, not on these {info['fingerprints']}")
+        raise StoreError(f"{path}: trained on stores {st['fingerprints']}, not on these {info['fingerprints']}")
     if len(st["rng"]) != dist.world_size:
-        raise StoreMismatch(f"{path}: written by {len(st['rng'])} ranks, resumed with {dist.world_size}; "
+        raise StoreError(f"{path}: written by {len(st['rng'])} ranks, resumed with {dist.world_size}; "
                             "resume with the same number of processes")
     if dist.is_main:
         print(f"[finetune] resumed from {path} after epoch {st['epoch']} (update {st['step']})", flush=True)

@@ -18,11 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache_tools.clip_store import SPLIT_NAMES, ClipStore
-from cache_tools.errors import SupmamError
-
-
-class SplitError(SupmamError):
-    pass
+from cache_tools.errors import ConfigError
 
 
 @dataclass
@@ -88,16 +84,16 @@ def assign(store: ClipStore, seed: int, valid_fraction: float, test_fraction: fl
     if store.splits is not None:
         parts = {name: np.flatnonzero(store.splits == code) for code, name in enumerate(SPLIT_NAMES)}
         if not len(parts["train"]) or not len(parts["test"]):
-            raise SplitError(f"{store.path}: its split column holds {len(parts['train'])} train and "
+            raise ConfigError(f"{store.path}: its split column holds {len(parts['train'])} train and "
                              f"{len(parts['test'])} test clips; both parts are needed")
         return Assignment("split column", parts["train"], parts["valid"], parts["test"])
     if store.folds is not None:
         if len(np.unique(store.folds)) < 2:
-            raise SplitError(f"{store.path}: all clips are in fold {int(store.folds[0])}; cross-validation "
+            raise ConfigError(f"{store.path}: all clips are in fold {int(store.folds[0])}; cross-validation "
                              "needs two folds or more")
         return Assignment("folds", empty, empty, empty, folds=np.asarray(store.folds))
     if not (0 < test_fraction < 1 and 0 <= valid_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise SplitError(f"{store.path}: valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
+        raise ConfigError(f"{store.path}: valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
                          "be fractions with test > 0 and a sum below 1")
     notes: list[str] = []
     rest, test = hold_out(np.arange(len(store)), store.labels, test_fraction, seed, notes)

@@ -32,16 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from cache_tools.atomic import atomic_path
-from cache_tools.errors import StoreError, SupmamError
+from cache_tools.errors import CheckpointError, StoreError
 from cache_tools.safe_load import AUDIOMAE, OURS, safe_torch_load
 from train.model.models_vit import SIZES, AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
-
-
-class CheckpointError(SupmamError):
-    """A checkpoint that cannot (or must not) be loaded; the message names the file."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

@@ -42,10 +42,11 @@ import torch
 from torch import Tensor, nn
 from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 
-from train.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, ConfigError, EncoderSize, check_ranges
+from train.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, EncoderSize, check_ranges
 from train.model.losses import clap_loss, cls_loss, rec_loss
 from train.model.masking import gather_tokens, random_masking
 from train.model.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
+from cache_tools.errors import ConfigError
 
 OBJECTIVES = ("rec", "clap", "cls")
 CHOICES = ("decoder_shift_blocks", "pos_layout", "cls_reduction", "clap_dim_reduction", "clap_visible_from")

@@ -31,14 +31,15 @@ from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.model.checkpoint import load_checkpoint, save_checkpoint
-from train.config import AT_LEAST_0, AT_LEAST_1, ConfigError, Diverged, RunConfig, load_config, to_dict
-from train.data import PretrainDataset, StepBatchSampler, StoreMismatch, build_loader, endless_batches
+from train.config import AT_LEAST_0, AT_LEAST_1, RunConfig, load_config, to_dict
+from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_batches
 from train.lr_sched import build_scheduler
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
 from train.run_folder import claim, truncate_log
 from train.rng import mask_seed, rng_state, set_rng_state
 from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch_index, target_info, target_stats
+from cache_tools.errors import ConfigError, Diverged, StoreError
 
 
 @dataclass
@@ -193,7 +194,7 @@ def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: 
         return 0
     state = load_checkpoint(path)
     if state["fingerprints"] != fingerprints:
-        raise StoreMismatch(f"{path}: trained on stores {state['fingerprints']}, not on these {fingerprints}")
+        raise StoreError(f"{path}: trained on stores {state['fingerprints']}, not on these {fingerprints}")
     model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

@@ -12,7 +12,8 @@ import torch
 
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.grid_map import teacher_to_patch_index
-from train.data import PretrainDataset, StoreMismatch
+from train.data import PretrainDataset
+from cache_tools.errors import StoreError
 
 TARGET_IDENTITY = ("clip_fingerprint", "teacher", "checkpoint_sha256", "grid", "dim", "num_clips", "teacher_mel")
 STATS_CLIPS = 256     # clips sampled for the clap head's initial statistics
@@ -51,7 +52,7 @@ PER_STORE = ("clip_fingerprint", "num_clips")
 
 
 def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> TargetInfo:
-    """The teacher of the run; several target stores must come from the same teacher (else StoreMismatch)."""
+    """The teacher of the run; several target stores must come from the same teacher (else StoreError)."""
     if online_teacher is not None:
         t = online_teacher
         return TargetInfo(tuple(t.grid), int(t.dim), dict(t.teacher_mel), t.name, None)
@@ -62,7 +63,7 @@ def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> Ta
         diff = sorted(k for k in t if t[k] != teacher[0][k])
         if diff:
             verb = "differs" if len(diff) == 1 else "differ"
-            raise StoreMismatch(f"{ts.path}: {', '.join(diff)} {verb} from the target store {stores[0].path} "
+            raise StoreError(f"{ts.path}: {', '.join(diff)} {verb} from the target store {stores[0].path} "
                                 f"({ {k: t[k] for k in diff} } here, { {k: teacher[0][k] for k in diff} } there): "
                                 f"the target stores of one pretraining run must come from the same teacher")
     ts = stores[0]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import SupmamError
+from cache_tools.errors import ConfigError
 from train.finetune import data as fd, report
 from train.model.checkpoint import load_encoder
 from train.config import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, EncoderSize, Range, check_ranges, load_config,
@@ -43,10 +43,6 @@ from train.model.models_vit import build_encoder
 from train.use.features import cached_features, weights_sha256
 from train.probe.head import HeadSpec, fit_and_score, select
 from train.finetune.tasks import TASKS, Task, TaskName
-
-
-class ProbeError(SupmamError):
-    pass
 
 
 @dataclass
@@ -137,7 +133,7 @@ def open_data(cfg: ProbeConfig) -> tuple[list[ClipStore], Task, list[Round]]:
         valid = parts[len(train)] if cfg.valid_clips else None
         return stores, t, [_round(cfg, "test", np.arange(n_train), valid, parts[-1], _labels(stores))]
     if len(cfg.train_clips) != 1:
-        raise ProbeError(f"{', '.join(cfg.train_clips)}: task {t.name} reads one clip store")
+        raise ConfigError(f"{', '.join(cfg.train_clips)}: task {t.name} reads one clip store")
     store = fd.open_stores(cfg.train_clips)[0]
     a = None
     if t.protocol == "store":
@@ -146,7 +142,7 @@ def open_data(cfg: ProbeConfig) -> tuple[list[ClipStore], Task, list[Round]]:
     check_stores(t, [store])
     folds = store.folds if a is None else a.folds
     if folds is None and t.protocol == "cv":
-        raise ProbeError(f"{store.path}: no `fold` dataset, so {t.name} cross-validation is impossible")
+        raise ConfigError(f"{store.path}: no `fold` dataset, so {t.name} cross-validation is impossible")
     if folds is None:
         return [store], t, [_round(cfg, "test", a.train, a.valid if len(a.valid) else None, a.test, store.labels)]
     return [store], t, _fold_rounds(cfg, np.asarray(folds), store)
@@ -164,7 +160,7 @@ def _fold_rounds(cfg: ProbeConfig, folds: np.ndarray, store: ClipStore) -> list[
     stored = sorted(int(f) for f in np.unique(folds))
     missing = [k for k in cfg.folds if k not in stored]
     if missing or len(stored) < 3:
-        raise ProbeError(f"{store.path}: folds {missing or stored} cannot be probed (stored folds {stored}; the "
+        raise ConfigError(f"{store.path}: folds {missing or stored} cannot be probed (stored folds {stored}; the "
                          "probe needs three or more: test, inner validation, training)")
     rounds = []
     for k in cfg.folds or stored:
@@ -207,7 +203,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     head_seconds = time.time() - t_heads
     after = weights_sha256(vit)
     if after != before:
-        raise ProbeError(f"{cfg.init}: the encoder's weights changed during the probe (sha256 {before[:16]} -> "
+        raise ConfigError(f"{cfg.init}: the encoder's weights changed during the probe (sha256 {before[:16]} -> "
                          f"{after[:16]}); the probe must leave the encoder frozen")
     m = _metrics(cfg, t, stores, results)
     m["probe"] = {"head": cfg.head, "layer": cfg.layer, "pooling": cfg.pooling, "encoder_sha256": before,

@@ -11,7 +11,7 @@ PretrainedEncoder.embed(wave, sr, layer=-1, hop=None, max_batch=8) -> Embeddings
     numpy or torch, float in [-1, 1], any rate `sr` (resampled to 16 kHz: pipeline.audio_io.resample).
 Embeddings: clip [B, D], frames [B, T', D], timestamps [T'] (float64 seconds), patches [B, T', F', D],
     plus layer, hop (seconds) and window (seconds) as used.
-EmbedError (a SupmamError): a user-facing problem (bad input, unknown layer); EncoderLoadError(EmbedError):
+ConfigError (a SupmamError): a user-facing problem (bad input, unknown layer); CheckpointError(ConfigError):
     a file that cannot be read as an encoder. Messages read `<file>: <why>`.
 
 What the numbers are
@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cache_tools.errors import SupmamError
+from cache_tools.errors import CheckpointError, ConfigError
 from pipeline.audio_io import resample
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
-from train.model.checkpoint import CheckpointError, encoder_from_checkpoint, load_checkpoint
+from train.model.checkpoint import encoder_from_checkpoint, load_checkpoint
 from train.distributed import resolve_device
 from train.model.models_vit import AudioViT
 
@@ -65,14 +65,6 @@ MIN_SAMPLES = round(WIN_S * SAMPLE_RATE)                        # one fbank fram
 # AudioMAE's `args.dataset` -> our NORM_STATS key (AudioMAE's main_finetune_as.py norm_stats)
 AUDIOMAE_DATASETS = {"audioset": "audioset", "k400": "audioset", "esc50": "esc50", "speechcommands": "spc2"}
 TASK_DATASETS = {"as2m": "audioset", "as20k": "audioset", "esc50": "esc50", "spc1": "spc1", "spc2": "spc2"}
-
-
-class EmbedError(SupmamError):
-    """A user-facing problem with the input or the request; the message names the file or value."""
-
-
-class EncoderLoadError(EmbedError):
-    """A file that cannot be read as an encoder; the message reads `<file>: <why>`."""
 
 
 @dataclass
@@ -133,7 +125,7 @@ class PretrainedEncoder(nn.Module):
 
     def _layer_index(self, layer: int) -> int:
         if not -self.depth <= layer < self.depth:
-            raise EmbedError(f"layer {layer}: this encoder has {self.depth} blocks "
+            raise ConfigError(f"layer {layer}: this encoder has {self.depth} blocks "
                              f"(0..{self.depth - 1} or -1..-{self.depth})")
         return layer % self.depth
 
@@ -143,7 +135,7 @@ class PretrainedEncoder(nn.Module):
         if hop is None:
             return win_cols
         if not 0 < hop <= win_cols * col_s + 1e-9:
-            raise EmbedError(f"hop {hop} s: must be in (0, {win_cols * col_s:g}] s, the encoder's window")
+            raise ConfigError(f"hop {hop} s: must be in (0, {win_cols * col_s:g}] s, the encoder's window")
         return max(1, min(win_cols, round(hop / col_s)))
 
     def fbanks(self, wave, sr: int) -> tuple[Tensor, int]:
@@ -154,9 +146,9 @@ class PretrainedEncoder(nn.Module):
         elif w.dim() == 3:
             w = w.mean(dim=1)                                                # [B, C, n] -> [B, n]
         if w.dim() != 2 or w.shape[-1] == 0:
-            raise EmbedError(f"wave of shape {tuple(w.shape)}: expected [n], [B, n] or [B, C, n] samples")
+            raise ConfigError(f"wave of shape {tuple(w.shape)}: expected [n], [B, n] or [B, C, n] samples")
         if not torch.isfinite(w).all():
-            raise EmbedError("wave holds NaN or infinite samples")
+            raise ConfigError("wave holds NaN or infinite samples")
         if int(sr) != SAMPLE_RATE:
             w = resample(w, int(sr), SAMPLE_RATE)                            # [B, m]
         if w.shape[-1] < MIN_SAMPLES:
@@ -216,11 +208,11 @@ def norm_of_checkpoint(ck: dict) -> tuple[float, float, str]:
 
 
 def _load_export_dir(path: Path) -> tuple[AudioViT, float, float, str]:
-    from train.use.export import ExportError, read_export
+    from train.use.export import read_export
     try:
         sd, cfg = read_export(path)
-    except ExportError as e:
-        raise EncoderLoadError(str(e)) from e
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
     vit = encoder_from_checkpoint(path, {"model": sd, "model_args": {"num_heads": cfg["supmam"].get("num_heads")}})
     norm = cfg["normalization"]
     return vit, norm["mean"], norm["std"], f"{norm.get('source', 'stored')} (export config.json)"
@@ -238,11 +230,11 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
             vit = encoder_from_checkpoint(path, ck)
             mean, std, source = norm_of_checkpoint(ck)
     except CheckpointError as e:
-        raise EncoderLoadError(str(e)) from e
+        raise CheckpointError(str(e)) from e
     if norm is not None:
         (mean, std), source = norm, "given by the caller"
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise EncoderLoadError(f"{path}: normalisation stats mean={mean} std={std} are not usable")
+        raise CheckpointError(f"{path}: normalisation stats mean={mean} std={std} are not usable")
     return PretrainedEncoder(vit, mean, std, str(path), source).to(resolve_device(str(device))).eval()
 
 

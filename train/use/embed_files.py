@@ -9,7 +9,7 @@ list_audio(inputs, files_from=None) -> list[(clip_id, path)]   sorted by clip id
 embed_files(encoder, inputs, out, layer=-1, hop=None, max_seconds=3600.0, block_size=32,
             files_from=None, progress=True) -> report dict
 summary_line(report) -> str
-class EmbedFilesError(EmbedError)       `<file>: <why>`
+class InputFileError(ConfigError)       `<file>: <why>`
 
 Output `out` (HDF5, h5py), N clips, M frames in all:
   clip_id      str [N]          path  str [N]            clip  float32 [N, D]
@@ -30,6 +30,7 @@ inputs and settings embeds only the unfinished blocks. The final file is written
 renamed; a rerun over a complete `out` of the same job does nothing; one of another job is refused.
 """
 from __future__ import annotations
+from cache_tools.errors import InputFileError
 
 import json
 import os
@@ -45,7 +46,7 @@ from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.h5_text import attr_str, fixed_utf8, read_text, text_attr
 from pipeline.audio_io import load_clip
-from train.use.embed import SHIFT_S, EmbedError, PretrainedEncoder, describe
+from train.use.embed import SHIFT_S, PretrainedEncoder, describe
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".aifc",
                     ".au", ".caf", ".w64", ".wma", ".webm", ".mka", ".mp4"}
@@ -54,17 +55,13 @@ RULE = ("clip = mean of the layer's patch tokens over the clip; frames = frequen
         "it is most central in (train/use/embed.py)")
 
 
-class EmbedFilesError(EmbedError):
-    """The message reads `<file>: <why>`."""
-
-
 def list_audio(inputs: list[str | Path], files_from: str | Path | None = None) -> list[tuple[str, Path]]:
     items: list[tuple[str, Path]] = []
     if files_from is not None:
         try:
             lines = Path(files_from).read_text().splitlines()
         except OSError as e:
-            raise EmbedFilesError(f"{files_from}: cannot read the file list ({e.strerror})") from e
+            raise InputFileError(f"{files_from}: cannot read the file list ({e.strerror})") from e
         inputs = [*inputs, *(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))]
     for inp in map(Path, inputs):
         if inp.is_dir():
@@ -73,14 +70,14 @@ def list_audio(inputs: list[str | Path], files_from: str | Path | None = None) -
         elif inp.exists():
             items.append((str(inp), inp))
         else:
-            raise EmbedFilesError(f"{inp}: no such file or folder")
+            raise InputFileError(f"{inp}: no such file or folder")
     seen: dict[str, Path] = {}
     for cid, p in items:
         if cid in seen:
-            raise EmbedFilesError(f"{p}: clip id {cid!r} also names {seen[cid]}; pass the folders separately")
+            raise InputFileError(f"{p}: clip id {cid!r} also names {seen[cid]}; pass the folders separately")
         seen[cid] = p
     if not items:
-        raise EmbedFilesError(f"{', '.join(map(str, inputs)) or '(no inputs)'}: no audio files found "
+        raise InputFileError(f"{', '.join(map(str, inputs)) or '(no inputs)'}: no audio files found "
                               f"(folders are searched for {', '.join(sorted(AUDIO_EXTENSIONS))})")
     return sorted(items)
 
@@ -162,10 +159,10 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
             with h5py.File(out, "r") as f:
                 same, written = attr_str(f.attrs.get("job")) == job, len(f["clip_id"]) if "clip_id" in f else 0
         except OSError as e:
-            raise EmbedFilesError(f"{out}: exists and is not an HDF5 file ({e}); delete it or choose "
+            raise InputFileError(f"{out}: exists and is not an HDF5 file ({e}); delete it or choose "
                                   f"another --out") from e
         if not same:
-            raise EmbedFilesError(f"{out}: exists and was made from other files or settings; delete it or "
+            raise InputFileError(f"{out}: exists and was made from other files or settings; delete it or "
                                   f"choose another --out")
         return {"out": str(out), "status": "already complete", "written": int(written)}
     parts = Path(f"{out}.parts")
@@ -189,7 +186,7 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
     report = {"out": str(out), "written": n, "skipped": skipped, "listed": len(items)}
     atomic_write_text(report_file, json.dumps(report, indent=1))
     if n == 0:
-        raise EmbedFilesError(f"{out}: no usable clips: all {len(skipped)} files were skipped; see {report_file}")
+        raise InputFileError(f"{out}: no usable clips: all {len(skipped)} files were skipped; see {report_file}")
     shutil.rmtree(parts)
     return {**report, "seconds": round(time.time() - t0, 3)}
 

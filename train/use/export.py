@@ -7,10 +7,10 @@ write_export(vit, out, fmt="timm", norm={"mean", "std", "source"}, source="") ->
                            also in its header metadata (key "supmam_config")
     out/config.json        {"normalization", "supmam"} (+ for fmt "timm": timm's hub fields
                            "architecture", "num_classes", "num_features", "model_args", "pretrained_cfg")
-read_export(out) -> (state_dict, config)      ExportError naming the file on any problem
+read_export(out) -> (state_dict, config)      ConfigError naming the file on any problem
 timm_create_kwargs(out) -> dict               keyword arguments for timm.create_model (file overlay)
 timm_model_args(vit) -> dict                  VisionTransformer arguments reproducing `vit`
-class ExportError(SupmamError)
+class ConfigError(SupmamError)
 
 How timm holds our encoder
 --------------------------
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from cache_tools.atomic import atomic_path, atomic_write_text
-from cache_tools.errors import SupmamError
+from cache_tools.errors import ConfigError
 from cache_tools.fingerprint import file_sha256
 from train.model.checkpoint import export_encoder
 from train.model.models_vit import AudioViT
@@ -48,10 +48,6 @@ FORMATS = ("timm", "safetensors")
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 TIMM_ARCH = {192: "vit_tiny_patch16_224", 384: "vit_small_patch16_224", 768: "vit_base_patch16_224",
              1024: "vit_large_patch16_224"}
-
-
-class ExportError(SupmamError):
-    """The message reads `<file>: <why>`."""
 
 
 def timm_model_args(vit: AudioViT) -> dict:
@@ -93,11 +89,11 @@ def write_export(vit: AudioViT, out: str | Path, fmt: str = "timm", norm: dict |
     from safetensors.torch import save_file
     out = Path(out)
     if fmt not in FORMATS:
-        raise ExportError(f"{out}: unknown format {fmt!r}; choose one of {FORMATS}")
+        raise ConfigError(f"{out}: unknown format {fmt!r}; choose one of {FORMATS}")
     if norm is None or not {"mean", "std"} <= norm.keys():
-        raise ExportError(f"{out}: the normalisation stats (mean, std) are required")
+        raise ConfigError(f"{out}: the normalisation stats (mean, std) are required")
     if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder")
+        raise ConfigError(f"{out}: exists and is not a folder")
     cfg = {"normalization": {"mean": float(norm["mean"]), "std": float(norm["std"]),
                              "source": norm.get("source", ""), "formula": "(fbank - mean) / (2 * std)"},
            "supmam": _supmam_config(vit, source)}
@@ -105,7 +101,7 @@ def write_export(vit: AudioViT, out: str | Path, fmt: str = "timm", norm: dict |
         try:
             cfg = {**_timm_fields(vit, cfg["normalization"]), **cfg}
         except ValueError as e:
-            raise ExportError(f"{source or out}: {e}; use --format safetensors") from e
+            raise ConfigError(f"{source or out}: {e}; use --format safetensors") from e
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.contiguous() for k, v in export_encoder(vit).items()}
     with atomic_path(out / WEIGHTS) as tmp:
@@ -121,22 +117,22 @@ def read_export(out: str | Path) -> tuple[dict[str, Tensor], dict]:
     out = Path(out)
     weights, cfg_path = out / WEIGHTS, out / CONFIG
     if not weights.is_file():
-        raise ExportError(f"{weights}: not found (an export folder holds {WEIGHTS} and {CONFIG})")
+        raise ConfigError(f"{weights}: not found (an export folder holds {WEIGHTS} and {CONFIG})")
     try:
         with safe_open(str(weights), framework="pt") as f:
             sd = {k: f.get_tensor(k) for k in f.keys()}
             header = (f.metadata() or {}).get("supmam_config")
     except (SafetensorError, OSError) as e:
-        raise ExportError(f"{weights}: cannot read safetensors ({e})") from e
+        raise ConfigError(f"{weights}: cannot read safetensors ({e})") from e
     try:
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else json.loads(header or "null")
     except json.JSONDecodeError as e:
-        raise ExportError(f"{cfg_path}: not valid JSON ({e})") from e
+        raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(cfg, dict) or "normalization" not in cfg or "supmam" not in cfg:
-        raise ExportError(f"{cfg_path}: no `normalization` / `supmam` sections (not written by supmam export)")
+        raise ConfigError(f"{cfg_path}: no `normalization` / `supmam` sections (not written by supmam export)")
     sha = cfg["supmam"].get("weights_sha256")
     if sha and cfg_path.is_file() and sha != file_sha256(weights):
-        raise ExportError(f"{weights}: does not match {cfg_path} (sha256 differs: written by another export?)")
+        raise ConfigError(f"{weights}: does not match {cfg_path} (sha256 differs: written by another export?)")
     return sd, cfg
 
 
@@ -145,7 +141,7 @@ def timm_create_kwargs(out: str | Path) -> dict:
     out = Path(out)
     _, cfg = read_export(out)
     if "model_args" not in cfg:
-        raise ExportError(f"{out / CONFIG}: written with --format safetensors; re-export with --format timm")
+        raise ConfigError(f"{out / CONFIG}: written with --format safetensors; re-export with --format timm")
     p = cfg["pretrained_cfg"]
     overlay = {"file": str(out / WEIGHTS), "num_classes": cfg["num_classes"], "input_size": tuple(p["input_size"]),
                "mean": tuple(p["mean"]), "std": tuple(p["std"]), "fixed_input_size": True}

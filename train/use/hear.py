@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from train.use.embed import EmbedError, PretrainedEncoder, load_pretrained
+from train.use.embed import PretrainedEncoder, load_pretrained
+from cache_tools.errors import ConfigError
 
 
 def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = None,
                device: str | None = None, **kw) -> PretrainedEncoder:
     if not model_file_path:
-        raise EmbedError("load_model: model_file_path is required (a pretrain / finetune checkpoint.pt, "
+        raise ConfigError("load_model: model_file_path is required (a pretrain / finetune checkpoint.pt, "
                          "AudioMAE's pretrained.pth / finetuned.pth or a `supmam export` folder)")
     model = load_pretrained(model_file_path, device=device or "cpu", **kw)
     model._layer_index(layer)                                   # refuse a bad layer now, not at first call
@@ -39,7 +40,7 @@ def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = N
 
 def _embed(audio: Tensor, model: PretrainedEncoder):
     if audio.dim() != 2:
-        raise EmbedError(f"audio of shape {tuple(audio.shape)}: HEAR passes [n_sounds, n_samples]")
+        raise ConfigError(f"audio of shape {tuple(audio.shape)}: HEAR passes [n_sounds, n_samples]")
     return model.embed(audio, model.sample_rate, layer=getattr(model, "hear_layer", -1),
                        hop=getattr(model, "hear_hop", None))
 
