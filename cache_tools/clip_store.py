@@ -21,7 +21,7 @@ from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.clip_checksums import CHECKSUM_ABOUT, CHECKSUM_BLOCK, BlockChecksums, content_digest
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
-from cache_tools.fingerprint import clip_fingerprint
+from cache_tools.fingerprint import assignment_digest, clip_fingerprint
 from cache_tools.h5_text import fixed_utf8, read_text, text_attr
 
 FORMAT = "supmam-clipstore/1"
@@ -139,7 +139,10 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
             computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped), stats_mean=mean, stats_std=std,
                             checksum_block=CHECKSUM_BLOCK, checksum=CHECKSUM_ABOUT,
                             fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
-                                                         content=content_digest(digests)))
+                                                         content=content_digest(digests),
+                                                         assignment=assignment_digest(
+                                                             out["fold"][:] if "fold" in out else None,
+                                                             out["split"][:] if "split" in out else None)))
             for k, v in {**attrs, **computed}.items():
                 v = json.dumps(v) if k in JSON_ATTRS else v
                 out.attrs[k] = text_attr(v) if isinstance(v, str) else v

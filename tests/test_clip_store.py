@@ -12,7 +12,7 @@ import pytest
 from cache_tools import clip_store
 from cache_tools.atomic import atomic_path
 from cache_tools.clip_store import ClipStore
-from cache_tools.fingerprint import clip_fingerprint
+from cache_tools.fingerprint import assignment_digest, clip_fingerprint
 from cache_tools.errors import StoreError
 
 T, F, S, C = 12, 128, 320, 3
@@ -70,7 +70,9 @@ def test_assemble_and_read_back(tmp_path):
         for row in (fb[i], wv[i], lab[i]):
             h.update(row.tobytes())
     content = hashlib.sha256(h.hexdigest().encode()).hexdigest()
-    assert s.fingerprint == clip_fingerprint(ids, PARAMS, T, content=content) == report["fingerprint"]
+    assignment = assignment_digest(folds, None)                   # the folds are part of the identity
+    assert s.fingerprint == clip_fingerprint(ids, PARAMS, T, content=content, assignment=assignment) == report["fingerprint"]
+    assert s.fingerprint != clip_fingerprint(ids, PARAMS, T, content=content)
     assert s.attrs["stats_mean"] == pytest.approx(fb.astype(np.float64).mean(), rel=1e-9)
     assert s.attrs["stats_std"] == pytest.approx(fb.astype(np.float64).std(), rel=1e-6)
     assert s.attrs["skipped"] == 1 and s.attrs["complete"] is True
