@@ -25,7 +25,8 @@ def _row_bytes(x: np.ndarray) -> np.ndarray:
 class BlockChecksums:
     """sha256 per CHECKSUM_BLOCK consecutive clips, fed clips in store order in runs of any length."""
 
-    def __init__(self):
+    def __init__(self, block: int | None = CHECKSUM_BLOCK):
+        self.block = block                  # None: one digest over everything added (a part's block)
         self.digests: list[str] = []
         self._h, self._in = hashlib.sha256(), 0
 
@@ -35,7 +36,7 @@ class BlockChecksums:
             for row in (fb[i], wv[i], lab[i]):
                 self._h.update(row)
             self._in += 1
-            if self._in == CHECKSUM_BLOCK:
+            if self._in == self.block:
                 self.digests.append(self._h.hexdigest())
                 self._h, self._in = hashlib.sha256(), 0
 
@@ -60,23 +61,57 @@ def old_store_note(path: Path | str) -> str | None:
             "rebuild it with `supmam prepare` to add them")
 
 
-def verify_checksums(path: Path | str) -> list[str]:
+def block_rows(f: h5py.File) -> np.ndarray | None:
+    """int64 [B+1]: block b covers clips rows[b]..rows[b+1]-1. Stores assembled from parts record it
+    (`checksum_rows`: one block per part); older ones have CHECKSUM_BLOCK clips per block. None: the
+    recorded checksums do not fit the store."""
+    n, recorded = len(f["fbank"]), len(f["checksums"])
+    if "checksum_rows" in f:
+        rows = np.asarray(f["checksum_rows"][:], np.int64)
+        ok = len(rows) == recorded + 1 and rows[0] == 0 and rows[-1] == n and np.all(np.diff(rows) > 0)
+        return rows if ok else None
+    block = int(f.attrs.get("checksum_block", CHECKSUM_BLOCK))
+    if block != CHECKSUM_BLOCK or recorded != -(-n // block):
+        return None
+    return np.minimum(np.arange(recorded + 1, dtype=np.int64) * block, n)
+
+
+def _check_blocks(path: str, blocks: list[int]) -> list[int]:
+    """The blocks among `blocks` whose recomputed sha256 differs from the recorded one."""
+    bad = []
+    with h5py.File(path, "r") as f:
+        rows, recorded = block_rows(f), f["checksums"]
+        for b in blocks:
+            sums = BlockChecksums(block=None)
+            lo, hi = int(rows[b]), int(rows[b + 1])
+            sums.add(f["fbank"][lo:hi], f["wave"][lo:hi], f["labels"][lo:hi])
+            if sums.finish() != [recorded[b].decode("ascii")]:
+                bad.append(b)
+    return bad
+
+
+def verify_checksums(path: Path | str, workers: int | None = None) -> list[str]:
     """Problems found by recomputing every block's checksum (empty: contents intact, or an old store
-    without checksums: see old_store_note)."""
+    without checksums: see old_store_note); `workers` processes (default: the cores available), each
+    reading its own contiguous run of blocks."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cache_tools.shard_verify import default_workers
+
     path = Path(path)
     with h5py.File(path, "r") as f:
         if "checksums" not in f:
             return []
-        recorded = [d.decode("ascii") for d in f["checksums"][:]]
-        block, n = int(f.attrs.get("checksum_block", CHECKSUM_BLOCK)), len(f["fbank"])
-        if block != CHECKSUM_BLOCK or len(recorded) != -(-n // block):
-            return [f"{path}: checksums describe {len(recorded)} blocks of {block} clips, the store holds {n} clips"]
-        bad = []
-        for b, want in enumerate(recorded):
-            sums = BlockChecksums()
-            rows = slice(b * block, min(n, (b + 1) * block))
-            sums.add(f["fbank"][rows], f["wave"][rows], f["labels"][rows])
-            if sums.finish() != [want]:
-                bad.append(b)
-    return [f"{path}: clips {b * block}..{min(n, (b + 1) * block) - 1} corrupt (block {b} fails its sha256)"
-            for b in bad]
+        rows, n, recorded = block_rows(f), len(f["fbank"]), len(f["checksums"])
+    if rows is None:
+        return [f"{path}: checksums describe {recorded} blocks, which do not cover the store's {n} clips"]
+    workers = max(1, min(workers or default_workers(), recorded // 16 or 1))
+    runs = [r.tolist() for r in np.array_split(np.arange(recorded), workers) if len(r)]
+    if workers == 1:
+        bad = _check_blocks(str(path), runs[0] if runs else [])
+    else:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            bad = [b for part in pool.map(_check_blocks, [str(path)] * len(runs), runs) for b in part]
+    return [f"{path}: clips {rows[b]}..{rows[b + 1] - 1} corrupt (block {b} fails its sha256)" for b in bad]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache_tools.target_store import ARRAY, FORMAT, ShardWriter, file_sha256, read_attrs, shard_file
+from cache_tools.shard_verify import verify_shards
+from cache_tools.target_store import ARRAY, FORMAT, ShardWriter, read_attrs, shard_file
 from cache_tools.errors import StoreError
 
 
@@ -39,11 +40,11 @@ def inspect_store(path) -> str:
     ])
 
 
-def verify_store(path, clips=None, notes: list[str] | None = None) -> list[str]:
+def verify_store(path, clips=None, notes: list[str] | None = None, workers: int | None = None) -> list[str]:
     """Problems found (empty list: all good). Clip store: every block's sha256 (a store written
     before checksums existed is not a failure: "no checksums (old store)" goes to `notes`). Target
     store: every shard's record and sha256; with `clips`, the clip store's fingerprint against the
-    targets' record."""
+    targets' record. Every shard is hashed (passes are remembered for the readers). `workers` processes / threads hash in parallel (default: the cores available)."""
     path = Path(path)
     if not path.exists():
         return [f"{path}: no such file or directory"]
@@ -58,7 +59,7 @@ def verify_store(path, clips=None, notes: list[str] | None = None) -> list[str]:
         try:
             if notes is not None and (note := old_store_note(path)):
                 notes.append(note)
-            return verify_checksums(path)
+            return verify_checksums(path, workers)
         except H5_ERRORS as e:
             return [str(damaged(path, e))]
     try:
@@ -71,12 +72,13 @@ def verify_store(path, clips=None, notes: list[str] | None = None) -> list[str]:
         problems.append(f"{path}: format {a.get('format')!r}, expected {FORMAT!r}")
     if not a.get("complete"):
         problems.append(f"{path}: not finalized (complete=false); rerun `supmam targets`")
-    for k in range(writer.num_shards):
-        rec, f = writer.record(k), shard_file(path, k)
-        if not rec or not rec.get("complete"):
-            problems.append(f"{f}: shard {k} incomplete (no completion record)")
-        elif file_sha256(f) != rec.get("sha256"):
-            problems.append(f"{f}: shard {k} corrupt (sha256 {file_sha256(f)} != recorded {rec.get('sha256')})")
+    records = {str(k): writer.record(k) for k in range(writer.num_shards)}
+    done = [k for k in range(writer.num_shards) if (records[str(k)] or {}).get("complete")]
+    problems += [f"{shard_file(path, k)}: shard {k} incomplete (no completion record)"
+                 for k in range(writer.num_shards) if k not in set(done)]
+    for k, why in verify_shards(path, writer.num_shards, records, workers, shards=done, trust=False):
+        problems.append(f"{shard_file(path, k)}: " + why.replace(" is corrupt: its sha256 ", " corrupt (sha256 ")
+                        .replace(" differs from the recorded ", " != recorded ") + (")" if "corrupt" in why else ""))
     if clips is not None:
         from cache_tools.clip_store import ClipStore
 

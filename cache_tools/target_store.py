@@ -23,7 +23,6 @@ are all empty has no file (record sha256 null). Readers return zeros for such cl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -180,9 +179,12 @@ class TargetStore:
     sharding: (offset, nbytes) uint64 little-endian per chunk, crc32c after, at the end or start);
     compressed stores are read through zarr-python. Fork-safe: maps open lazily per shard.
 
-    verify (default): the first read from a shard in a process hashes the shard file and checks it
-    against the sha256 its completion record holds (StoreError naming the shard if it differs), so
-    a run never trains on flipped bytes; about one sequential read of the shard, once per process."""
+    verify (default): before the first read from a shard, its file is checked against the sha256 its
+    completion record holds (StoreError naming the shard if it differs), so a run never trains on
+    flipped bytes. A shard that passed before and whose file has not changed (size, mtime, inode:
+    cache_tools.shard_verify) costs one stat, no hashing: `verify_all()` on one process per node
+    (pretraining's local rank 0) hashes the store once, and every other reader and DataLoader
+    worker on that node, and every later start, hashes nothing."""
 
     def __init__(self, path, verify: bool = True):
         self.path = Path(path)
@@ -211,7 +213,8 @@ class TargetStore:
         self._index_at_end = cfg.get("index_location", "end") == "end"
         self._chunk_bytes = 2 * int(np.prod(self.shape[1:]))
         self._shards: dict[int, tuple] = {}
-        self._checked: set[int] = set()
+        self._checked = np.zeros(self.num_shards, bool)   # [S] shard checked in this process
+        self._cache = None                                  # shard_verify.VerifiedCache, built on first check
         self._zarr = None
 
     def __len__(self) -> int:
@@ -219,25 +222,52 @@ class TargetStore:
 
     def __repr__(self) -> str:
         return f"TargetStore({str(self.path)!r}, shape={self.shape}, teacher={self.teacher_name!r})"
+        self.num_shards = -(-self.shape[0] // self.k)
 
     def __getstate__(self):  # maps are per process: reopen after pickling (spawned DataLoader workers)
-        return {**self.__dict__, "_shards": {}, "_checked": set(), "_zarr": None}
+        return {**self.__dict__, "_shards": {}, "_checked": np.zeros(self.num_shards, bool), "_cache": None,
+                "_zarr": None}
 
-    def _check_shard(self, k: int, data=None) -> None:
-        """Once per shard and process: the shard file's sha256 against its completion record."""
-        if not self.verify or k in self._checked:
+    def _verified(self):
+        from cache_tools.shard_verify import VerifiedCache
+
+        if self._cache is None:
+            self._cache = VerifiedCache(self.path, self.attrs.get("shards", {}), self.num_shards)
+        return self._cache
+
+    def _check_shard(self, k: int) -> None:
+        """Once per shard and process: unless the verified cache vouches for the unchanged file, the
+        shard file's sha256 (read from the file) against its completion record."""
+        if not self.verify or self._checked[k]:
             return
-        want = (self.attrs.get("shards", {}).get(str(k)) or {}).get("sha256")
-        f = shard_file(self.path, k)
-        if want is not None:
-            got = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(f)
-            if got != want:
-                raise StoreError(f, f"shard {k} is corrupt: its sha256 {got} differs from the recorded {want}; "
-                                    "rerun `supmam targets` into a new store (`supmam store verify` lists every bad shard)")
-        self._checked.add(k)
+        from cache_tools.shard_verify import check_shard
+
+        cache = self._verified()
+        trusted = cache.trusted(k)
+        problem = None if trusted else check_shard(cache, k)
+        if problem:
+            raise StoreError(shard_file(self.path, k), f"{problem}; rerun `supmam targets` into a new store "
+                                                       "(`supmam store verify` lists every bad shard)")
+        if not trusted:
+            cache.save()
+        self._checked[k] = True
+
+    def verify_all(self, workers: int | None = None) -> int:
+        """Check every shard not yet trusted, `workers` threads at a time (default: the cores available);
+        StoreError naming the first bad shard. Returns the number of shards hashed."""
+        from cache_tools import shard_verify
+
+        before = len(shard_verify.HASHED)
+        bad = shard_verify.verify_shards(self.path, self.num_shards, self.attrs.get("shards", {}), workers)
+        if bad:
+            k, problem = bad[0]
+            more = f" ({len(bad) - 1} more bad shards)" if len(bad) > 1 else ""
+            raise StoreError(shard_file(self.path, k), f"{problem}{more}; rerun `supmam targets` into a new store")
+        self._checked[:] = True
+        return len(shard_verify.HASHED) - before
 
     def _shard(self, k: int) -> tuple:
-        """(view float16 [R, Tt, Ft, D] of shard k's chunk bytes, rows: list, row of each clip or -1).
+        """(view float16 [R, Tt, Ft, D] of shard k's chunk bytes, rows: int64 [K], row of each clip or -1).
 
         Reads the shard index (checked against its crc32c) once; zarr writes the chunks of a
         shard back to back, so every chunk of clip j is row rows[j] of one strided view."""
@@ -247,12 +277,11 @@ class TargetStore:
         if not f.exists():  # an all-empty shard has no file (its record says sha256 null)
             if (self.attrs.get("shards", {}).get(str(k)) or {}).get("sha256") is not None:
                 raise StoreError(f, f"shard {k} is missing (its completion record names a file); rerun `supmam targets`")
-            self._shards[k] = (None, [-1] * self.k)
+            self._shards[k] = (None, np.full(self.k, -1, np.int64))
             return self._shards[k]
         import google_crc32c
 
         mm = np.memmap(f, dtype=np.uint8, mode="r")
-        self._check_shard(k, mm)
         size = 16 * self.k + 4
         if mm.size < size:
             raise StoreError(f, f"shard file is {mm.size} bytes, shorter than its {size}-byte index")
@@ -260,6 +289,7 @@ class TargetStore:
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise StoreError(f, "shard index fails its crc32c check (corrupt shard)")
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.k, 2)  # [K, (offset, nbytes)]
+        self._check_shard(k)                                  # the file, before it is mapped
         used = index[:, 0] != MAX_U64
         offs, cb = index[used, 0].astype(np.int64), self._chunk_bytes
         base = int(offs.min()) if used.any() else 0
@@ -267,7 +297,7 @@ class TargetStore:
             raise StoreError(f, f"shard index does not describe {cb}-byte chunks inside the file (corrupt shard)")
         nrows = int((offs.max() - base) // cb + 1) if used.any() else 0
         view = np.frombuffer(mm, dtype="<f2", count=nrows * cb // 2, offset=base).reshape(nrows, *self.shape[1:])
-        rows = np.where(used, (index[:, 0].astype(np.int64) - base) // cb, -1).tolist()  # [K]
+        rows = np.where(used, (index[:, 0].astype(np.int64) - base) // cb, -1)  # [K] int64
         self._shards[k] = (view, rows)
         return self._shards[k]
 
@@ -285,7 +315,7 @@ class TargetStore:
             self._check_shard(i // self.k)
             return self._zarr_array()[i]
         view, rows = self._shards.get(i // self.k) or self._shard(i // self.k)
-        r = rows[i % self.k]
+        r = int(rows[i % self.k])
         return view[r].copy() if r >= 0 else np.full(self.shape[1:], self.fill, dtype=np.float16)
 
     def read(self, indices) -> np.ndarray:
@@ -297,7 +327,7 @@ class TargetStore:
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.float16)  # [B, Tt, Ft, D]
         for b, i in enumerate(idx):
             view, rows = self._shards.get(i // self.k) or self._shard(i // self.k)
-            r = rows[i % self.k]
+            r = int(rows[i % self.k])
             out[b] = view[r] if r >= 0 else self.fill
         return out
 

@@ -53,6 +53,20 @@ def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Pat
             f"incomplete or was written wrongly; rerun `supmam targets --clips {clips.path} --out <target store>`.")
 
 
+def verify_on_node(targets_paths: Sequence[str | Path], local_rank: int, barrier=lambda: None,
+                   workers: int | None = None) -> int:
+    """Integrity once per node: local rank 0 hashes each target store's shards (reading the files,
+    `workers` threads; default the cores available) unless they passed before and are unchanged
+    (cache_tools.shard_verify); the other ranks wait at `barrier`. Afterwards every reader on the
+    node, DataLoader workers included, costs one stat per shard. Returns the shards hashed here."""
+    hashed = 0
+    if local_rank == 0:
+        for p in targets_paths:
+            hashed += TargetStore(p).verify_all(workers)
+    barrier()
+    return hashed
+
+
 def require_finite(x: torch.Tensor, store: Path | str, i: int, clip_id: str, what: str) -> torch.Tensor:
     """`x` if every value is finite; else StoreError naming the store, the clip's index and id (a
     NaN would otherwise surface steps later as a non-finite loss blamed on the lr). One reduction."""

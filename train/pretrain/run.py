@@ -32,7 +32,7 @@ from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.model.checkpoint import load_checkpoint, save_checkpoint
 from train.config import AT_LEAST_0, AT_LEAST_1, RunConfig, load_config, to_dict
-from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_batches
+from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_batches, verify_on_node
 from train.lr_sched import build_scheduler
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
@@ -129,6 +129,8 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
         raise ConfigError("teacher=online needs the teacher: run `supmam pretrain --teacher online` (it builds it)")
     ds = PretrainDataset(cfg.clips, cfg.targets if use_targets and teacher is None else None,
                          with_wave=teacher is not None, gain=cfg.roll_mag_aug)
+    if use_targets and teacher is None:   # integrity once per node: local rank 0 hashes, workers never
+        verify_on_node(cfg.targets, dist.local_rank, D.barrier)
     tinfo = target_info(ds, teacher) if use_targets else None
     sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed,
                                seeded=cfg.roll_mag_aug)

@@ -1,0 +1,81 @@
+"""What must not multiply by processes at AS-2M scale (docs/scale.md): the target store hashed once
+per node (never by DataLoader workers, not again at a restart unless a shard changed), and the
+per-process memory of opening stores and building the datasets, measured at two store sizes."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from cache_tools import shard_verify
+from cache_tools.target_store import TargetStore, shard_file
+from tests.stores import write_clips, write_targets
+from train.data import PretrainDataset, StepBatchSampler, build_loader, verify_on_node
+
+
+@pytest.fixture
+def hashes(tmp_path, monkeypatch):
+    """Every file any process (DataLoader workers are forked) hashes: a list of (pid, path)."""
+    log = tmp_path / "hashed.log"
+    real = shard_verify.hash_file
+
+    def counting(path):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {path}\n")
+        return real(path)
+
+    monkeypatch.setattr(shard_verify, "hash_file", counting)
+    return lambda: [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _stores(tmp_path, n=16):
+    clips = write_clips(tmp_path / "clips.h5", n)
+    targets = write_targets(tmp_path / "t.zarr", clips)                  # 4 clips per shard
+    old = time.time() - 3600                                             # written an hour ago (not racy)
+    for k in range(-(-n // 4)):
+        os.utime(shard_file(targets, k), (old, old))
+    return clips, targets
+
+
+def test_workers_hash_nothing_and_a_restart_hashes_only_a_changed_shard(tmp_path, hashes):
+    clips, targets = _stores(tmp_path)
+    assert verify_on_node([targets], local_rank=0) == 4                  # local rank 0: every shard once
+    assert len(hashes()) == 4
+    assert verify_on_node([targets], local_rank=1) == 0                  # the other ranks of the node wait
+    ds = PretrainDataset(clips, targets)
+    sampler = StepBatchSampler(len(ds), batch_size=4, accum_steps=1, rank=0, world_size=1, seed=0)
+    loader = build_loader(ds, sampler, num_workers=2, pin_memory=False, seed=0)
+    got = [b["targets"] for b in loader]
+    assert len(got) == 4 and all(t.shape == (4, 8, 2, 16) for t in got)
+    worker_pids = {pid for pid, _ in hashes()} - {str(os.getpid())}
+    assert len(hashes()) == 4 and not worker_pids                        # the workers hashed nothing
+    assert verify_on_node([targets], local_rank=0) == 0                  # a second start: nothing
+    f = shard_file(targets, 2)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))             # shard 2 changed (its mtime)
+    assert verify_on_node([targets], local_rank=0) == 1
+    assert hashes()[-1][1] == str(f)
+    assert TargetStore(targets)[9].shape == (8, 2, 16) and len(hashes()) == 5   # a reader: one stat a shard
+
+
+def test_a_corrupt_shard_stops_local_rank_0_and_is_never_vouched_for(tmp_path, hashes):
+    from cache_tools.errors import StoreError
+
+    clips, targets = _stores(tmp_path)
+    f = shard_file(targets, 1)
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"shard 1 is corrupt"):
+        verify_on_node([targets], local_rank=0)
+    with pytest.raises(StoreError, match=r"shard 1 is corrupt"):        # still hashed, still refused
+        TargetStore(targets)[5]
+
+
+def test_a_fresh_shard_is_not_remembered_within_the_racy_window(tmp_path, hashes):
+    clips = write_clips(tmp_path / "clips.h5", 8)
+    targets = write_targets(tmp_path / "t.zarr", clips)                  # just written: racy
+    assert verify_on_node([targets], local_rank=0) == 2
+    assert verify_on_node([targets], local_rank=0) == 2                  # hashed again, not trusted yet
