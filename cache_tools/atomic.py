@@ -6,6 +6,7 @@ over the target, fsync the folder (so the rename itself survives a crash).
     atomic_write_text(report, text)        # the stores' reports, job descriptions, completion records
 
 On an error inside the block the temporary file is deleted and the target is left as it was.
+The file gets the mode any other tool would give it (0666 less the user's umask), not mkstemp's 0600.
 """
 from __future__ import annotations
 
@@ -29,6 +30,20 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else set-and-restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path | str, tmp: Path | str | None = None) -> Iterator[Path]:
     """Yield a temporary path to write `path`'s content to; on a clean exit it replaces `path`.
@@ -38,7 +53,10 @@ def atomic_path(path: Path | str, tmp: Path | str | None = None) -> Iterator[Pat
     path = Path(path)
     if tmp is None:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())        # mkstemp makes 0600; others may read what we write
+        finally:
+            os.close(fd)
         tmp = name
     tmp = Path(tmp)
     try:

@@ -12,6 +12,8 @@ hold:
              whose param_groups' `lr` its training/scheduler.py `cosine_lr` sets from `np.cos`
 
 Anything else is refused: `<file>: holds <type>, which is not on the allow-list; not loading it`.
+A zip with compressed entries (torch never writes them) or entries claiming more bytes than the file
+is refused before torch.load, so what it expands is bounded by the file's size.
 Files that are not torch files at all (empty, text, random bytes, truncated) get one line naming
 the file and what it looks like. Errors are StoreError (a SupmamError).
 """
@@ -71,6 +73,8 @@ def safe_torch_load(path: Path | str, allow: tuple = (), map_location="cpu"):
     if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
         raise StoreError(path, f"truncated or damaged torch checkpoint ({path.stat().st_size} bytes; "
                                "its zip directory is missing)")
+    if head.startswith(_ZIP_MAGIC):
+        _check_zip_entries(path)
     try:
         with torch.serialization.safe_globals(list(dict.fromkeys(allow))), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)     # torch's "pickle protocol N" notes on junk
@@ -82,6 +86,26 @@ def safe_torch_load(path: Path | str, allow: tuple = (), map_location="cpu"):
         raise StoreError(path, f"not a loadable torch checkpoint ({_last_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - zip / pickle / storage errors of a damaged file: one line
         raise StoreError(path, f"truncated or damaged torch checkpoint ({type(e).__name__}: {_last_line(e)})") from None
+
+
+def _check_zip_entries(path: Path) -> None:
+    """torch.save stores every zip entry uncompressed, so what torch.load expands is bounded by the
+    file itself. A compressed entry (a 1 MB deflate stream can claim 1 GiB) or a directory claiming
+    more bytes than the file holds is refused before torch reads a byte of it."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+        raise StoreError(path, f"truncated or damaged torch checkpoint (zip directory: {e})") from None
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise StoreError(path, f"holds {len(packed)} compressed entries ({packed[0]}, ...); torch never "
+                               "writes them, so this is not a torch checkpoint; not loading it")
+    claimed = sum(i.file_size for i in infos)
+    if claimed > size:
+        raise StoreError(path, f"its zip directory claims {claimed} bytes of entries, more than the file's "
+                               f"{size}; not loading it")
 
 
 def _last_line(e: BaseException) -> str:

@@ -11,6 +11,7 @@ before anything is decoded or resampled (a header claiming 2,147,483,647 Hz once
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -139,12 +140,37 @@ def _av_samples(container, stream, start: float, limit: int | None, max_frames: 
     return x if limit is None else x[:limit]
 
 
+SINC_MAX_PHASES = 1 << 20   # reduced in x out rates above which torchaudio's kernel is too big
+
+
 def resample(wave: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
-    """wave [..., S] at sr_in -> [..., S * sr_out / sr_in] at sr_out (torchaudio's sinc resampler).
-    The one resampler of real audio: files to 16 kHz here, 16 kHz to the teacher's 48 kHz."""
+    """wave [..., S] at sr_in -> [..., ceil(S * sr_out / sr_in)] at sr_out. The one resampler of real
+    audio: files to 16 kHz here, 16 kHz to the teacher's 48 kHz.
+
+    torchaudio's sinc resampler builds a [out, in + 2 width] kernel on the gcd-reduced rates, so its
+    memory grows with their product: every common rate (8 k, 11.025 k, 22.05 k, 44.1 k, 48 k, 96 k ...:
+    at most 441 x 640) keeps it, bit for bit what earlier stores hold; a pair sharing no factor
+    (16001 -> 16000 Hz: a 1 GB kernel, 5.2 GB peak) goes to soxr (HQ), whose cost is bounded."""
     if sr_in == sr_out:
         return wave
-    return torchaudio.functional.resample(wave, sr_in, sr_out)
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"resample: sample rates must be positive, got {sr_in} -> {sr_out} Hz")
+    g = math.gcd(int(sr_in), int(sr_out))
+    if (sr_in // g) * (sr_out // g) <= SINC_MAX_PHASES:
+        return torchaudio.functional.resample(wave, sr_in, sr_out)
+    return _resample_soxr(wave, int(sr_in), int(sr_out))
+
+
+def _resample_soxr(wave: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
+    """soxr HQ on [..., S]: rows become soxr's channels; cut / zero-padded to torchaudio's length."""
+    import soxr
+
+    S, n = wave.shape[-1], -(-wave.shape[-1] * sr_out // sr_in)                  # n = ceil(S out / in)
+    rows = wave.detach().cpu().reshape(-1, S).to(torch.float32).numpy()         # [K, S]
+    y = soxr.resample(np.ascontiguousarray(rows.T), sr_in, sr_out, quality="HQ")  # [~n, K]
+    out = np.zeros((n, rows.shape[0]), np.float32)
+    out[: min(n, len(y))] = y[:n]
+    return torch.from_numpy(np.ascontiguousarray(out.T)).reshape(*wave.shape[:-1], n).to(wave.dtype)
 
 
 def to_mono_16k(x: np.ndarray, sr: int) -> np.ndarray:

@@ -17,6 +17,10 @@ encoder_from_checkpoint(path, ck, target_length=None, drop_path_rate=0.0) -> Aud
     Position table: the file's table is matched against the "timefreq" formula and AudioMAE's
     layout (see train.model.models_vit); target_length <= native uses a prefix of the file's table,
     longer ones extend it by the matched formula (an unmatched, learned table cannot be extended).
+    Checked before anything is built (check_weights, check_architecture): every value a finite
+    tensor its file really holds; width <= MAX_DIM, blocks 0..depth-1 all present (depth <= MAX_DEPTH)
+    with the shapes the width implies, position table and target_length <= MAX_FRAMES frames; a
+    recorded num_heads must divide the width. So the model never holds more than the file does.
 export_encoder(model: AudioViT | MaskedAudioModel) -> state_dict in AudioMAE's key layout (CPU copies):
     pretrained.pth's keys for an encoder without a classifier (no fc_norm / head), finetuned.pth's
     (fc_norm.*, head.*, and norm.* only if the model still has a final norm) for one with a head.
@@ -37,6 +41,9 @@ from cache_tools.safe_load import AUDIOMAE, OURS, safe_torch_load
 from train.model.models_vit import SIZES, AudioViT, heads_for, sincos_pos_embed
 
 N_MELS = 128
+# What an encoder file may claim (ViT-H is 1280-d, 32 blocks; AudioMAE's windows are 1024 frames):
+# larger claims are refused before anything is built, whatever the file's size.
+MAX_DIM, MAX_DEPTH, MAX_MLP_RATIO, MAX_FRAMES, MAX_CLASSES = 4096, 64, 8, 16384, 100_000
 IGNORED = re.compile(r"^(decoder_|mask_token|target_head\.|cls_head\.)")
 
 
@@ -74,6 +81,9 @@ def _encoder_keys(path: Path, ck: dict) -> dict[str, Tensor]:
     sd = ck.get("model", None)
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: no `model` state dict (keys: {sorted(ck)[:10]})")
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:
+        raise CheckpointError(f"{path}: the `model` state dict has non-text keys ({odd[:3]!r}); not an encoder checkpoint")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if any(k.startswith("encoder.") for k in sd):         # our pretraining checkpoint
         sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
@@ -97,18 +107,96 @@ def _pos_layout(table: Tensor, Fp: int) -> tuple[str, int | None]:
     return "table", None
 
 
-def num_heads(ck: dict, D: int) -> int:
+def num_heads(ck: dict, D: int, path: str | Path = "checkpoint") -> int:
     """The encoder's head count: recorded by fine-tuning (`model_args`) and export (config.json), or
     named by a pretraining config's encoder size; a bare state dict (AudioMAE's files) gets D / 64,
-    ViT-B's 12 heads at 768 dims (the weights alone cannot tell)."""
-    recorded = (ck.get("model_args") or {}).get("num_heads")
-    if recorded:
-        return int(recorded)
+    ViT-B's 12 heads at 768 dims (the weights alone cannot tell). CheckpointError for a recorded
+    count that is not a whole number dividing D."""
+    args = ck.get("model_args")
+    recorded = args.get("num_heads") if isinstance(args, dict) else None
+    if recorded is not None:
+        if isinstance(recorded, bool) or not isinstance(recorded, int) or not 1 <= recorded <= D or D % recorded:
+            raise CheckpointError(f"{path}: model_args num_heads={recorded!r} does not divide the "
+                                  f"{D}-d embedding into whole heads")
+        return recorded
     cfg = ck.get("config")
-    size = (cfg.get("model") or {}).get("encoder") if isinstance(cfg, dict) else None
-    if size in SIZES and SIZES[size][0] == D:
+    size = (cfg.get("model") or {}).get("encoder") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
+    if isinstance(size, str) and size in SIZES and SIZES[size][0] == D:
         return SIZES[size][2]
-    return heads_for(D)
+    try:
+        return heads_for(D)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; the file records no num_heads") from None
+
+
+def check_weights(path: Path, sd: dict) -> None:
+    """Every value a tensor that its file really holds (no broadcast view claiming more elements than
+    its storage: a 4-byte storage may not stand for a 12 GB matrix) and finite (a NaN checkpoint must
+    not give confident all-NaN embeddings, probes or exports)."""
+    for k, v in sd.items():
+        if not isinstance(v, Tensor):
+            raise CheckpointError(f"{path}: `{k}` is a {type(v).__name__}, not a tensor; not an encoder checkpoint")
+        if v.numel() * v.element_size() > v.untyped_storage().nbytes():
+            raise CheckpointError(f"{path}: `{k}` claims shape {tuple(v.shape)} over a storage of "
+                                  f"{v.untyped_storage().nbytes()} bytes; not loading it")
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: `{k}` holds NaN or infinite weights (a diverged run?); "
+                                  "refusing to use them")
+
+
+def _block_shapes(D: int, H: int) -> dict[str, tuple[int, ...]]:
+    """timm Block's parameters for width D and MLP hidden size H."""
+    return {"norm1.weight": (D,), "norm1.bias": (D,), "attn.qkv.weight": (3 * D, D), "attn.qkv.bias": (3 * D,),
+            "attn.proj.weight": (D, D), "attn.proj.bias": (D,), "norm2.weight": (D,), "norm2.bias": (D,),
+            "mlp.fc1.weight": (H, D), "mlp.fc1.bias": (H,), "mlp.fc2.weight": (D, H), "mlp.fc2.bias": (D,)}
+
+
+def check_architecture(path: Path, sd: dict, target_length: int | None) -> tuple[int, int, int, int, int]:
+    """(D, p, native_T, depth, H) that the weights claim, checked against the bounds above and against
+    the tensors present before anything is built: every block 0..depth-1 whole, every shape the one
+    its width implies, so the model holds no more than the file does."""
+    w = sd["patch_embed.proj.weight"]
+    if w.dim() != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3] or not w.shape[2] or N_MELS % w.shape[2]:
+        raise CheckpointError(f"{path}: patch_embed.proj.weight {tuple(w.shape)} is not a 1-channel square "
+                              f"patch dividing {N_MELS} mel bins")
+    D, p = int(w.shape[0]), int(w.shape[2])
+    if not 1 <= D <= MAX_DIM:
+        raise CheckpointError(f"{path}: embed_dim {D} is outside 1..{MAX_DIM}")
+    pos, Fp = sd["pos_embed"], N_MELS // p
+    if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != D or pos.shape[1] < 1 + Fp or (pos.shape[1] - 1) % Fp:
+        raise CheckpointError(f"{path}: pos_embed {tuple(pos.shape)} is not [1, 1 + k x {Fp}, {D}]")
+    native_T = (pos.shape[1] - 1) // Fp * p
+    for name, T in (("its position table", native_T), ("target_length", target_length or native_T)):
+        if not 1 <= T <= MAX_FRAMES:
+            raise CheckpointError(f"{path}: {name} covers {T} frames, outside 1..{MAX_FRAMES}")
+    if tuple(sd["cls_token"].shape) != (1, 1, D):
+        raise CheckpointError(f"{path}: cls_token {tuple(sd['cls_token'].shape)} is not [1, 1, {D}]")
+    found = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    depth = len(found)
+    if not found or found != set(range(depth)) or depth > MAX_DEPTH:
+        raise CheckpointError(f"{path}: blocks {_span(found)} are not 1..{MAX_DEPTH} whole blocks numbered from 0")
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    if fc1 is None or fc1.dim() != 2 or not 1 <= fc1.shape[0] <= MAX_MLP_RATIO * D:
+        raise CheckpointError(f"{path}: blocks.0.mlp.fc1.weight {None if fc1 is None else tuple(fc1.shape)} is "
+                              f"not an MLP of at most {MAX_MLP_RATIO} x {D} units (not a ViT in AudioMAE's layout)")
+    H = int(fc1.shape[0])
+    for i in range(depth):
+        for suffix, shape in _block_shapes(D, H).items():
+            v = sd.get(f"blocks.{i}.{suffix}")
+            if v is None or tuple(v.shape) != shape:
+                raise CheckpointError(f"{path}: blocks.{i}.{suffix} is {'missing' if v is None else tuple(v.shape)}, "
+                                      f"expected {shape} for a {D}-d encoder")
+    for k in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
+        if k in sd and tuple(sd[k].shape) != (D,):
+            raise CheckpointError(f"{path}: {k} {tuple(sd[k].shape)} is not [{D}]")
+    head = sd.get("head.weight")
+    if head is not None and (head.dim() != 2 or head.shape[1] != D or not 1 <= head.shape[0] <= MAX_CLASSES):
+        raise CheckpointError(f"{path}: head.weight {tuple(head.shape)} is not [1..{MAX_CLASSES}, {D}]")
+    return D, p, native_T, depth, H
+
+
+def _span(found: set[int]) -> str:
+    return f"{min(found)}..{max(found)} ({len(found)} present)" if found else "(none)"
 
 
 def load_encoder(path: str | Path, target_length: int | None = None, drop_path_rate: float = 0.0) -> AudioViT:
@@ -119,22 +207,10 @@ def load_encoder(path: str | Path, target_length: int | None = None, drop_path_r
 def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | None = None,
                             drop_path_rate: float = 0.0) -> AudioViT:
     path = Path(path)
-    sd = _encoder_keys(path, ck)
-    D, in_ch, p, p2 = sd["patch_embed.proj.weight"].shape
-    if in_ch != 1 or p != p2 or N_MELS % p:
-        raise CheckpointError(f"{path}: patch_embed.proj.weight {tuple(sd['patch_embed.proj.weight'].shape)} "
-                              f"is not a 1-channel square patch dividing {N_MELS} mel bins")
-    Fp = N_MELS // p
-    rows = sd["pos_embed"].shape[1] - 1
-    if rows % Fp:
-        raise CheckpointError(f"{path}: pos_embed has {rows} patch rows, not a multiple of {Fp} frequency patches")
-    native_T = rows // Fp * p
-    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
-    if depth == 0:
-        raise CheckpointError(f"{path}: no transformer blocks (blocks.N.*) in the state dict")
-    if "blocks.0.mlp.fc1.weight" not in sd:
-        raise CheckpointError(f"{path}: missing blocks.0.mlp.fc1.weight (not a ViT in AudioMAE's layout)")
-    mlp_ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] / D
+    sd = {k: v for k, v in _encoder_keys(path, ck).items() if not IGNORED.match(k)}
+    check_weights(path, sd)
+    D, p, native_T, depth, H = check_architecture(path, sd, target_length)
+    Fp, mlp_ratio = N_MELS // p, H / D
     layout, width = _pos_layout(sd["pos_embed"][0, 1:], Fp)
     T = target_length or native_T
     if T % p:
@@ -144,12 +220,11 @@ def encoder_from_checkpoint(path: str | Path, ck: dict, target_length: int | Non
     num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
     try:
         model = AudioViT(target_length=T, n_mels=N_MELS, patch=p, embed_dim=D, depth=depth,
-                         num_heads=num_heads(ck, D), mlp_ratio=mlp_ratio, num_classes=num_classes,
+                         num_heads=num_heads(ck, D, path), mlp_ratio=mlp_ratio, num_classes=num_classes,
                          final_norm="norm.weight" in sd, pos_layout=layout, pos_width=width,
                          drop_path_rate=drop_path_rate)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    sd = {k: v for k, v in sd.items() if not IGNORED.match(k)}
     Tp = T // p
     if Tp <= native_T // p:
         sd["pos_embed"] = sd["pos_embed"][:, :1 + Tp * Fp]           # [1,1+N',D] prefix (time-major)
