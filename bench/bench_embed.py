@@ -1,7 +1,7 @@
 """`supmam embed` throughput: 10 s clips through a ViT-B (AudioSet geometry, 1024 frames), on CPU.
 
     .venv/bin/python bench/bench_embed.py --out /tmp/embed.json          # ViT-B, 16 clips (~1 min on 2 cores)
-    .venv/bin/python bench/bench_embed.py --size tiny --clips 4          # quick
+    .venv/bin/python bench/bench_embed.py --size tiny --num-clips 4      # quick
 
 Measures, side by side in one process (random weights: speed does not depend on them):
   files      train.use.embed_files.embed_files over N 10 s WAV files (44.1 kHz stereo: decode, downmix,
@@ -37,7 +37,7 @@ from train.model.models_vit import build_encoder  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="base", choices=["tiny", "small", "base"])
-    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--num-clips", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -47,14 +47,14 @@ def main() -> None:
     torch.manual_seed(0)
     vit = build_encoder(args.size, target_length=1024).eval()
     rng = np.random.default_rng(0)
-    res: dict = {"machine": machine_info(), "size": args.size, "clips": args.clips, "clip_seconds": 10.0}
+    res: dict = {"machine": machine_info(), "size": args.size, "clips": args.num_clips, "clip_seconds": 10.0}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_checkpoint(tmp / "checkpoint.pt", {"kind": "pretrain", "norm": {"mean": -4.27, "std": 4.57},
                                                 "model": {f"encoder.{k}": v for k, v in vit.state_dict().items()}})
         enc = load_pretrained(tmp / "checkpoint.pt")
         (tmp / "audio").mkdir()
-        for i in range(args.clips):
+        for i in range(args.num_clips):
             sf.write(tmp / "audio" / f"{i:03d}.wav", rng.uniform(-0.3, 0.3, (441000, 2)).astype(np.float32), 44100)
         t0 = time.perf_counter()
         r = embed_files(enc, [tmp / "audio"], tmp / "emb.h5", progress=False)
