@@ -8,10 +8,14 @@ load_pretrained(path, device="cpu", norm=None) -> PretrainedEncoder   (eval mode
     (model.safetensors + config.json, train.use.export). norm=(mean, std) overrides the stored statistics.
 PretrainedEncoder.embed(wave, sr, layer=-1, hop=None, max_batch=8) -> Embeddings
     wave: [n] one mono clip, [B, n] a batch of mono clips, or [B, C, n] (channels are averaged);
-    numpy or torch, float in [-1, 1], any rate `sr` (resampled to 16 kHz: pipeline.audio_io.resample).
+    numpy or torch, float in [-1, 1] or integer PCM (int16 / int32 / uint8 / int8, scaled by its full
+    scale; other integer types are refused), any whole rate `sr` in 1000..384000 Hz (resampled to 16 kHz:
+    pipeline.audio_io.resample). An empty batch, sr <= 0, max_batch < 1: ConfigError saying so.
+    patches=False: Embeddings.patches is None (memory for frames [B, T', D] only).
 Embeddings: clip [B, D], frames [B, T', D], timestamps [T'] (float64 seconds), patches [B, T', F', D],
-    plus layer, hop (seconds) and window (seconds) as used.
-ConfigError (a SupmamError): a user-facing problem (bad input, unknown layer); CheckpointError(ConfigError):
+    plus layer, hop (seconds) and window (seconds) as used. Windows are encoded max_batch at a time and
+    only the columns each owns are kept: memory follows the output, not the windows times their tokens.
+ConfigError: a user-facing problem (bad input, unknown layer); CheckpointError:
     a file that cannot be read as an encoder. Messages read `<file>: <why>`.
 
 What the numbers are
@@ -50,11 +54,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 from torch import Tensor, nn
 
 from cache_tools.errors import CheckpointError, ConfigError
-from pipeline.audio_io import resample
-from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
+from pipeline.audio_io import MAX_RATE, MIN_RATE, resample
+from pipeline.features import FBANK_PARAMS, NORM_STATS
 from train.model.checkpoint import encoder_from_checkpoint, load_checkpoint
 from train.distributed import resolve_device
 from train.model.models_vit import AudioViT
@@ -62,6 +67,7 @@ from train.model.models_vit import AudioViT
 SAMPLE_RATE = FBANK_PARAMS["sample_frequency"]
 SHIFT_S, WIN_S = FBANK_PARAMS["frame_shift"] / 1000, 0.025     # Kaldi defaults: 10 ms hop, 25 ms window
 MIN_SAMPLES = round(WIN_S * SAMPLE_RATE)                        # one fbank frame
+HOP_SAMPLES = round(SHIFT_S * SAMPLE_RATE)                      # between fbank frames
 # AudioMAE's `args.dataset` -> our NORM_STATS key (AudioMAE's main_finetune_as.py norm_stats)
 AUDIOMAE_DATASETS = {"audioset": "audioset", "k400": "audioset", "esc50": "esc50", "speechcommands": "spc2"}
 TASK_DATASETS = {"as2m": "audioset", "as20k": "audioset", "esc50": "esc50", "spc1": "spc1", "spc2": "spc2"}
@@ -72,7 +78,7 @@ class Embeddings:
     clip: Tensor          # [B, D]
     frames: Tensor        # [B, T', D]
     timestamps: Tensor    # [T'] float64 seconds, centre of each patch column
-    patches: Tensor       # [B, T', F', D]
+    patches: Tensor | None  # [B, T', F', D] (None: embed(..., patches=False))
     layer: int            # the block index used (0-based, non-negative)
     hop: float            # seconds between window starts
     window: float         # seconds of fbank frames one window holds
@@ -138,23 +144,25 @@ class PretrainedEncoder(nn.Module):
             raise ConfigError(f"hop {hop} s: must be in (0, {win_cols * col_s:g}] s, the encoder's window")
         return max(1, min(win_cols, round(hop / col_s)))
 
-    def fbanks(self, wave, sr: int) -> tuple[Tensor, int]:
-        """Any wave -> (raw log-mel [B, n_f, 128] at 16 kHz, n_f). See the module docstring for shapes."""
-        w = torch.as_tensor(np.asarray(wave) if not isinstance(wave, Tensor) else wave).detach().cpu().float()
+    def waves(self, wave, sr) -> Tensor:
+        """Any wave the API takes -> [B, m] float32 mono at 16 kHz (module docstring: input rules)."""
+        w = as_float_wave(wave)
         if w.dim() == 1:
             w = w[None]                                                      # [1, n]
         elif w.dim() == 3:
             w = w.mean(dim=1)                                                # [B, C, n] -> [B, n]
-        if w.dim() != 2 or w.shape[-1] == 0:
-            raise ConfigError(f"wave of shape {tuple(w.shape)}: expected [n], [B, n] or [B, C, n] samples")
+        if w.dim() != 2 or w.shape[0] == 0 or w.shape[-1] == 0:
+            raise ConfigError(f"wave of shape {tuple(w.shape)}: expected [n], [B, n] or [B, C, n] samples "
+                              "with at least one clip and one sample")
         if not torch.isfinite(w).all():
             raise ConfigError("wave holds NaN or infinite samples")
-        if int(sr) != SAMPLE_RATE:
-            w = resample(w, int(sr), SAMPLE_RATE)                            # [B, m]
-        if w.shape[-1] < MIN_SAMPLES:
-            w = nn.functional.pad(w, (0, MIN_SAMPLES - w.shape[-1]))         # [B, 400]
-        n_f = 1 + (w.shape[-1] - MIN_SAMPLES) // round(SHIFT_S * SAMPLE_RATE)
-        return torch.stack([fbank(x, n_f) for x in w]), n_f                  # [B, n_f, 128]
+        rate = check_rate(sr)
+        return w if rate == SAMPLE_RATE else resample(w, rate, SAMPLE_RATE)  # [B, m]
+
+    def fbanks(self, wave, sr: int) -> tuple[Tensor, int]:
+        """Any wave -> (raw log-mel [B, n_f, 128] at 16 kHz, n_f). See the module docstring for shapes."""
+        w = self.waves(wave, sr)                                             # [B, m]
+        return torch.stack([fbank_chunked(x) for x in w]), fbank_frames(w.shape[-1])
 
     def encode(self, x: Tensor, layer: int) -> Tensor:
         """Normalised fbank windows [N, 1, L, 128] -> block `layer`'s patch tokens [N, Tp, Fp, D]."""
@@ -168,26 +176,94 @@ class PretrainedEncoder(nn.Module):
         return h[:, 1:].reshape(x.shape[0], Tp, Fp, -1)                      # [N, Tp, Fp, D] time-major
 
     @torch.no_grad()
-    def embed(self, wave, sr: int, layer: int = -1, hop: float | None = None, max_batch: int = 8) -> Embeddings:
+    def embed(self, wave, sr: int, layer: int = -1, hop: float | None = None, max_batch: int = 8,
+              patches: bool = True) -> Embeddings:
+        """Windows are encoded max_batch at a time and only the columns each one owns are kept, so
+        memory grows with the output (patches [B, G, Fp, D], or frames [B, G, D] with patches=False),
+        never with the number of windows times their tokens."""
         layer = self._layer_index(layer)
-        fb, n_f = self.fbanks(wave, sr)                                      # [B, n_f, 128]
-        B, p, L = fb.shape[0], self.vit.patch, self.window_frames
-        win_cols, hop_cols = self.vit.patch_grid[0], self.hop_columns(hop)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"max_batch={max_batch!r}: must be a whole number of windows, at least 1")
+        hop_cols = self.hop_columns(hop)
+        w = self.waves(wave, sr)                                             # [B, m]
+        B, p, L, n_f = w.shape[0], self.vit.patch, self.window_frames, fbank_frames(w.shape[-1])
+        win_cols, Fp, D = self.vit.patch_grid[0], self.vit.patch_grid[1], self.embed_dim
         n_cols = max(1, (n_f + p // 2) // p)                                 # columns at least half real
         W, w_of, c_of = stitch_plan(n_cols, win_cols, hop_cols)
         total = (W - 1) * hop_cols * p + L
-        fb = nn.functional.pad(fb, (0, 0, 0, total - n_f))                   # [B, total, 128] zero frames
-        fb = (fb - self.norm_mean) / (2 * self.norm_std)                     # AudioMAE's normalisation
-        wins = fb.unfold(1, L, hop_cols * p).transpose(2, 3)                 # [B, W, L, 128]
-        x = wins.reshape(B * W, 1, L, fb.shape[-1])                          # [B*W, 1, L, 128]
         dev = self.vit.cls_token.device
-        out = torch.cat([self.encode(x[i:i + max_batch].to(dev), layer)
-                         for i in range(0, B * W, max_batch)])               # [B*W, Tp, Fp, D]
-        out = out.reshape(B, W, *out.shape[1:])                              # [B, W, Tp, Fp, D]
-        patches = out[:, w_of.to(dev), c_of.to(dev)]                         # [B, G, Fp, D]
-        frames = patches.mean(dim=2)                                         # [B, G, D]
+        frames = torch.empty(B, n_cols, D, device=dev)                       # [B, G, D]
+        kept = torch.empty(B, n_cols, Fp, D, device=dev) if patches else None  # [B, G, Fp, D]
+        for b in range(B):
+            fb = nn.functional.pad(fbank_chunked(w[b]), (0, 0, 0, total - n_f))  # [total, 128] zero frames
+            fb = (fb - self.norm_mean) / (2 * self.norm_std)                 # AudioMAE's normalisation
+            for i in range(0, W, max_batch):
+                k = min(max_batch, W - i)
+                x = torch.stack([fb[(i + j) * hop_cols * p:(i + j) * hop_cols * p + L] for j in range(k)])
+                out = self.encode(x[:, None].to(dev), layer)                 # [k, Tp, Fp, D]
+                own = ((w_of >= i) & (w_of < i + k)).nonzero()[:, 0]         # [g] columns these windows own
+                got = out[(w_of[own] - i).to(dev), c_of[own].to(dev)]        # [g, Fp, D]
+                frames[b, own.to(dev)] = got.mean(dim=1)
+                if kept is not None:
+                    kept[b, own.to(dev)] = got
         return Embeddings(clip=frames.mean(dim=1), frames=frames, timestamps=column_times(n_cols, p),
-                          patches=patches, layer=layer, hop=hop_cols * p * SHIFT_S, window=L * SHIFT_S)
+                          patches=kept, layer=layer, hop=hop_cols * p * SHIFT_S, window=L * SHIFT_S)
+
+
+def fbank_frames(n: int) -> int:
+    """Kaldi frames of n samples at 16 kHz (snip_edges; under one window counts as one padded frame)."""
+    return 1 + (max(n, MIN_SAMPLES) - MIN_SAMPLES) // HOP_SAMPLES
+
+
+def fbank_chunked(x: Tensor, chunk: int = 4096) -> Tensor:
+    """[m] 16 kHz -> raw log-mel [n_f, 128], `chunk` frames at a time: the same values as
+    pipeline.features.fbank (frames are independent once the clip's mean is removed), with Kaldi's
+    [frames, 512] FFT buffers bounded by the chunk, not the clip's duration."""
+    if x.shape[-1] < MIN_SAMPLES:
+        x = nn.functional.pad(x, (0, MIN_SAMPLES - x.shape[-1]))             # [400]
+    n_f, x = fbank_frames(x.shape[-1]), x - x.mean()
+    parts = [torchaudio.compliance.kaldi.fbank(x[a * HOP_SAMPLES:(min(a + chunk, n_f) - 1) * HOP_SAMPLES + MIN_SAMPLES][None],
+                                               **FBANK_PARAMS) for a in range(0, n_f, chunk)]
+    return torch.cat(parts)                                                  # [n_f, 128]
+
+
+def check_rate(sr) -> int:
+    """A sample rate the caller passed -> int Hz, or ConfigError (bool, fractional, <= 0, absurd)."""
+    ok = isinstance(sr, (int, np.integer, float, np.floating)) and not isinstance(sr, (bool, np.bool_))
+    if not ok or not math.isfinite(float(sr)) or float(sr) != int(sr) or not MIN_RATE <= int(sr) <= MAX_RATE:
+        raise ConfigError(f"sr={sr!r}: the sample rate must be a whole number of Hz in {MIN_RATE}..{MAX_RATE}")
+    return int(sr)
+
+
+def as_float_wave(wave) -> Tensor:
+    """numpy / torch / list samples -> float32 tensor in [-1, 1] on the CPU. Integer PCM is scaled by
+    its type's full scale (int16 / 32768, int32 / 2^31, uint8: (x - 128) / 128, int8 / 128); other
+    integer, bool or complex types are refused: their scale cannot be known."""
+    if isinstance(wave, Tensor):
+        w = wave.detach().cpu()
+        if w.dtype in (torch.int16, torch.int32, torch.uint8, torch.int8):
+            w = w.numpy()
+    else:
+        try:
+            w = np.asarray(wave)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"wave: not an array of samples ({e})") from None
+    if isinstance(w, np.ndarray):
+        scale = INT_SCALE.get(w.dtype.str[1:])
+        if scale is not None:
+            off, full = scale
+            return torch.from_numpy((w.astype(np.float32) - off) / full)
+        if w.dtype.kind not in "f":
+            raise ConfigError(f"wave of dtype {w.dtype}: pass float samples in [-1, 1] or int16 / int32 / "
+                              "uint8 / int8 PCM")
+        return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    if not w.is_floating_point():
+        raise ConfigError(f"wave of dtype {w.dtype}: pass float samples in [-1, 1] or int16 / int32 / "
+                          "uint8 / int8 PCM")
+    return w.float()
+
+
+INT_SCALE = {"i2": (0.0, 32768.0), "i4": (0.0, 2.0 ** 31), "u1": (128.0, 128.0), "i1": (0.0, 128.0)}
 
 
 def norm_of_checkpoint(ck: dict) -> tuple[float, float, str]:

@@ -11,6 +11,8 @@ load_model(model_file_path="", layer=-1, hop=None, device=None) -> PretrainedEnc
     with .sample_rate (16000), .scene_embedding_size and .timestamp_embedding_size (both D, ints).
     `layer` and `hop` (seconds) are kept on the model and used by both functions below.
 get_scene_embeddings(audio [n, samples] float in [-1, 1], model) -> [n, D] float32
+    audio: torch or numpy; int16 / int32 / uint8 / int8 PCM is scaled to [-1, 1] (train.use.embed's
+    rules); an empty batch or another shape is a ConfigError saying so.
     the clip embedding of train.use.embed (mean of the layer's patch tokens over the whole clip).
 get_timestamp_embeddings(audio, model) -> (embeddings [n, T, D] float32, timestamps [n, T] float32 ms)
     one embedding per patch column (16 fbank frames = 160 ms apart for 16x16 patches), the
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from train.use.embed import PretrainedEncoder, load_pretrained
 from cache_tools.errors import ConfigError
+from train.use.embed import PretrainedEncoder, as_float_wave, load_pretrained
 
 
 def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = None,
@@ -38,7 +40,8 @@ def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = N
     return model
 
 
-def _embed(audio: Tensor, model: PretrainedEncoder):
+def _embed(audio, model: PretrainedEncoder):
+    audio = as_float_wave(audio)                                # numpy / torch; integer PCM scaled to [-1, 1]
     if audio.dim() != 2:
         raise ConfigError(f"audio of shape {tuple(audio.shape)}: HEAR passes [n_sounds, n_samples]")
     return model.embed(audio, model.sample_rate, layer=getattr(model, "hear_layer", -1),

@@ -1,0 +1,188 @@
+"""Memory bounded by the work, not by what a file claims (issue 20, item 1).
+
+Each command runs in a subprocess whose address space is capped at what its imports took plus a
+budget (resource.RLIMIT_AS); it must succeed, or end with one `error:` line, inside that budget.
+The tests make the hostile files themselves: WAVs at rates sharing no factor with 16 kHz, a long
+file embedded with heavily overlapping windows, checkpoints claiming 20001 blocks or a 32768-d width,
+tensors that claim more elements than their storage holds, and a .pt zip with deflated entries."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cache_tools.errors import CheckpointError, StoreError
+from cache_tools.safe_load import safe_torch_load
+from train.model.checkpoint import load_encoder, save_checkpoint
+from train.model.models_vit import AudioViT
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1 << 20
+CHILD = """
+import os, resource, sys, torch
+torch.set_num_threads(1)
+from pipeline.app.cli import app
+import h5py, soxr, av, train.use.embed, train.use.embed_files, pipeline.prepare  # what commands import lazily
+
+def vm(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
+
+start, budget = vm("VmSize"), int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (start + budget, start + budget))
+import atexit
+atexit.register(lambda: open(os.environ["PEAK_FILE"], "w").write(str(vm("VmPeak") - start)))
+sys.argv = ["supmam", *sys.argv[2:]]
+app(prog_name="supmam")
+"""
+
+
+def run_capped(tmp_path: Path, budget_mb: int, *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """`supmam *args` under an address-space cap of (imports + budget_mb); (result, peak growth in MB)."""
+    peak = tmp_path / f"peak.{len(list(tmp_path.glob('peak.*')))}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "PEAK_FILE": str(peak),
+           "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", CHILD, str(budget_mb * MB), *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    grown = int(peak.read_text()) // MB if peak.is_file() else -1
+    return r, grown
+
+
+def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """The run ended with exit 1 and exactly one `error:` line (no traceback) holding every needle."""
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    assert all(n in errors[0] for n in needles), errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    vit = AudioViT(target_length=1024, embed_dim=64, depth=1, num_heads=1).eval()
+    path = tmp_path_factory.mktemp("ck") / "checkpoint.pt"
+    save_checkpoint(path, {"kind": "finetune", "model": vit.state_dict(), "norm": {"mean": -5.0, "std": 4.0}})
+    return path
+
+
+def noise(seconds: float, sr: int) -> np.ndarray:
+    return np.random.default_rng(sr).uniform(-0.5, 0.5, int(round(seconds * sr))).astype(np.float32)
+
+
+def test_coprime_rates_resample_within_budget(tiny_ckpt, tmp_path):
+    """16001 Hz took torchaudio's sinc resampler to 5.2 GB (a [16000, 16015] kernel); every rate of
+    the allowed range now embeds inside 600 MB above the imports."""
+    d = tmp_path / "audio"
+    d.mkdir()
+    for sr in (16001, 32003, 44099, 383999, 1009):
+        sf.write(d / f"r{sr}.wav", noise(1.0, sr), sr)
+    out = tmp_path / "e.h5"
+    r, grown = run_capped(tmp_path, 600, "embed", str(d), "--ckpt", str(tiny_ckpt), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with h5py.File(out) as f:
+        assert len(f["clip_id"]) == 5 and np.isfinite(f["clip"][:]).all()
+    assert 0 <= grown < 600
+
+
+def test_resample_coprime_matches_length_and_band():
+    """The soxr path keeps torchaudio's length contract and passes a tone below 8 kHz unchanged."""
+    from pipeline.audio_io import resample
+    t = np.arange(16001) / 16001
+    tone = torch.from_numpy(np.sin(2 * np.pi * 440 * t).astype(np.float32))[None]     # [1, 16001]
+    y = resample(tone, 16001, 16000)                                                  # [1, 16000]
+    assert y.shape == (1, 16000) and y.dtype == torch.float32
+    want = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert np.abs(y[0, 100:-100].numpy() - want[100:-100]).max() < 1e-2
+    with pytest.raises(ValueError, match="positive"):
+        resample(tone, 0, 16000)
+
+
+def test_embed_streams_windows(tiny_ckpt, tmp_path):
+    """A 5-minute file at --hop 0.16 is 1875 overlapping windows: all at once they took 616 MB with
+    this 64-d encoder (2.9 GB at ViT-B's width); streamed, the run stays under 350 MB."""
+    wav = tmp_path / "long.wav"
+    sf.write(wav, noise(300.0, 16000), 16000)
+    out = tmp_path / "long.h5"
+    r, grown = run_capped(tmp_path, 350, "embed", str(wav), "--ckpt", str(tiny_ckpt), "--out", str(out),
+                          "--hop", "0.16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with h5py.File(out) as f:
+        assert f["frames"].shape == (1875, 64) and np.isfinite(f["frames"][:]).all()
+    assert 0 <= grown < 350
+
+
+def _small_state() -> dict:
+    torch.manual_seed(0)
+    return dict(AudioViT(target_length=128, embed_dim=64, depth=2, num_heads=1).state_dict())
+
+
+def test_claimed_depth_is_checked_before_building(tmp_path):
+    """One extra key `blocks.20000.*` once built 20001 blocks (8 GB); now one error line, fast."""
+    sd = _small_state()
+    sd["blocks.20000.norm1.weight"] = torch.ones(64)
+    bad = tmp_path / "deep.pt"
+    save_checkpoint(bad, {"model": sd})
+    assert bad.stat().st_size < MB
+    with pytest.raises(CheckpointError, match=r"deep\.pt: blocks 0\.\.20000 \(3 present\)"):
+        load_encoder(bad)
+    r, _ = run_capped(tmp_path, 300, "embed", str(tmp_path), "--ckpt", str(bad), "--out", str(tmp_path / "o.h5"))
+    one_error_line(r, "deep.pt", "blocks 0..20000")
+
+
+def test_claimed_width_is_checked_before_building(tmp_path):
+    """A 32768-d patch embedding once allocated a 12.9 GB model; a width over MAX_DIM, block shapes
+    that do not follow the width, and broadcast views claiming more than their storage are refused."""
+    wide = {"patch_embed.proj.weight": torch.zeros(32768, 1, 16, 16), "cls_token": torch.zeros(1, 1, 32768),
+            "pos_embed": torch.zeros(1, 9, 32768), "blocks.0.mlp.fc1.weight": torch.zeros(4, 4)}
+    save_checkpoint(tmp_path / "wide.pt", {"model": wide})
+    r, grown = run_capped(tmp_path, 800, "embed", str(tmp_path), "--ckpt", str(tmp_path / "wide.pt"),
+                          "--out", str(tmp_path / "x.h5"))
+    one_error_line(r, "wide.pt", "embed_dim 32768")
+    assert grown < 800
+    sd = _small_state()
+    sd["blocks.1.attn.qkv.weight"] = torch.zeros(192, 32)                      # not [3D, D]
+    save_checkpoint(tmp_path / "shape.pt", {"model": sd})
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.attn\.qkv\.weight is \(192, 32\), expected \(192, 64\)"):
+        load_encoder(tmp_path / "shape.pt")
+    sd = _small_state()
+    sd["blocks.0.mlp.fc1.weight"] = torch.zeros(1).expand(256, 64)           # 4 bytes standing for 64 KB
+    save_checkpoint(tmp_path / "view.pt", {"model": sd})
+    with pytest.raises(CheckpointError, match=r"fc1\.weight` claims shape \(256, 64\) over a storage of 4 bytes"):
+        load_encoder(tmp_path / "view.pt")
+    sd = _small_state()
+    del sd["pos_embed"]
+    sd["pos_embed"] = torch.zeros(1, 1 + 8 * 4096, 64)                       # 524288 frames
+    save_checkpoint(tmp_path / "long.pt", {"model": sd})
+    with pytest.raises(CheckpointError, match="position table covers 65536 frames"):
+        load_encoder(tmp_path / "long.pt")
+
+
+def test_deflated_torch_zip_is_refused_before_loading(tmp_path):
+    """torch never compresses its zip entries; a deflated one (1 GiB of zeros is a ~1 MB stream) is
+    refused from the zip directory, before torch expands anything."""
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, {"model": _small_state()})
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open(f"{src.namelist()[0].split('/')[0]}/data/zeros", "w") as big:   # 256 MiB, deflated
+            chunk = bytes(MB)
+            for _ in range(256):
+                big.write(chunk)
+    assert packed.stat().st_size < 2 * MB
+    with pytest.raises(StoreError, match=r"packed\.pt: holds \d+ compressed entries"):
+        safe_torch_load(packed)
+    with pytest.raises(CheckpointError, match="compressed entries"):
+        load_encoder(packed)
+    r, _ = run_capped(tmp_path, 300, "embed", str(tmp_path), "--ckpt", str(packed), "--out", str(tmp_path / "x.h5"))
+    one_error_line(r, "packed.pt", "compressed entries")
+    assert json.dumps(str(safe_torch_load(plain)["model"]["cls_token"].shape))        # the stored file still loads
