@@ -23,12 +23,14 @@ from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
 from cache_tools.h5_text import fixed_utf8, read_text, text_attr
+from cache_tools.source_identity import SOURCE_IDENTITY
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
 # where each clip came from (optional: stores written before they existed fall back to `wave`):
 # source_path (UTF-8, relative to the root attr `source_root`), source_start / source_seconds
-# (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`)
+# (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`);
+# newer stores also source_size / source_mtime_ns / source_sha256 (cache_tools.source_identity)
 SOURCE_DATASETS = ("source_path", "source_start", "source_seconds", "wave_length")
 REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", "target_length", "sample_rate",
                   "feature_params", "norm_mean", "norm_std", "fingerprint")
@@ -259,6 +261,7 @@ class ClipStore:
                 self.splits = f["split"][:] if "split" in f else None  # [N] int8 codes into SPLIT_NAMES, or None
                 self._n = len(f["fbank"])
                 self.has_sources = all(k in f for k in SOURCE_DATASETS)
+                self.has_source_identity = self.has_sources and all(k in f for k in SOURCE_IDENTITY)
         except H5_ERRORS as e:
             raise damaged(self.path, e) from None
         a = self.attrs
@@ -310,6 +313,14 @@ class ClipStore:
         rel = read_text(self._dset("source_path"), i)
         base = Path(root if root is not None else self.attrs["source_root"])
         return base / rel, float(self._dset("source_start")[i]), float(self._dset("source_seconds")[i])
+
+    def source_identity(self, i: int) -> tuple[int, int, str] | None:
+        """(size, mtime_ns, sha256 hex) of clip i's source file when `prepare` read it
+        (cache_tools.source_identity), or None for a store that did not record them."""
+        if not self.has_source_identity:
+            return None
+        return (int(self._dset("source_size")[i]), int(self._dset("source_mtime_ns")[i]),
+                self._dset("source_sha256")[i].decode("ascii"))
 
     def wave_length(self, i: int) -> int:
         """Samples of clip i's real audio in wave(i) (the rest is zero padding); S where not recorded."""

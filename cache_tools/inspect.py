@@ -40,6 +40,22 @@ def inspect_store(path) -> str:
     ])
 
 
+def verify_sources(store, notes: list[str] | None = None) -> list[str]:
+    """Source files that changed since `prepare` read them (cache_tools.source_identity: one stat per
+    unchanged file, a sha256 where the mtime moved); missing sources and stores that recorded none are notes."""
+    from cache_tools.source_identity import changed_sources
+
+    if not store.has_source_identity:
+        if notes is not None and store.has_sources:
+            notes.append(f"{store.path}: no source identities (older store): changed sources cannot be noticed")
+        return []
+    changed, missing, checked = changed_sources(store)
+    if missing and notes is not None:
+        notes.append(f"{store.path}: {missing} of {checked} source files not found under "
+                     f"{store.attrs.get('source_root')} (not checked)")
+    return [f"{store.path}: source {c}" for c in changed]
+
+
 def verify_store(path, clips=None, notes: list[str] | None = None, workers: int | None = None) -> list[str]:
     """Problems found (empty list: all good). Clip store: every block's sha256 (a store written
     before checksums existed is not a failure: "no checksums (old store)" goes to `notes`). Target
@@ -53,13 +69,13 @@ def verify_store(path, clips=None, notes: list[str] | None = None, workers: int 
         from cache_tools.clip_store import H5_ERRORS, ClipStore, damaged
 
         try:
-            ClipStore(path)
+            store = ClipStore(path)
         except StoreError as e:
             return [str(e)]
         try:
             if notes is not None and (note := old_store_note(path)):
                 notes.append(note)
-            return verify_checksums(path, workers)
+            return verify_checksums(path, workers) + verify_sources(store, notes)
         except H5_ERRORS as e:
             return [str(damaged(path, e))]
     try:

@@ -25,6 +25,7 @@ from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.errors import InputFileError
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.names import SPLITS, clip_store_name
+from cache_tools.source_identity import SOURCE_IDENTITY, changed_sources, file_identity
 from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
@@ -62,10 +63,13 @@ def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray, in
     return fb.numpy().astype(np.float16), pad_to(w16, g.samples), min(len(w16), g.samples)
 
 
-def source_of(rec: ClipRecord, g: _Geometry, length: int) -> tuple[str, float, float, int]:
-    """What the clip store records of where a clip came from (clip_store.SOURCE_DATASETS)."""
+def source_of(rec: ClipRecord, g: _Geometry, length: int, memo: dict | None = None) -> tuple:
+    """What the clip store records of where a clip came from (clip_store.SOURCE_DATASETS) and what the
+    file was (cache_tools.source_identity: size, mtime_ns, sha256; `memo` hashes a shared file once)."""
     seconds = g.clip_seconds if rec.duration is None else min(rec.duration, g.clip_seconds)
-    return os.path.relpath(Path(rec.path).resolve(), g.source_root), float(rec.start), float(seconds), length
+    size, mtime_ns, digest = file_identity(rec.path, memo)
+    return (os.path.relpath(Path(rec.path).resolve(), g.source_root), float(rec.start), float(seconds), length,
+            size, mtime_ns, digest)
 
 
 def source_root(records: list[ClipRecord]) -> str:
@@ -76,6 +80,7 @@ def source_root(records: list[ClipRecord]) -> str:
 def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: Path) -> tuple[int, int, int]:
     """Featurise one block and write its part file. Returns (block, clips in it, skipped)."""
     ids, fbanks, waves, labels, folds, splits, skipped, sources = [], [], [], [], [], [], [], []
+    memo: dict = {}
     for rec in records:
         try:
             out = featurise(rec, g)
@@ -84,10 +89,15 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
         if isinstance(out, str):
             skipped.append({"clip_id": rec.clip_id, "path": str(rec.path), "start": rec.start, "reason": out})
             continue
+        try:
+            sources.append(source_of(rec, g, out[2], memo))
+        except OSError as e:                                  # gone between decoding and hashing
+            skipped.append({"clip_id": rec.clip_id, "path": str(rec.path), "start": rec.start,
+                            "reason": f"unreadable: {e.strerror}"})
+            continue
         ids.append(rec.clip_id)
         fbanks.append(out[0])
         waves.append(out[1])
-        sources.append(source_of(rec, g, out[2]))
         if g.multilabel:
             hot = np.zeros(g.num_classes, np.uint8)               # [C]
             hot[list(rec.label)] = 1
@@ -102,9 +112,11 @@ def _process_block(block: int, records: list[ClipRecord], g: _Geometry, parts: P
     lab = np.array(labels, dtype=np.uint8 if g.multilabel else np.int64)
     if g.multilabel and not n:
         lab = lab.reshape(0, g.num_classes)                      # [0,C]
-    paths, starts, seconds, lengths = zip(*sources) if n else ((), (), (), ())
+    paths, starts, seconds, lengths, sizes, mtimes, digests = zip(*sources) if n else ((),) * 7
     src = {"source_path": np.array(paths, dtype=object), "source_start": np.array(starts, np.float64),
-           "source_seconds": np.array(seconds, np.float64), "wave_length": np.array(lengths, np.int32)}
+           "source_seconds": np.array(seconds, np.float64), "wave_length": np.array(lengths, np.int32),
+           "source_size": np.array(sizes, np.int64), "source_mtime_ns": np.array(mtimes, np.int64),
+           "source_sha256": np.array(digests, dtype="S64")}
     clip_store.write_part(parts, block, ids, fb, wv, lab, np.array(folds, np.int8) if g.with_folds else None,
                           skipped, src, np.array(splits, np.int8) if g.with_splits else None)
     return block, len(records), len(skipped)
@@ -153,6 +165,7 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
         attrs = clip_store.check_store(out)
         if attrs.get("source_fingerprint") != source:
             raise InputFileError(f"{out}: exists but was made from other input or settings; delete it to rebuild")
+        check_sources(out)
         shutil.rmtree(clip_store.parts_dir(out), ignore_errors=True)   # left by a kill after the rename
         clip_store.tmp_path(out).unlink(missing_ok=True)
         return {"store": str(out), "status": "already complete", "written": None}
@@ -161,7 +174,8 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
                            f"({len(spec.missing)} listed clips have no file)")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = clip_store.open_parts(out, {"source_fingerprint": source, "n": len(spec.records),
-                                        "datasets": ["fbank", "wave", *clip_store.SOURCE_DATASETS]})
+                                        "datasets": ["fbank", "wave", *clip_store.SOURCE_DATASETS,
+                                                     *SOURCE_IDENTITY]})
     g = _Geometry(spec.clip_seconds, spec.target_length, spec.multilabel, spec.num_classes,
                   with_folds=any(r.fold is not None for r in spec.records), source_root=source_root(spec.records),
                   with_splits=any(r.split is not None for r in spec.records))
@@ -185,6 +199,18 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
         raise
     report["seconds"] = round(time.time() - t0, 3)   # only in the returned dict, not in the files
     return report
+
+
+def check_sources(out: Path) -> None:
+    """InputFileError if a source file of the complete store `out` changed since it was made (the
+    same names are not the same input: cache_tools.source_identity; one stat per file unchanged)."""
+    store = clip_store.ClipStore(out)
+    if not store.has_source_identity:
+        return                                                   # an older store: nothing recorded to compare
+    changed, _, _ = changed_sources(store)
+    if changed:
+        raise InputFileError(f"{out}: {len(changed)} source file{'s' if len(changed) > 1 else ''} changed since "
+                             f"it was made (first: {changed[0]}); delete it to rebuild")
 
 
 def expected_bytes(g: _Geometry, clips: int, todo: int) -> int:

@@ -9,7 +9,8 @@ ClapTeacher.token_grid_waves then does the rest of laion-clap's path: int16 roun
 repeat-pad of the real clip (long clips: the deterministic window of pipeline.teacher_input).
 
 Fallback (`clipstore-16k-upsampled`): a store without source records, or a clip whose file is
-missing, unreadable or no longer the clip: the clip store's 16 kHz wave, cut to its real length
+missing, unreadable or no longer the clip (its size / sha256 differ from what `prepare` recorded, or
+its length from the stored clip's): the clip store's 16 kHz wave, cut to its real length
 (`wave_length`), upsampled with pipeline.audio_io.resample; nothing above 8 kHz reaches the teacher.
 Each such clip's reason is kept (targets.py writes them to the store's `progress/fallback-<k>.jsonl`).
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cache_tools.source_identity import compare
 from pipeline.audio_io import SAMPLE_RATE, decode_native, resample
 
 FALLBACK = "clipstore-16k-upsampled"   # the 16 kHz clip-store wave, upsampled to the teacher's rate
@@ -54,6 +56,7 @@ class TeacherInputDataset(Dataset):
         self.clips, self.rate, self.root = clips, int(rate), source_root
         self.sources = sources and bool(getattr(clips, "has_sources", False))
         self.kind = source_kind(self.rate)
+        self._memo: dict = {}                  # files hashed by this process (clips cut from one file: once)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -67,8 +70,14 @@ class TeacherInputDataset(Dataset):
             return i, self._fallback(i), FALLBACK, str(e) or type(e).__name__
 
     def _source(self, i: int) -> np.ndarray:
-        """Clip i from its file, checked against the stored clip's length (a replaced file is refused)."""
+        """Clip i from its file, checked against what `prepare` recorded of the file (size, mtime,
+        sha256: cache_tools.source_identity) and against the stored clip's length; a changed file is refused."""
         path, start, seconds = self.clips.source(i, self.root)
+        recorded = self.clips.source_identity(i) if getattr(self.clips, "has_source_identity", False) else None
+        if recorded is not None:
+            why = compare(path, recorded, self._memo)
+            if why is not None and not why.startswith("missing"):       # a missing file: the decoder says so
+                raise OSError(f"{path}: {why}")
         try:
             wave = load_source(path, start, seconds, self.rate)     # [n]
         except Exception as e:  # noqa: BLE001 - Unusable, or a decoder's own error: the reason, with the file

@@ -1,9 +1,16 @@
 """A run's folder, <run_dir>/<name>/: who may write it, and its log when a run resumes.
 
+with claimed(out, stage, resume, overwrite, is_main): ...   the main rank holds `<out>.lock` for the
+    block (cache_tools.writer_lock: a second writer of the same run folder is refused at once, one
+    line), then claim() below runs under the lock.
 claim(out, resume, overwrite, is_main) -> None     ConfigError unless `out` may be written: a folder
-    that holds a checkpoint (checkpoint*.pt, also in fold sub-folders) is a finished or interrupted
-    run; a new run refuses to replace it unless told (`--overwrite`: the main rank deletes those
-    checkpoints first), a resumed one (`--resume`) continues it.
+    that holds a run's results (checkpoint*.pt, last.pt or metrics.json, also in fold sub-folders) is
+    a finished or interrupted run; a new run refuses to replace it unless told (`--overwrite`: the
+    main rank first deletes every file a run writes there, RUN_FILES, so no old last.pt, log or
+    metrics survive beside the new run), a resumed one (`--resume`) continues it.
+config_diff(old, new) -> list[str]      the settings that differ between two run configs (to_dict form),
+    those a resumed run may change (device, workers, store folders: their contents are checked by
+    fingerprint) left out; `--resume` with any difference is refused before anything is written.
 truncate_log(path, step) -> None         keep log.jsonl's lines up to update `step`; a last line cut
     short by a kill (no newline, or not JSON) is dropped; a bad line before it is an error naming
     the file and the line.
@@ -11,24 +18,91 @@ truncate_log(path, step) -> None         keep log.jsonl's lines up to update `st
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from cache_tools.errors import ConfigError
+from cache_tools.writer_lock import writer_lock
+
+HELD = ("checkpoint*.pt", "last.pt", "metrics.json")           # a folder with one of these holds a run
+RUN_FILES = HELD + ("log.jsonl", "eval.jsonl", "results.md", "split.json", "config.json", "*.png")
+# what a resumed run may change: where it runs and where the stores lie (their fingerprints are checked)
+FIRST = ("task", "preset", "init", "ckpt")                        # named first when they differ
+RESUMABLE = {"device", "num_workers", "run_dir", "stores", "train_clips", "valid_clips", "test_clips", "name",
+             "log_every", "eval_batch_size", "cache_dir", "embed_batch_size"}
+
+
+def _files(out: Path, patterns: tuple[str, ...]) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return [p for pat in patterns for p in sorted(out.glob(pat)) + sorted(out.glob(f"*/{pat}")) if p.is_file()]
 
 
 def checkpoints(out: Path) -> list[Path]:
-    return sorted(out.glob("checkpoint*.pt")) + sorted(out.glob("*/checkpoint*.pt")) if out.is_dir() else []
+    return _files(Path(out), ("checkpoint*.pt",))
 
 
 def claim(out: Path | str, resume: bool = False, overwrite: bool = False, is_main: bool = True) -> None:
     out = Path(out)
-    held = checkpoints(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{out}: exists and is not a folder (a run folder is a plain folder); choose another --name")
+    held = _files(out, HELD)
     if held and not resume and not overwrite:
         raise ConfigError(f"{out}: holds {held[0].relative_to(out)} from an earlier run; not overwriting it. "
-                             "Pass --resume to continue that run, --overwrite to replace it, or another --name")
+                          "Pass --resume to continue that run, --overwrite to replace it, or another --name")
     if held and overwrite and not resume and is_main:
-        for ck in held:                              # no stale final checkpoint beside the new run's
-            ck.unlink()
+        for f in _files(out, RUN_FILES):             # nothing of the old run beside the new one (no old last.pt)
+            f.unlink()
+
+
+@contextmanager
+def claimed(out: Path | str, stage: str, resume: bool = False, overwrite: bool = False,
+            is_main: bool = True) -> Iterator[Path]:
+    """One writer per run folder: the main rank holds `<out>.lock` while the block runs; claim() under it."""
+    out = Path(out)
+    with ExitStack() as stack:
+        if is_main:
+            stack.enter_context(writer_lock(out, stage))
+        claim(out, resume, overwrite, is_main)
+        yield out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for each setting (dotted) that differs, RESUMABLE keys left out."""
+    a, b = _flat(json.loads(json.dumps(old))), _flat(json.loads(json.dumps(new)))
+    keys = sorted(a.keys() | b.keys(), key=lambda k: (k not in FIRST, FIRST.index(k) if k in FIRST else 0, k))
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys
+            if k.split(".")[0] not in RESUMABLE and a.get(k) != b.get(k)]
+
+
+def check_resume_config(out: Path | str, cfg: dict, stage: str) -> None:
+    """ConfigError (one line, nothing written) if `out/config.json` records other settings than `cfg`."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("config")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a run's config.json ({e}); cannot check --resume against it") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path}: holds no `config`; cannot check --resume against it")
+    diff = config_diff(old, cfg)
+    if diff:
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise ConfigError(f"{path}: --resume with other settings than the run was started with: "
+                          f"{'; '.join(diff[:3])}{more}. Resume with the same settings, or start a new "
+                          f"{stage} run (--overwrite or another --name)")
 
 
 def truncate_log(path: Path | str, step: int) -> None:

@@ -64,6 +64,8 @@ def run_custom(cfg: CustomFinetuneConfig, task: Task, out: Path, dist, resume: b
         write_split(out, store, a)
         print(f"[finetune] custom: {store.num_classes} classes, {'multi' if t.multilabel else 'single'}-label "
               f"({t.metric}); {a.source}: {a.record().get('clips') or a.record().get('folds')}", flush=True)
+        for note in a.notes:
+            print(f"[finetune] custom: note: {note}", flush=True)
     if a.folds is not None:
         outcome = _run_cv(cfg, t, out, dist, resume)
     else:

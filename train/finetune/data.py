@@ -10,6 +10,7 @@ and an epoch draws `epoch_len` clips; on single-label data the same weights bala
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,18 +19,26 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from cache_tools.clip_store import ClipStore
+from cache_tools.clip_verify import verified
 from cache_tools.errors import StoreError
 from train.data import normalize_fbank, require_finite
 
 
-def open_stores(paths: Sequence[str | Path]) -> list[ClipStore]:
-    """Open each clip store; a missing file names itself and how to make it."""
+def open_stores(paths: Sequence[str | Path], verify: bool = True) -> list[ClipStore]:
+    """Open each clip store; a missing file names itself and how to make it. `verify`: its block
+    checksums are checked before use, once per change of the file (cache_tools.clip_verify: a
+    corrupt store is a StoreError; an unchanged one that passed before costs one stat)."""
     out = []
     for path in map(Path, paths):
         if not path.exists():
             raise StoreError(f"{path}: clip store not found (build the stores with `make prepare`, "
                             f"or point `stores` (--stores) at the folder that holds {path.name})")
-        out.append(ClipStore(path))
+        store = ClipStore(path)
+        t0 = time.perf_counter()
+        if verify and verified(path, store.fingerprint):
+            print(f"[data] {path}: {len(store)} clips, checksums verified ({time.perf_counter() - t0:.2f} s; "
+                  "once per change of the file)", flush=True)
+        out.append(store)
     return out
 
 

@@ -41,7 +41,7 @@ from train.finetune.metrics import task_metrics
 from train.model.models_vit import AudioViT, describe
 from train.rng import set_rng_state
 from train.finetune.tasks import Task
-from cache_tools.errors import ConfigError, Diverged
+from cache_tools.errors import CheckpointError, ConfigError, Diverged
 
 if TYPE_CHECKING:
     from train.finetune.config import FinetuneConfig
@@ -248,9 +248,13 @@ def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path,
     derived = {"lr": cfg.lr, "world_size": dist.world_size, "steps_per_epoch": spe, "total_steps": total}
     sel = Selection(cfg, task, data, out, dist.device, {**info, "derived": derived})
     start, step = 0, 0
-    st = load_resume(out, info, dist) if resume else None
+    st = load_resume(out, info, dist, to_dict(cfg)) if resume else None
     if st is not None:
-        vit.load_state_dict(st["model"])
+        try:
+            vit.load_state_dict(st["model"])
+        except RuntimeError as e:                                              # another architecture
+            raise CheckpointError(f"{out / 'last.pt'}: its model does not fit this run's "
+                                  f"({str(e).splitlines()[0]}); resume with the run's settings") from None
         optimizer.load_state_dict(st["optimizer"])
         scaler.load_state_dict(st["scaler"])
         sel.load_state_dict(st["selection"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+from cache_tools.errors import Diverged
 
 
 def _check(scores: np.ndarray, targets: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +65,14 @@ def confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nd
 def task_metrics(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> dict:
     """The metrics a task reports: mAP (+ AUC) for multi-label, accuracy for single-label.
 
-    `targets` is [N, C] multi-hot for multi-label and [N] class ids for single-label.
+    `targets` is [N, C] multi-hot for multi-label and [N] class ids for single-label. Non-finite
+    scores are an error (Diverged), never a metric: argmax over NaN picks class 0 and looks like a score.
     """
+    finite = np.isfinite(np.asarray(scores, dtype=np.float64)).reshape(len(scores), -1).all(axis=1)   # [N]
+    if not finite.all():
+        raise Diverged(f"scores of {int((~finite).sum())} of {len(finite)} clips are NaN or infinite: the model "
+                       "(its weights, or a head trained with too high an lr) gives no usable output; no metric "
+                       "is reported")
     if multilabel:
         return {"mAP": mean_average_precision(scores, targets), "AUC": mean_roc_auc(scores, targets)}
     return {"accuracy": accuracy(scores, targets)}

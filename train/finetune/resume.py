@@ -22,8 +22,8 @@ import torch
 from train import distributed
 from train.model.checkpoint import load_checkpoint, save_checkpoint
 from train.rng import rng_state
-from train.run_folder import truncate_log
-from cache_tools.errors import StoreError
+from train.run_folder import config_diff, truncate_log
+from cache_tools.errors import ConfigError, StoreError
 
 RESUME = "last.pt"
 
@@ -42,9 +42,10 @@ def save_resume(out: Path, state: dict) -> Path:
     return save_checkpoint(Path(out) / RESUME, {"kind": "finetune-resume", **state})
 
 
-def load_resume(out: Path, info: dict, dist: distributed.DistInfo) -> dict | None:
+def load_resume(out: Path, info: dict, dist: distributed.DistInfo, config: dict | None = None) -> dict | None:
     """The run's resume state, or None (and a note) if it has none yet. Refuses one trained on other
-    stores (fingerprints) or with a different number of ranks (RNG states are per rank)."""
+    stores (fingerprints), with other settings than `config` (train.run_folder.config_diff) or with a
+    different number of ranks (RNG states are per rank)."""
     path = Path(out) / RESUME
     if not path.exists():
         if dist.is_main:
@@ -55,6 +56,10 @@ def load_resume(out: Path, info: dict, dist: distributed.DistInfo) -> dict | Non
         raise StoreError(f"{path}: not a fine-tuning resume state (kind={st.get('kind')!r})")
     if st["fingerprints"] != info["fingerprints"]:
         raise StoreError(f"{path}: trained on stores {st['fingerprints']}, not on these {info['fingerprints']}")
+    diff = config_diff(st.get("config") or {}, config) if config is not None else []
+    if diff:
+        raise ConfigError(f"{path}: written with other settings than this run's: {'; '.join(diff[:3])}; "
+                          "resume with the run's settings, or --overwrite / another --name")
     if len(st["rng"]) != dist.world_size:
         raise StoreError(f"{path}: written by {len(st['rng'])} ranks, resumed with {dist.world_size}; "
                             "resume with the same number of processes")

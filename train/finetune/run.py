@@ -28,7 +28,7 @@ from train.finetune.config import FinetuneConfig, load_finetune_config  # noqa: 
 from train.finetune.custom import run_custom
 from train.finetune.protocols import _run_cv, _run_split
 from train.finetune.tasks import TASKS
-from train.run_folder import claim
+from train.run_folder import check_resume_config, claimed
 
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -37,19 +37,21 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = Fa
     folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
     task = TASKS[cfg.task]
     dist = distributed.init_distributed(cfg.device)
-    claim(Path(cfg.run_dir) / cfg.name, resume=resume, overwrite=overwrite, is_main=dist.is_main)
-    if dist.device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads() // dist.world_size))
     out = Path(cfg.run_dir) / cfg.name
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"config": to_dict(cfg), "derived": {"lr": cfg.lr, "world_size": dist.world_size}}
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
-    if task.protocol == "store":                             # your own data: train/finetune/custom.py
-        outcome = run_custom(cfg, task, out, dist, resume)
-    else:
-        outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist, resume)
-    if outcome is not None:
-        report.write_report(out, outcome.metrics, outcome.test.scores, outcome.test.targets)
+    with claimed(out, "finetune", resume=resume, overwrite=overwrite, is_main=dist.is_main):
+        if resume:                                           # refused before anything is written
+            check_resume_config(out, to_dict(cfg), "finetune")
+        if dist.device.type == "cpu":
+            torch.set_num_threads(max(1, torch.get_num_threads() // dist.world_size))
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            meta = {"config": to_dict(cfg), "derived": {"lr": cfg.lr, "world_size": dist.world_size}}
+            (out / "config.json").write_text(json.dumps(meta, indent=2))
+        if task.protocol == "store":                         # your own data: train/finetune/custom.py
+            outcome = run_custom(cfg, task, out, dist, resume)
+        else:
+            outcome = (_run_cv if task.protocol == "cv" else _run_split)(cfg, task, out, dist, resume)
+        if outcome is not None:
+            report.write_report(out, outcome.metrics, outcome.test.scores, outcome.test.targets)
     distributed.cleanup()
     return outcome.metrics if outcome is not None else {}

@@ -78,14 +78,47 @@ def hold_out(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int
     return np.sort(kept), np.sort(held)
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[N] class ids or [N, C] multi-hot -> clips per class [C]."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.astype(np.int64).sum(0)
+    return np.bincount(labels.astype(np.int64), minlength=num_classes)
+
+
+def require_classes(labels: np.ndarray, class_names: list[str], where, what: str = "clips") -> np.ndarray:
+    """Clips per class [C]; ConfigError naming `where` if fewer than two classes have any `what`:
+    a classifier of one class scores 1.0 on nothing (a folder given one level too high is one class)."""
+    counts = class_counts(labels, len(class_names))
+    present = [class_names[c] for c in np.flatnonzero(counts)]
+    if len(present) < 2:
+        held = f"only class {present[0]!r}" if present else "no labelled clip"
+        raise ConfigError(f"{where}: its {what} hold {held} ({int(counts.sum())} labels); a classifier needs two "
+                          "classes or more (was the folder given one level too high?)")
+    return counts
+
+
+def too_small(counts: np.ndarray, class_names: list[str], parts: int) -> str | None:
+    """A note naming the classes with fewer clips than `parts` (they cannot reach every part), or None."""
+    small = [f"{class_names[c]!r} ({int(counts[c])} clip{'s' if counts[c] != 1 else ''})"
+             for c in np.flatnonzero((counts > 0) & (counts < parts))]
+    if not small:
+        return None
+    return (f"classes too small to split into {parts} parts (train / valid / test): {', '.join(small[:5])}"
+            f"{f' and {len(small) - 5} more' if len(small) > 5 else ''}; they are missing from some parts")
+
+
 def assign(store: ClipStore, seed: int, valid_fraction: float, test_fraction: float) -> Assignment:
-    """The store's split column, else its folds, else a seeded stratified train/valid/test split."""
+    """The store's split column, else its folds, else a seeded stratified train/valid/test split.
+    Fewer than two classes with clips (in the store, or in the split column's train part) is an error."""
     empty = np.zeros(0, np.int64)
+    counts = require_classes(store.labels, store.class_names, store.path)
     if store.splits is not None:
         parts = {name: np.flatnonzero(store.splits == code) for code, name in enumerate(SPLIT_NAMES)}
         if not len(parts["train"]) or not len(parts["test"]):
             raise ConfigError(f"{store.path}: its split column holds {len(parts['train'])} train and "
                              f"{len(parts['test'])} test clips; both parts are needed")
+        require_classes(np.asarray(store.labels)[parts["train"]], store.class_names, store.path, "train clips")
         return Assignment("split column", parts["train"], parts["valid"], parts["test"])
     if store.folds is not None:
         if len(np.unique(store.folds)) < 2:
@@ -95,8 +128,9 @@ def assign(store: ClipStore, seed: int, valid_fraction: float, test_fraction: fl
     if not (0 < test_fraction < 1 and 0 <= valid_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ConfigError(f"{store.path}: valid_fraction {valid_fraction} and test_fraction {test_fraction} must "
                          "be fractions with test > 0 and a sum below 1")
-    notes: list[str] = []
+    notes: list[str] = [n for n in [too_small(counts, store.class_names, 3 if valid_fraction > 0 else 2)] if n]
     rest, test = hold_out(np.arange(len(store)), store.labels, test_fraction, seed, notes)
     train, valid = hold_out(rest, store.labels, valid_fraction / (1 - test_fraction), seed, notes)
+    require_classes(np.asarray(store.labels)[train], store.class_names, store.path, "train part's clips")
     return Assignment("stratified split", train, valid, test, seed=seed,
                       fractions={"valid": valid_fraction, "test": test_fraction}, notes=notes)

@@ -43,6 +43,7 @@ from train.model.models_vit import build_encoder
 from train.use.features import cached_features, weights_sha256
 from train.probe.head import HeadSpec, fit_and_score, select
 from train.finetune.tasks import TASKS, Task, TaskName
+from train.run_folder import check_resume_config, claimed
 
 
 @dataclass
@@ -139,6 +140,8 @@ def open_data(cfg: ProbeConfig) -> tuple[list[ClipStore], Task, list[Round]]:
     if t.protocol == "store":
         a = assign(store, cfg.seed, cfg.valid_fraction, cfg.test_fraction)
         t = store_task(t, store, a)
+        for note in a.notes:
+            print(f"[probe] {store.path}: note: {note}", flush=True)
     check_stores(t, [store])
     folds = store.folds if a is None else a.folds
     if folds is None and t.protocol == "cv":
@@ -179,12 +182,22 @@ def _spec(cfg: ProbeConfig, t: Task) -> HeadSpec:
                     cfg.batch_size, t.multilabel, cfg.seed)
 
 
-def run_probe(cfg: ProbeConfig) -> dict:
-    """Features (cached), heads, test scores, reports in <run_dir>/<name>/; returns metrics.json's content."""
-    t_start = time.time()
+def run_probe(cfg: ProbeConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Features (cached), heads, test scores, reports in <run_dir>/<name>/; returns metrics.json's content.
+    One writer per run folder, and fine-tuning's rule (train.run_folder): a folder holding a probe's
+    results is refused unless `overwrite` (replace them) or `resume` (the same settings: run again,
+    features from the cache)."""
     out = Path(cfg.run_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
+    with claimed(out, "probe", resume=resume, overwrite=overwrite):
+        if resume:
+            check_resume_config(out, to_dict(cfg), "probe")
+        return _run_probe(cfg, out)
+
+
+def _run_probe(cfg: ProbeConfig, out: Path) -> dict:
+    t_start = time.time()
     stores, t, rounds = open_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     fd.check_compatible(stores)
     device = resolve_device(cfg.device)
     vit = build_frozen_encoder(cfg, stores[0].target_length).to(device)

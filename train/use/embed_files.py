@@ -24,13 +24,17 @@ reasons, or an error while embedding) are skipped and listed in `out.report.json
 Files are decoded by pipeline.audio_io (soundfile, then PyAV), downmixed and resampled to 16 kHz,
 and read up to max_seconds.
 
+One writer: `out.lock` is held for the run; a second `embed` on the same --out is refused at once.
+Identity: the job fingerprint covers the encoder's weights (sha256 over its tensors, so a checkpoint
+replaced at the same path is another job), the settings and every file's path, size and mtime.
+Non-finite embeddings of finite audio are the encoder's fault: an error, never a row.
 Resume: clips go in blocks of block_size; each finished block is a part file in `out.parts/`
 written atomically (temp file, fsync, rename), so after a crash or kill -9 a rerun with the same
 inputs and settings embeds only the unfinished blocks. The final file is written to `out.tmp` and
 renamed; a rerun over a complete `out` of the same job does nothing; one of another job is refused.
 """
 from __future__ import annotations
-from cache_tools.errors import InputFileError
+from cache_tools.errors import CheckpointError, ConfigError, InputFileError
 
 import json
 import os
@@ -45,8 +49,10 @@ from tqdm import tqdm
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.h5_text import attr_str, fixed_utf8, read_text, text_attr
+from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import load_clip
 from train.use.embed import SHIFT_S, PretrainedEncoder, describe
+from train.use.features import weights_sha256
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".aifc",
                     ".au", ".caf", ".w64", ".wma", ".webm", ".mka", ".mp4"}
@@ -88,7 +94,11 @@ def _embed_one(enc: PretrainedEncoder, path: Path, layer: int, hop: float | None
     if wave is None:
         return reason
     e = enc.embed(wave, enc.sample_rate, layer=layer, hop=hop)
-    return e.clip[0].cpu().numpy(), e.frames[0].cpu().numpy(), e.timestamps.numpy()
+    clip, frames = e.clip[0].cpu().numpy(), e.frames[0].cpu().numpy()       # [D], [T', D]
+    if not (np.isfinite(clip).all() and np.isfinite(frames).all()):
+        raise CheckpointError(f"{enc.source}: NaN or infinite embeddings of {path} (finite audio): the encoder's "
+                              "weights or normalisation are broken; nothing of this block is written")
+    return clip, frames, e.timestamps.numpy()
 
 
 def _write_part(parts: Path, block: int, rows: list, skipped: list[dict], dim: int) -> None:
@@ -109,6 +119,8 @@ def _embed_block(enc, block: int, items: list[tuple[str, Path]], parts: Path, op
     for cid, path in items:
         try:
             got = _embed_one(enc, path, opts["layer"], opts["hop"], opts["max_seconds"])
+        except CheckpointError:                                  # the encoder's fault, not the file's: stop
+            raise
         except Exception as e:  # noqa: BLE001 - one odd file must not end the run
             got = f"error: {type(e).__name__}: {e}"
         if isinstance(got, str):
@@ -146,13 +158,27 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
 def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str | Path, layer: int = -1,
                 hop: float | None = None, max_seconds: float = 3600.0, block_size: int = 32,
                 files_from: str | Path | None = None, progress: bool = True) -> dict:
-    out, t0 = Path(out), time.time()
+    out = Path(out)
+    if out.is_symlink():
+        raise InputFileError(f"{out}: is a symlink; embed writes only a real file (choose another --out)")
+    with writer_lock(out, "embed"):
+        return _embed_files(encoder, inputs, out, layer, hop, max_seconds, block_size, files_from, progress)
+
+
+def _embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: Path, layer: int, hop: float | None,
+                 max_seconds: float, block_size: int, files_from: str | Path | None, progress: bool) -> dict:
+    t0 = time.time()
     items = list_audio(inputs, files_from)
-    layer = encoder._layer_index(layer)
+    if not -encoder.depth <= layer < encoder.depth:
+        raise ConfigError(f"layer {layer}: this encoder has {encoder.depth} blocks (0..{encoder.depth - 1}, or "
+                          f"-1..-{encoder.depth} from the last)")
+    layer %= encoder.depth
     hop_s = encoder.hop_columns(hop) * encoder.vit.patch * SHIFT_S
     opts = {"layer": layer, "hop": hop_s, "max_seconds": float(max_seconds)}
     files = [(cid, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for cid, p in items]
-    job = json_fingerprint({"encoder": describe(encoder), **opts, "block_size": block_size, "files": files})
+    weights = weights_sha256(encoder.vit)        # the encoder's content: a checkpoint replaced at its path differs
+    job = json_fingerprint({"encoder": describe(encoder), "weights_sha256": weights, **opts,
+                            "block_size": block_size, "files": files})
     report_file = Path(f"{out}.report.json")
     if out.exists():
         try:
@@ -180,7 +206,7 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
         if b not in done:
             _embed_block(encoder, b, block, parts, opts, bar)
     bar.close()
-    attrs = {"encoder": json.dumps(describe(encoder)), "layer": layer, "hop": hop_s,
+    attrs = {"encoder": json.dumps({**describe(encoder), "weights_sha256": weights}), "layer": layer, "hop": hop_s,
              "window": encoder.window_frames * SHIFT_S, "rule": RULE, "job": job}
     n, skipped = _assemble(out, parts, len(blocks), attrs)
     report = {"out": str(out), "written": n, "skipped": skipped, "listed": len(items)}

@@ -2,7 +2,10 @@
 
 Public API
 ----------
-write_export(vit, out, fmt="timm", norm={"mean", "std", "source"}, source="") -> Path   the folder
+write_export(vit, out, fmt="timm", norm={"mean", "std", "source"}, source="", overwrite=False) -> Path
+    the folder; one writer (`out.lock`); `out` must be absent, empty or an earlier export (only
+    model.safetensors and an export's config.json): any other folder is refused unless `overwrite`
+    (then only those two files are replaced), and a symlinked `out` always is
     out/model.safetensors  the AudioViT state dict (AudioMAE's = timm's key names), the config JSON
                            also in its header metadata (key "supmam_config")
     out/config.json        {"normalization", "supmam"} (+ for fmt "timm": timm's hub fields
@@ -33,6 +36,7 @@ Normalisation: inputs are (fbank - mean) / (2 std); pretrained_cfg's one-channel
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -41,6 +45,7 @@ from torch import Tensor
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.errors import ConfigError
 from cache_tools.fingerprint import file_sha256
+from cache_tools.writer_lock import writer_lock
 from train.model.checkpoint import export_encoder
 from train.model.models_vit import AudioViT
 
@@ -83,17 +88,48 @@ def _timm_fields(vit: AudioViT, norm: dict) -> dict:
             "num_features": vit.embed_dim, "model_args": args, "pretrained_cfg": pcfg}
 
 
+def _is_export(out: Path) -> bool:
+    """True if `out` holds nothing but what export writes, its config.json one export wrote."""
+    names = {p.name for p in out.iterdir()
+             if not (p.name.startswith((f".{WEIGHTS}.", f".{CONFIG}.")) and p.name.endswith(".tmp"))}  # a killed export's
+    if names != {WEIGHTS, CONFIG} or (out / CONFIG).is_symlink() or (out / WEIGHTS).is_symlink():
+        return not names
+    try:
+        cfg = json.loads((out / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("supmam"), dict) and "normalization" in cfg
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """ConfigError unless export may write into `out` (write_export's rules)."""
+    if out.is_symlink():
+        raise ConfigError(f"{out}: is a symlink (to {os.readlink(out)}); export writes only into a real folder")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not _is_export(out):
+        held = sorted(p.name for p in out.iterdir())
+        raise ConfigError(f"{out}: a folder export did not make (it holds {', '.join(held[:4])}"
+                          f"{' ...' if len(held) > 4 else ''}); not writing into it. Choose an empty or new "
+                          f"--out, or pass --overwrite to replace {WEIGHTS} and {CONFIG} there")
+
+
 def write_export(vit: AudioViT, out: str | Path, fmt: str = "timm", norm: dict | None = None,
-                 source: str = "") -> Path:
-    """Write out/model.safetensors and out/config.json (each atomically; weights first)."""
-    from safetensors.torch import save_file
+                 source: str = "", overwrite: bool = False) -> Path:
+    """Write out/model.safetensors and out/config.json (each atomically; weights first), holding `out.lock`."""
     out = Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"{out}: unknown format {fmt!r}; choose one of {FORMATS}")
     if norm is None or not {"mean", "std"} <= norm.keys():
         raise ConfigError(f"{out}: the normalisation stats (mean, std) are required")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
+    check_out(out, overwrite)
+    with writer_lock(out, "export"):
+        check_out(out, overwrite)                        # again, now that no other export can write it
+        return _write(vit, out, fmt, norm, source)
+
+
+def _write(vit: AudioViT, out: Path, fmt: str, norm: dict, source: str) -> Path:
+    from safetensors.torch import save_file
     cfg = {"normalization": {"mean": float(norm["mean"]), "std": float(norm["std"]),
                              "source": norm.get("source", ""), "formula": "(fbank - mean) / (2 * std)"},
            "supmam": _supmam_config(vit, source)}

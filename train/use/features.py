@@ -11,8 +11,8 @@ normalises it (train.finetune.data.ClipDataset), with no augmentation.
 Cache: `<cache_dir>/<store stem>.<key>.npy` (float32 [N, D]) plus a `.json` that says what it is.
 The key hashes the encoder's weights (sha256 over every tensor, so a checkpoint, a seeded random
 encoder and its input length are all covered), the store's fingerprint and source fingerprint,
-the layer, the pooling and the normalisation. Files are written atomically; a file whose
-shape does not match the store is recomputed.
+the layer, the pooling and the normalisation. Files are written atomically, the .json records the
+features' sha256; a file whose shape, sha256 or finiteness does not check is recomputed (read_cache).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.clip_store import ClipStore
+from cache_tools.errors import CheckpointError
 from cache_tools.fingerprint import json_fingerprint
 from train.finetune import data as fd
 from train.amp import autocast
@@ -80,22 +81,58 @@ def cache_key(digest: str, store: ClipStore, layer: int, pooling: str) -> dict:
             "norm": [store.norm_mean, store.norm_std], "target_length": store.target_length}
 
 
+def read_cache(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """(features, "") if `path` holds float32 `shape` finite features whose sha256 its .json records;
+    else (None, why). The .npy header is read first, so a header claiming a huge array reads nothing."""
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                return None, f"an .npy format version {version} this cache never writes"
+            dims, fortran, dtype = read[version](f)
+            if tuple(dims) != shape or np.dtype(dtype) != np.float32 or fortran:
+                return None, f"holds {np.dtype(dtype)} {tuple(dims)}, expected float32 {shape}"
+            feats = np.fromfile(f, dtype=np.float32, count=shape[0] * shape[1])
+    except (OSError, ValueError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({type(e).__name__}: {e})"
+    if feats.size != shape[0] * shape[1]:
+        return None, f"truncated ({feats.size} of {shape[0] * shape[1]} values)"
+    feats = feats.reshape(shape)                                               # [N, D]
+    if not isinstance(info, dict) or hashlib.sha256(feats.tobytes()).hexdigest() != info.get("sha256"):
+        return None, "its sha256 differs from the one recorded beside it"
+    if not np.isfinite(feats).all():
+        return None, "holds NaN or infinite values"
+    return feats, ""
+
+
 def cached_features(vit: AudioViT, digest: str, store: ClipStore, layer: int, pooling: str, cache_dir: Path,
                     device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """(features float32 [N, D], {"path", "hit", "seconds"}): from the cache, or computed and cached."""
+    """(features float32 [N, D], {"path", "hit", "seconds"}): from the cache, or computed and cached.
+    A cache file is used only if its shape, its recorded sha256 and finiteness check (read_cache);
+    otherwise it is recomputed. Non-finite computed features are an error (CheckpointError), never cached."""
     layer = check_layer(vit, layer)
     key = cache_key(digest, store, layer, pooling)
     path = Path(cache_dir) / f"{store.path.stem}.{json_fingerprint(key)}.npy"
     if path.is_file():
-        feats = np.load(path)
-        if feats.shape == (len(store), vit.embed_dim):
+        feats, why = read_cache(path, (len(store), vit.embed_dim))
+        if feats is not None:
             return feats, {"path": str(path), "hit": True, "seconds": 0.0}
+        print(f"[probe] feature cache {path}: {why}; recomputing it", flush=True)
     t0 = time.time()
-    feats = embed_store(vit, store, layer, pooling, device, batch_size)
+    feats = embed_store(vit, store, layer, pooling, device, batch_size)      # [N, D]
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        raise CheckpointError(f"{digest[:16]}: the frozen encoder gives NaN or infinite features for {int(bad.sum())} "
+                              f"of {len(feats)} clips of {store.path} (first: {store.clip_ids[int(np.argmax(bad))]}); "
+                              "its weights or the store's normalisation are broken; nothing was cached or scored")
     seconds = round(time.time() - t0, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, feats)
     atomic_write_text(path.with_suffix(".json"), json.dumps({**key, "store": str(store.path), "shape":
-                                                             list(feats.shape), "seconds": seconds}, indent=1))
+                                                             list(feats.shape), "seconds": seconds,
+                                                             "sha256": hashlib.sha256(feats.tobytes()).hexdigest()},
+                                                            indent=1))
     return feats, {"path": str(path), "hit": False, "seconds": seconds}

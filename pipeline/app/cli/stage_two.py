@@ -117,6 +117,9 @@ def probe(
                                         "(default runs)"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (default: probe-<task>-<init>-<head>)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a probe's results"),
+    resume: bool = typer.Option(False, "--resume", help="run again into a folder that holds a probe's results, "
+                                                        "with the same settings (features from the cache)"),
 ) -> None:
     """Linear probe of a frozen encoder: features computed once (cached), heads swept on validation;
     results in RUNS/NAME/. The options set the config keys init, stores, train_clips, head, run_dir,
@@ -124,7 +127,8 @@ def probe(
     from train.probe.run import load_probe_config, run_probe
     opts = {"task": task.value, "init": init, "stores": stores, "train_clips": clips, "head": head.value,
             "run_dir": runs, "name": name, "device": device}
-    m = run_probe(load_probe_config([f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])))
+    m = run_probe(load_probe_config([f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])),
+                  resume=resume, overwrite=overwrite)
     p, std = m["probe"], f" ± {m['std']:.4f}" if "std" in m else ""
     typer.echo(f"{m['task']}: probe ({p['head']}) test {m['metric']} {m['score']:.4f}{std} ({m['num_test_clips']} "
                f"clips); encoder unchanged (sha256 {p['encoder_sha256'][:12]}); features {p['embed_seconds']:.1f} s"

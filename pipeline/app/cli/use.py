@@ -46,11 +46,13 @@ def export(
                                      "timm.create_model('local-dir:OUT', pretrained=True); safetensors: "
                                      "weights + our config only"),
     out: Path = typer.Option(..., "--out", help="folder to write model.safetensors and config.json into"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="write into a non-empty folder export did not make "
+                                   "(replaces model.safetensors and config.json there)"),
 ) -> None:
     """Encoder -> OUT/model.safetensors + OUT/config.json (normalisation stats included; no pickle)."""
     from train.use.embed import load_pretrained
     from train.use.export import write_export
     enc = load_pretrained(ckpt)
     write_export(enc.vit, out, fmt.value, norm={"mean": enc.norm_mean, "std": enc.norm_std,
-                                                "source": enc.norm_source}, source=str(ckpt))
+                                                "source": enc.norm_source}, source=str(ckpt), overwrite=overwrite)
     typer.echo(f"{out}: model.safetensors + config.json ({fmt.value}; normalisation {enc.norm_source})")
