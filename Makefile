@@ -35,10 +35,10 @@ CUSTOM_ARGS  := $(if $(filter custom,$(TASK)),--clips $(CUSTOM_CLIPS),)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test data prepare targets pretrain finetune probe custom-store demo ablate bench clean help
+.PHONY: install test test-quick test-durations data prepare targets pretrain finetune probe custom-store demo ablate bench clean help
 
 help:
-	@echo "make install | test | demo | data | prepare | targets | pretrain [PRESET=] | finetune TASK= | probe TASK= | ablate | bench"
+	@echo "make install | test | test-quick | demo | data | prepare | targets | pretrain [PRESET=] | finetune TASK= | probe TASK= | ablate | bench"
 	@echo "your own data: make finetune TASK=custom DATA=<audio folder> [LABELS=<csv>]  (or probe)"
 
 install: $(STAMP)
@@ -54,7 +54,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q --durations=12 tests
+	$(PY) -m pytest -q --durations=15 tests
+
+test-quick: install            # the fast tier for development: tests/slow_tests.txt lists what it skips
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-durations: install        # the whole suite, then tests/slow_tests.txt from every test's duration
+	$(PY) -m pytest -q --durations=0 --durations-min=0 tests | tee /tmp/supmam-durations.txt
+	$(PY) tests/slow_list.py /tmp/supmam-durations.txt
 
 data: install
 	$(SUPMAM) data mini --root $(DATA) --seed $(SEED)

@@ -38,3 +38,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# The quick tier (`make test-quick`: pytest -m "not slow"): tests/slow_tests.txt lists the tests that took
+# more than a second in the last full run (`make test-durations` measures them again and rewrites it).
+SLOW = {line.strip() for line in (ROOT / "tests" / "slow_tests.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")} if (ROOT / "tests" / "slow_tests.txt").exists() else set()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in SLOW or item.nodeid.split("[")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)

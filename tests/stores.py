@@ -61,7 +61,8 @@ TEACHER_MEL = {"sr": 48000, "n_mels": 64, "fmin": 50, "fmax": 14000, "window_sec
 # a tiny MAM that pretrains on these stores in seconds (pretraining config overrides)
 TINY_PRETRAIN = ["model.encoder=tiny", "model.encoder_depth=1", "model.decoder_depth=1",
                  "model.decoder_dim=32", "model.decoder_heads=2", "model.cls_hidden=32",
-                 "num_workers=0", "device=cpu", "amp=off", "log_every=1", "warmup_steps=2", "min_lr=0"]
+                 "num_workers=0", "device=cpu", "amp=off", "log_every=1", "warmup_steps=2", "min_lr=0",
+                 "allow_untrained_teacher=true"]
 
 
 def fake_teacher(wave: torch.Tensor) -> torch.Tensor:

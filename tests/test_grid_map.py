@@ -93,3 +93,35 @@ def test_runs_on_any_device():
     x = torch.empty(2, 32, 2, 4, device="meta")
     y = map_targets(x, teacher_to_patch_index((32, 2), HTSAT, (64, 8)))
     assert y.shape == (2, 512, 4) and y.device.type == "meta"
+
+
+def test_bilinear_weights_by_hand():
+    """Bilinear alignment: the four teacher cells around the patch centre, weights by distance to their centres."""
+    from cache_tools.grid_map import teacher_to_patch_weights
+    idx, w = teacher_to_patch_weights((32, 2), HTSAT, (64, 8), clip_seconds=10.0)
+    assert idx.shape == w.shape == (512, 4) and torch.allclose(w.sum(1), torch.ones(512))
+    # patch t=20 centres at (16*20 + 7.5) * 10 ms + 12.5 ms = 3.2875 s; teacher rows are 0.3125 s wide,
+    # centred at (r + 0.5) * 0.3125: position 10.52 rows -> rows 10 and 11, weights 0.98 / 0.02 along time
+    n = 20 * 8 + 0                                       # frequency patch 0: below group 0's centre (weight 1)
+    by_row: dict[int, float] = {}
+    for r, wt in zip((idx[n] // 2).tolist(), w[n].tolist()):
+        by_row[r] = by_row.get(r, 0.0) + wt
+    assert by_row[10] == pytest.approx(0.98) and by_row[11] == pytest.approx(0.02)
+    assert w[n][(idx[n] % 2) == 1].sum() == 0
+    # on constant-in-time targets bilinear equals nearest; on a ramp it is the ramp at the patch centre
+    ramp = torch.arange(32, dtype=torch.float32)[None, :, None, None].expand(1, 32, 2, 1) + 0.5   # row centres
+    y = map_targets(ramp, idx, w)[0, :, 0].view(64, 8)
+    c = patch_centre_seconds(64) / 0.3125
+    inside = (c > 0.5) & (c < 31.5)
+    assert torch.allclose(y[inside, 0].double(), c[inside], atol=1e-5)
+    near = map_targets(ramp, teacher_to_patch_index((32, 2), HTSAT, (64, 8), clip_seconds=10.0))[0, :, 0]
+    assert not torch.equal(near.view(64, 8)[:, 0], y[:, 0])
+
+
+def test_padding_valid_marks_patches_past_the_real_clip():
+    from cache_tools.grid_map import padding_valid
+    v = padding_valid(torch.tensor([10.0, 1.0, 0.2]), 64)       # [3, 64]
+    c = patch_centre_seconds(64)
+    assert v.shape == (3, 64) and v[0].sum() == 62 and not v[0, 62:].any()   # 1024 frames = 10.24 s > 10 s
+    assert v[1].sum() == int((c < 1.0).sum()) == 6 and v[1, :6].all() and not v[1, 6:].any()
+    assert v[2].sum() == 1                                       # one patch centre (0.0875 s) inside 0.2 s

@@ -365,3 +365,48 @@ def test_clap_visible_predictions_from_the_encoder():
     model.init_target_head(torch.ones(16), torch.full((16,), 2.0))            # both heads start at the stats
     assert torch.equal(model.target_head_visible[1].bias, torch.ones(16))
     assert not hasattr(MaskedAudioModel(tiny_cfg(objectives=["clap"]), 128, 16), "target_head_visible")
+
+
+def test_softmax_cls_loss_is_ce_against_normalised_multi_hot():
+    """Eq. 2 read literally: CE(logits / tau, y / sum(y)); a clip without labels adds 0."""
+    logits = torch.randn(3, 5)
+    y = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    logp = torch.log_softmax(logits / 10.0, dim=1)
+    want = -(0.5 * (logp[0, 0] + logp[0, 2]) + logp[1, 3] + 0.0) / 3
+    torch.testing.assert_close(cls_loss(logits, y, tau=10.0, multilabel=True, reduction="softmax"), want)
+    with pytest.raises(ConfigError, match="cls_reduction must be one of"):
+        MAMConfig(cls_reduction="max")
+
+
+def test_clap_loss_leaves_invalid_patches_out():
+    pred, target = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    _, vis, msk = clap_loss(pred, target, mask, valid=valid)
+    keep = valid.bool()
+    per = ((pred - target) ** 2).mean(-1)
+    torch.testing.assert_close(vis, per[keep & (mask == 0)].mean())
+    torch.testing.assert_close(msk, per[keep & (mask == 1)].mean())
+
+
+def test_forward_is_encoder_decoder_loss_with_one_head_per_objective():
+    """forward == forward_encoder -> forward_decoder -> forward_loss; heads are small modules under the
+    checkpoint keys of before (AudioMAE's decoder_pred, target_head.0/1, cls_head.0-3)."""
+    from train.model.heads import ClsHead, TargetHead
+    torch.manual_seed(0)
+    m = MaskedAudioModel(tiny_cfg(objectives=["rec", "clap", "cls"], clap_visible_from="encoder"),
+                         target_length=128, target_dim=16, num_classes=4, multilabel=True).eval()   # no dropout draws
+    assert isinstance(m.target_head, TargetHead) and isinstance(m.target_head_visible, TargetHead)
+    assert isinstance(m.cls_head, ClsHead) and isinstance(m.decoder_pred, torch.nn.Linear)
+    keys = set(m.state_dict())
+    assert {"decoder_pred.weight", "target_head.0.weight", "target_head.1.bias", "target_head_visible.0.weight",
+            "cls_head.0.weight", "cls_head.1.running_mean", "cls_head.3.bias", "mask_token"} <= keys
+    x, t, y = torch.randn(2, 1, 128, 128), torch.randn(2, 64, 16), (torch.rand(2, 4) > .5).float()
+    loss, parts, mask = m(x, t, y, generator=torch.Generator().manual_seed(1))
+    latent, ids_keep, ids_restore, mask2 = m.forward_encoder(x, m.cfg.mask_ratio, torch.Generator().manual_seed(1))
+    loss2, parts2 = m.forward_loss(x, latent, ids_keep, mask2, m.forward_decoder(latent, ids_restore), t, y)
+    torch.testing.assert_close(loss, loss2)
+    assert torch.equal(mask, mask2) and set(parts) == {"rec", "clap", "clap_vis", "clap_mask", "cls"}
+    torch.testing.assert_close(loss, parts["rec"] + parts["clap"] + m.cfg.lambda_cls * parts["cls"])
+    with pytest.raises(ValueError, match="needs labels"):
+        m.check_inputs(x, t, None)

@@ -376,3 +376,55 @@ def test_stores_of_another_label_space_or_teacher_are_refused(two, tmp_path):
     ds = PretrainDataset(two["clips"], [two["targets"][0], other_teacher])
     with pytest.raises(StoreError, match=f"^{other_teacher}: checkpoint_sha256 differs from the target store"):
         target_info(ds, None)
+
+
+def test_paper_preset_refuses_untrained_teacher_targets(stores, tmp_path):
+    """A paper preset refuses a target store whose teacher is `untrained:seed=N` (one line, before any
+    update); allow_untrained_teacher=true trains on it; the mini presets allow it in their TOML."""
+    torch.set_num_threads(1)
+    tiny = [o for o in TINY if not o.startswith("allow_untrained_teacher")]
+    args = [f"clips={stores['clips']}", f"targets={stores['targets']}", f"run_dir={tmp_path}", "name=u", *tiny,
+            "batch_size=4", "max_steps=1"]
+    with pytest.raises(ConfigError) as e:
+        run_pretrain(load_pretrain_config("supmam-clap", args))
+    msg = str(e.value)
+    assert "\n" not in msg and "untrained teacher" in msg and "untrained:seed=7" in msg
+    assert "allow_untrained_teacher=true" in msg and not (tmp_path / "u" / "log.jsonl").exists()
+    assert run_pretrain(load_pretrain_config("supmam-clap", [*args, "allow_untrained_teacher=true"])).exists()
+    assert load_pretrain_config("supmam-clap-mini").allow_untrained_teacher
+    assert not load_pretrain_config("supmam-clap").allow_untrained_teacher
+    # reconstruction alone reads no targets: nothing to refuse
+    assert run_pretrain(load_pretrain_config("audiomae", [*args, "name=a"])).exists()
+
+
+def test_target_alignment_and_padding_options_train(tmp_path):
+    """bilinear alignment and target_padding=drop: the clap term changes, and with drop the patches
+    past a short clip's real end (here 0.5 s of the 1 s clips) are out of Eq. 1."""
+    import numpy as np
+    from cache_tools import clip_store as cstore
+    from tests.stores import write_clip_store
+    torch.set_num_threads(1)
+    src = cstore.ClipStore(write_clips(tmp_path / "src.h5", 8))
+    n = len(src)
+    fb = np.stack([src.fbank(i) for i in range(n)])
+    wave = np.stack([src.wave(i) for i in range(n)])
+    wave[:, wave.shape[1] // 2:] = 0                                                     # real audio: 0.5 s
+    sources = {"source_path": np.array([f"c{i}.wav" for i in range(n)]), "source_start": np.zeros(n),
+               "source_seconds": np.full(n, 0.5), "wave_length": np.full(n, wave.shape[1] // 2, np.int32)}
+    clips = tmp_path / "short.h5"
+    write_clip_store(clips, fb, wave, np.asarray(src.labels), src.class_names, sources=sources,
+                     source_root=str(tmp_path), norm_mean=-4.0, norm_std=2.0)
+    targets = write_targets(tmp_path / "short.targets.zarr", clips)
+    first = {}
+    for name, ovs in {"base": [], "bilinear": ["target_alignment=bilinear"], "drop": ["target_padding=drop"]}.items():
+        cfg = load_pretrain_config("mam-clap", [f"clips={clips}", f"targets={targets}", f"run_dir={tmp_path}",
+                                                f"name={name}", *TINY, "batch_size=4", "max_steps=1", *ovs])
+        run_pretrain(cfg)
+        first[name] = json.loads((tmp_path / name / "log.jsonl").read_text().splitlines()[0])["clap"]
+    assert len(set(first.values())) == 3, first
+    from cache_tools.grid_map import padding_valid
+    from train.pretrain.targets import clip_seconds
+    from train.data import PretrainDataset
+    secs = clip_seconds(PretrainDataset([str(clips)], [str(targets)]))
+    assert torch.allclose(secs, torch.full((n,), 0.5, dtype=torch.float64))
+    assert padding_valid(secs, T // 16).sum(1).tolist() == [3.0] * n                   # centres 0.09, 0.25, 0.41 s

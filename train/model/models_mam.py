@@ -1,34 +1,18 @@
 """Masked audio model for pretraining: AudioMAE / MAM-CLAP / SupMAM / SupMAM-CLAP in one class.
 
-Public API
-----------
-@dataclass MAMConfig  (nested in the pretraining config; see fields below)
-MaskedAudioModel(cfg, target_length=1024, target_dim=None, num_classes=None, multilabel=False)
-  target_length (fbank frames) is the clip store's, not configured: pretraining reads it from the store
-  .encoder                    AudioViT (train.model.models_vit), keys stored under the `encoder.` prefix
-  .patchify(x [B,1,T,F]) -> [B,N,p*p]      .unpatchify([B,N,p*p]) -> [B,1,T,F]   (grid derived)
-  .forward_encoder(x, ratio, generator=None) -> (latent [B,K,D], ids_keep [B,K], ids_restore [B,N], mask [B,N])
-  .forward_decoder(latent, ids_restore) -> [B,N,Dd]  (mask tokens, positions, Swin blocks, norm)
-  .forward(fbank [B,1,T,F], targets=None [B,N,Dt], labels=None ([B,C] multi-hot | [B] int), generator=None)
-        -> (loss, parts: dict[str, Tensor], mask [B,N], 1 = masked)
-        parts: "rec"; "clap", "clap_vis", "clap_mask"; "cls" -- the terms of the enabled objectives.
-        loss = L_target (rec + clap, those enabled) + lambda_cls * L_cls; cls alone: L_cls.
-  .init_target_head(mean [Dt], std [Dt])   the clap head's output LayerNorm starts at the targets'
-        per-dim statistics (bias = mean, weight = std); pretraining calls it when target_head_init="stats".
-Checkpoints: `model` = MaskedAudioModel.state_dict(); train.model.checkpoint.load_encoder takes the
-`encoder.*` keys (prefix stripped) and ignores decoder_* / mask_token / heads.
-
-Decoder: decoder_embed (Linear D->Dd), mask tokens at masked positions, fixed sin-cos decoder
-positions (pos_layout, as the encoder's), timm SwinTransformerV2CrBlock x decoder_depth over the
-FULL (Tp, Fp) grid, window decoder_window, shift decoder_shift on the blocks decoder_shift_blocks
-names ("odd": AudioMAE's alternation, 4x4 windows, (2, 0); "all": every block, so a single block
-shifts), decoder_norm. The blocks start with AudioMAE's attention init (audiomae_attention_init).
-One decoder feeds both heads when rec and clap are on. Heads: decoder_pred (Linear -> p*p pixels,
-rec), target_head (Linear + LayerNorm -> Dt, clap; with clap_visible_from="encoder" the visible
-tokens get target_head_visible on the encoder's output instead), cls_head
-(Linear-BatchNorm1d-ReLU-Linear on the mean of the visible encoder tokens, cls).
-Note: timm >= 1.0 resets any non-zero Swin shift to half the window on both axes, so shifted blocks
-get shift_size set back to decoder_shift and their masks rebuilt (init_non_persistent_buffers).
+Read as mae's models_mae.py: forward_encoder (mask, encode the visible patches), forward_decoder
+(mask tokens, positions, Swin blocks, norm), forward_loss (one head per objective, Eq. 1-3), and a
+forward of three lines. check_inputs holds the shape and objective checks.
+  .forward(fbank [B,1,T,F], targets [B,N,Dt] | None, labels [B,C] | [B] | None, generator, valid [B,N] | None)
+      -> (loss, parts {"rec" | "clap", "clap_vis", "clap_mask" | "cls"}, mask [B,N], 1 = masked)
+      loss = L_target (rec + clap, those enabled) + lambda_cls * L_cls; cls alone: L_cls.
+Heads (train.model.heads): decoder_pred (rec), target_head (h on the decoder, clap), with
+clap_visible_from="encoder" target_head_visible (h on the encoder output for the visible tokens: Y_v
+from Z_v, section 2.1; a head of its own, the decoder being narrower), cls_head (cls).
+Checkpoints: `model` = state_dict(); train.model.checkpoint.load_encoder takes the `encoder.*` keys.
+Decoder: timm SwinTransformerV2CrBlock x decoder_depth over the full (Tp, Fp) grid; shifted blocks
+per decoder_shift_blocks ("odd": AudioMAE; "all": the paper's single shifted block). timm >= 1.0
+resets a non-zero shift to half the window, so shifted blocks get decoder_shift back (_swin_block).
 """
 from __future__ import annotations
 
@@ -43,6 +27,7 @@ from torch import Tensor, nn
 from timm.models.swin_transformer_v2_cr import SwinTransformerV2CrBlock
 
 from train.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, EncoderSize, check_ranges
+from train.model.heads import ClsHead, TargetHead, rec_head
 from train.model.losses import clap_loss, cls_loss, rec_loss
 from train.model.masking import gather_tokens, random_masking
 from train.model.models_vit import build_encoder, init_mae_linear_norm, sincos_pos_embed
@@ -71,7 +56,7 @@ class MAMConfig:
     pos_layout: Literal["timefreq", "audiomae"] = "timefreq"      # fresh sin-cos tables (train.model.models_vit)
     lambda_cls: float = 1.0e-4
     tau: float = 1.0                       # cls temperature (the paper gives no value)
-    cls_reduction: Literal["mean", "sum"] = "mean"              # multi-label BCE over classes
+    cls_reduction: Literal["mean", "sum", "softmax"] = "mean"   # Eq. 2 multi-label: BCE mean / sum over classes, softmax CE
     clap_dim_reduction: Literal["mean", "sum"] = "mean"         # Eq. 1's per-token error over the D dims
     clap_visible_from: Literal["decoder", "encoder"] = "decoder"  # where visible tokens' clap predictions come from
     target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; mae: LayerNorm 1 / 0
@@ -129,14 +114,13 @@ class MaskedAudioModel(nn.Module):
                                                  for i in range(cfg.decoder_depth)])
             self.decoder_norm = norm_layer(Dd)
         if "rec" in self.objectives:
-            self.decoder_pred = nn.Linear(cfg.decoder_dim, p * p)
+            self.decoder_pred = rec_head(cfg.decoder_dim, p)
         if "clap" in self.objectives:
-            self.target_head = nn.Sequential(nn.Linear(cfg.decoder_dim, target_dim), nn.LayerNorm(target_dim))
-            if cfg.clap_visible_from == "encoder":                  # visible tokens: from the encoder's output
-                self.target_head_visible = nn.Sequential(nn.Linear(D, target_dim), nn.LayerNorm(target_dim))
+            self.target_head = TargetHead(cfg.decoder_dim, target_dim)
+            if cfg.clap_visible_from == "encoder":                  # Y_v = h(Z_v): visible tokens from the encoder
+                self.target_head_visible = TargetHead(D, target_dim)
         if "cls" in self.objectives:
-            self.cls_head = nn.Sequential(nn.Linear(D, cfg.cls_hidden), nn.BatchNorm1d(cfg.cls_hidden),
-                                          nn.ReLU(inplace=True), nn.Linear(cfg.cls_hidden, num_classes))
+            self.cls_head = ClsHead(D, cfg.cls_hidden, num_classes)
         self._init_weights()
 
     def _shifted(self, i: int) -> bool:
@@ -168,19 +152,12 @@ class MaskedAudioModel(nn.Module):
 
     @torch.no_grad()
     def init_target_head(self, mean: Tensor, std: Tensor) -> None:
-        """Start the clap head's output LayerNorm at the targets' per-dim statistics ([Dt] each):
-        bias = mean, weight = std. The loss is unchanged; without this the head can only reach a
-        large constant target offset through the encoder, which then collapses its tokens onto one
-        direction (measured with an untrained teacher: 91% of the target energy is that offset)."""
+        """Start the clap heads' output LayerNorm at the targets' per-dim statistics ([Dt] each). The
+        loss is unchanged; without it the head reaches a large constant target offset only through the
+        encoder, which then collapses its tokens onto one direction (seen with an untrained teacher)."""
         for head in (self.target_head, getattr(self, "target_head_visible", None)):
-            if head is None:
-                continue
-            ln = head[1]
-            if mean.shape != ln.bias.shape or std.shape != ln.weight.shape:
-                raise ValueError(f"init_target_head: stats {tuple(mean.shape)}/{tuple(std.shape)} do not match "
-                                 f"the head's {tuple(ln.bias.shape)}")
-            ln.bias.copy_(mean)
-            ln.weight.copy_(std)
+            if head is not None:
+                head.start_at(mean, std)
 
     # ---- patches ---------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:
@@ -219,44 +196,50 @@ class MaskedAudioModel(nn.Module):
             x = blk(x)
         return self.decoder_norm(x.reshape(B, Tp * Fp, Dd))              # [B,N,Dd]
 
-    def _clap_pred(self, h: Tensor, latent: Tensor, ids_keep: Tensor) -> Tensor:
-        """[B,N,Dt] clap predictions: the decoder's at every position, or (clap_visible_from="encoder")
-        the encoder's own head at the visible positions ids_keep [B,K] (latent [B,K,D])."""
-        pred = self.target_head(h)                                       # [B,N,Dt]
+    def forward_loss(self, fbank: Tensor, latent: Tensor, ids_keep: Tensor, mask: Tensor, dec: Tensor | None,
+                     targets: Tensor | None, labels: Tensor | None, valid: Tensor | None = None):
+        """Each enabled objective's head and loss, then Eq. 3. latent [B,K,D], dec [B,N,Dd] (or None)."""
+        parts: dict[str, Tensor] = {}
+        if "rec" in self.objectives:
+            parts["rec"] = rec_loss(self.decoder_pred(dec), self.patchify(fbank), mask, self.cfg.norm_pix_loss)
+        if "clap" in self.objectives:
+            parts["clap"], parts["clap_vis"], parts["clap_mask"] = clap_loss(
+                self.clap_pred(dec, latent, ids_keep), targets, mask, self.cfg.clap_dim_reduction, valid)
+        if "cls" in self.objectives:
+            logits = self.cls_head(latent.mean(dim=1))                       # [B,D] -> [B,C]
+            parts["cls"] = cls_loss(logits, labels, self.cfg.tau, self.multilabel, self.cfg.cls_reduction)
+        target_terms = [parts[k] for k in ("rec", "clap") if k in parts]
+        if not target_terms:
+            return parts["cls"], parts
+        loss = sum(target_terms)
+        return (loss + self.cfg.lambda_cls * parts["cls"] if "cls" in parts else loss), parts
+
+    def clap_pred(self, dec: Tensor, latent: Tensor, ids_keep: Tensor) -> Tensor:
+        """[B,N,Dt]: h on the decoder at every position, or (clap_visible_from="encoder") on the encoder's
+        output at the visible positions ids_keep [B,K] (latent [B,K,D])."""
+        pred = self.target_head(dec)                                     # [B,N,Dt]
         if self.cfg.clap_visible_from == "decoder":
             return pred
         vis = self.target_head_visible(latent)                           # [B,K,Dt]
         return pred.scatter(1, ids_keep[..., None].expand(-1, -1, vis.shape[-1]), vis.to(pred.dtype))
 
-    def forward(self, fbank: Tensor, targets: Tensor | None = None, labels: Tensor | None = None,
-                generator: torch.Generator | None = None):
+    def check_inputs(self, fbank: Tensor, targets: Tensor | None, labels: Tensor | None) -> None:
+        """ValueError for an input the enabled objectives cannot use."""
         T = self.encoder.patch_grid[0] * self.encoder.patch                 # fbank frames
         if fbank.dim() != 4 or fbank.shape[2] != T:
             raise ValueError(f"MaskedAudioModel expects fbank [B,1,{T},F], got {tuple(fbank.shape)}")
-        latent, ids_keep, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)
-        parts: dict[str, Tensor] = {}
-        if self.objectives & {"rec", "clap"}:
-            h = self.forward_decoder(latent, ids_restore)                # [B,N,Dd]
-            if "rec" in self.objectives:
-                parts["rec"] = rec_loss(self.decoder_pred(h), self.patchify(fbank), mask,
-                                        self.cfg.norm_pix_loss)
-            if "clap" in self.objectives:
-                if targets is None:
-                    raise ValueError("the clap objective needs per-patch targets [B,N,Dt]")
-                parts["clap"], parts["clap_vis"], parts["clap_mask"] = clap_loss(
-                    self._clap_pred(h, latent, ids_keep), targets, mask, self.cfg.clap_dim_reduction)
+        if "clap" in self.objectives and targets is None:
+            raise ValueError("the clap objective needs per-patch targets [B,N,Dt]")
         if "cls" in self.objectives:
             if labels is None:
                 raise ValueError("the cls objective needs labels")
-            if latent.shape[1] == 0:
+            if int(self.encoder.num_patches * (1 - self.cfg.mask_ratio)) == 0:
                 raise ValueError("the cls objective needs visible tokens (mask_ratio leaves none)")
-            logits = self.cls_head(latent.mean(dim=1))                    # [B,D] -> [B,C]
-            parts["cls"] = cls_loss(logits, labels, self.cfg.tau, self.multilabel, self.cfg.cls_reduction)
-        target_terms = [parts[k] for k in ("rec", "clap") if k in parts]
-        if target_terms:
-            loss = sum(target_terms)
-            if "cls" in parts:
-                loss = loss + self.cfg.lambda_cls * parts["cls"]
-        else:
-            loss = parts["cls"]
+
+    def forward(self, fbank: Tensor, targets: Tensor | None = None, labels: Tensor | None = None,
+                generator: torch.Generator | None = None, valid: Tensor | None = None):
+        self.check_inputs(fbank, targets, labels)
+        latent, ids_keep, ids_restore, mask = self.forward_encoder(fbank, self.cfg.mask_ratio, generator)
+        dec = self.forward_decoder(latent, ids_restore) if self.objectives & {"rec", "clap"} else None
+        loss, parts = self.forward_loss(fbank, latent, ids_keep, mask, dec, targets, labels, valid)
         return loss, parts, mask

@@ -1,42 +1,11 @@
-"""Audio ViT encoder over a Kaldi fbank, in AudioMAE's parameter layout, built from timm modules.
+"""The audio ViT encoder over a Kaldi fbank: timm's PatchEmbed and Block in AudioMAE's parameter layout,
+so AudioMAE's pretrained.pth / finetuned.pth load unchanged and our checkpoints export to timm.
 
-Public API
-----------
-AudioViT(target_length=1024, n_mels=128, patch=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-         num_classes=0, drop_path_rate=0.0, final_norm=True, pos_layout="timefreq", pos_width=None)
-  .patch_grid -> (Tp, Fp)   .num_patches -> Tp*Fp   .embed_dim -> D     (for target_length frames)
-  .forward_tokens(x [B,1,T,n_mels]) -> [B,N,D]   patch tokens after the final norm (no cls)
-  .forward_visible(x, ids_keep [B,K]) -> [B,K,D] encode only the kept tokens (+ cls), normed, no cls
-  .forward(x, mask_t_prob=0., mask_f_prob=0., generator=None) -> logits [B,C]
-        AudioMAE global_pool: blocks -> mean of patch tokens -> fc_norm -> head (`norm` unused).
-        fc_norm and head exist only with num_classes > 0 (else Identity: pooled features), so a
-        pretraining encoder has no unused parameters (DDP) and exports AudioMAE's pretrained keys.
-        In training mode, token-level SpecAugment (AudioMAE's random_masking_2d) drops whole time
-        columns / frequency rows first (the mean pools the kept tokens). The mask probabilities are
-        forward arguments, so fine-tuning wraps the encoder itself in DDP.
-  .reset_head(num_classes, drop_norm=True)  fresh head (trunc-normal std 2e-5, as AudioMAE fine-tuning),
-        a fresh fc_norm if there was none (AudioMAE's fine-tuning initialises it anew);
-        drop_norm replaces the unused final `norm` by Identity (AudioMAE deletes it; DDP-friendly).
-  .no_weight_decay(), .group_matcher(coarse=False)   as timm's VisionTransformer, so
-        timm.optim.param_groups_layer_decay gives one layer id per block.
-vit_tiny / vit_small / vit_base(depth=None, target_length=1024, **kw); build_encoder(name, ...).
-describe(vit) -> dict   the constructor arguments that rebuild it (`AudioViT(**describe(vit))`).
-sincos_pos_embed(dim, grid, layout, width=None) -> [Tp*Fp, D]
-
-Tokens are time-major: token n = t * Fp + f (a conv patch embed with H = time gives this).
-State-dict keys are AudioMAE's: patch_embed.proj.*, cls_token, pos_embed [1,1+N,D], blocks.i.*,
-norm.*, fc_norm.*, head.*.
-
-Positional tables (fixed sin-cos, stored as a frozen `pos_embed` parameter, cls row = 0):
-- "timefreq" (fresh models by default): row n=(t,f) = [sincos_{D/2}(t), sincos_{D/2}(f)].
-- "audiomae" (AudioMAE checkpoints, or a fresh model with pos_layout="audiomae"): AudioMAE builds its
-  table with grid (F/p, T/p) = (8, 64) and meshgrid(w, h), so row n = [sincos_{D/2}(n % W),
-  sincos_{D/2}(n // W)] with W = the checkpoint's time patches (64 for 1024 frames; a fresh model's
-  own T/p when pos_width is None), applied to time-major tokens as they come.
-- "table" (a learned / unknown table): only inputs up to the stored length.
-All three are prefix-consistent in time-major order: a shorter input (Tp' <= Tp) uses the first
-1 + Tp'*Fp rows (the token at (t, f) keeps the embedding it had in the full-length input, exactly
-what AudioMAE's table gives it); a longer input extends the table by its formula.
+Tokens are time-major (token n = t * Fp + f). `forward` is AudioMAE's global pool (mean of the patch
+tokens -> fc_norm -> head) with its token-level SpecAugment in training mode; the masked model calls
+`forward_visible` with the kept tokens only. Position tables are fixed sin-cos in one of three
+layouts ("timefreq" for fresh models; "audiomae", AudioMAE's (8, 64) meshgrid read in time-major
+order; "table" for anything else), all prefix-consistent, so a shorter input uses the first rows.
 """
 from __future__ import annotations
 

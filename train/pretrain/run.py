@@ -26,7 +26,6 @@ import torch
 from timm.optim import param_groups_weight_decay
 from tqdm import tqdm
 
-from cache_tools.grid_map import map_targets
 from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
@@ -38,7 +37,7 @@ from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
 from train.run_folder import claim, truncate_log
 from train.rng import mask_seed, rng_state, set_rng_state
-from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, patch_index, target_info, target_stats
+from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, TargetMap, target_info, target_stats
 from cache_tools.errors import ConfigError, Diverged, StoreError
 
 
@@ -58,6 +57,9 @@ class PretrainConfig(RunConfig):
     epochs: int = 32
     max_steps: int = 0            # > 0 caps the run at this many updates (the schedule spans them)
     compile: str = ""             # torch.compile backend for the model step ("inductor" on GPUs; "" = eager)
+    target_alignment: Literal["nearest", "bilinear"] = "nearest"   # teacher cell(s) per student patch
+    target_padding: Literal["map", "drop"] = "map"   # drop: patches past a clip's real end are out of Eq. 1
+    allow_untrained_teacher: bool = False   # train on targets of a seeded-random teacher (mini presets)
     ckpt_every: int = 1000
 
     RANGES = {"accum_steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "max_steps": AT_LEAST_0,
@@ -97,7 +99,7 @@ class Parts:
     scheduler: Any
     scaler: torch.amp.GradScaler
     batches: Iterator             # (epoch, micro-batch) from the update the run starts at
-    index: torch.Tensor | None    # [Tp*Fp] teacher token of each student patch (clap objective)
+    targets: TargetMap | None     # teacher grid -> per-patch targets (clap objective)
     teacher: OnlineTeacher | None
     derived: Derived
     fingerprints: dict
@@ -132,6 +134,10 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     if use_targets and teacher is None:   # integrity once per node: local rank 0 hashes, workers never
         verify_on_node(cfg.targets, dist.local_rank, D.barrier)
     tinfo = target_info(ds, teacher) if use_targets else None
+    if tinfo and tinfo.untrained and not cfg.allow_untrained_teacher:
+        raise ConfigError(f"{cfg.preset or cfg.name}: the targets come from an untrained teacher ({tinfo.name}), "
+                          "features without CLAP semantics; write them with a CLAP checkpoint (`supmam targets "
+                          "--clap-ckpt ...`) or set allow_untrained_teacher=true to train on them anyway")
     sampler = StepBatchSampler(len(ds), cfg.batch_size, cfg.accum_steps, dist.rank, dist.world_size, cfg.seed,
                                seeded=cfg.roll_mag_aug)
     if "cls" in cfg.model.objectives and sampler.micro_batch < 2:
@@ -139,7 +145,7 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
                           f"/ (accum_steps={cfg.accum_steps} x world_size={dist.world_size}) = {sampler.micro_batch}")
     loader = build_loader(ds, sampler, cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
     model = build_model(cfg, ds, tinfo, teacher, dist)
-    index = patch_index(ds.clips, model.encoder, tinfo).to(dist.device) if tinfo else None  # [Tp*Fp]
+    tmap = TargetMap(ds, model.encoder, tinfo, cfg.target_alignment, cfg.target_padding, dist.device) if tinfo else None
     derived = derive(cfg, dist, sampler, ds, model, tinfo)
     fingerprints = {"clips": [c.fingerprint for c in ds.clip_stores], "targets": tinfo.fingerprint if tinfo else None}
     out = Path(cfg.run_dir) / cfg.name
@@ -157,7 +163,7 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
     if dist.is_main:
         truncate_log(out / "log.jsonl", step)       # a resumed run rewrites what came after its checkpoint
-    return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), index,
+    return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), tmap,
                  teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std})
 
 
@@ -266,18 +272,18 @@ def micro_step(p: Parts, step: int, micro: int, window: Window) -> torch.Tensor:
     _, batch = next(p.batches)
     window.wait += time.perf_counter() - t0
     x = batch["fbank"].to(dev, non_blocking=True)                     # [b,1,T,128]
-    targets = None
-    if p.index is not None:
+    targets = valid = None
+    if p.targets is not None:
         grid = p.teacher(batch["wave"].to(dev, non_blocking=True)) if p.teacher else \
             batch["targets"].to(dev, non_blocking=True)               # f16 [b,Tt,Ft,D]
-        targets = map_targets(grid, p.index).float()                  # [b,N,D]
+        targets, valid = p.targets(grid, batch["index"])              # [b,N,D], [b,N] | None
     labels = batch["label"].to(dev, non_blocking=True) if "cls" in cfg.model.objectives else None
     gen = torch.Generator(device=dev).manual_seed(mask_seed(cfg.seed, step, p.dist.rank, micro))
     last = micro == cfg.accum_steps - 1
     sync = p.step_model.no_sync() if p.dist.enabled and not last else contextlib.nullcontext()
     with sync:
         with autocast(dev, p.derived.amp):
-            loss, parts, _ = p.step_model(x, targets=targets, labels=labels, generator=gen)
+            loss, parts, _ = p.step_model(x, targets=targets, labels=labels, generator=gen, valid=valid)
         p.scaler.scale(loss / cfg.accum_steps).backward()
     window.add(loss, parts, cfg.accum_steps)
     return loss

@@ -1,5 +1,6 @@
 """The teacher targets as pretraining uses them: who made them (identity and fingerprint), which
-teacher token each student patch learns (the patch index), and their per-dim statistics (where the
+teacher token(s) each student patch learns (TargetMap: nearest or bilinear alignment, and the
+short-clip fix that leaves fbank padding out of the loss), and their per-dim statistics (where the
 clap head starts). Targets come from the target store, or from the online teacher inside the step.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from cache_tools.fingerprint import json_fingerprint
-from cache_tools.grid_map import teacher_to_patch_index
+from cache_tools.grid_map import map_targets, padding_valid, teacher_to_patch_index, teacher_to_patch_weights
 from train.data import PretrainDataset
 from cache_tools.errors import StoreError
 
@@ -46,6 +47,11 @@ class TargetInfo:
     name: str
     fingerprint: list[str] | None
 
+    @property
+    def untrained(self) -> bool:
+        """Seeded-random teacher weights (`supmam targets` without a checkpoint): no CLAP semantics."""
+        return "(untrained:" in self.name
+
 
 # what may differ between the target stores of one dataset: what ties each to its own clip store
 PER_STORE = ("clip_fingerprint", "num_clips")
@@ -71,14 +77,52 @@ def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> Ta
     return TargetInfo(tuple(ts.grid), ts.dim, ts.attrs["teacher_mel"], name, [json_fingerprint(i) for i in idents])
 
 
-def patch_index(clips, encoder, tinfo: TargetInfo) -> torch.Tensor:
-    """[Tp*Fp] flat index into the teacher's Tt*Ft tokens, from the clip store's feature parameters
-    and clip length (the store's geometry, not the config's)."""
+def _geometry(clips, encoder, tinfo: TargetInfo) -> dict:
+    """teacher_to_patch_index's arguments from the clip store's feature parameters and clip length."""
     fp = clips.attrs.get("feature_params", {})
-    return teacher_to_patch_index(
-        tinfo.grid, tinfo.teacher_mel, tuple(encoder.patch_grid), frame_shift_s=fp.get("frame_shift", 10) / 1000,
-        patch=encoder.patch, n_mels=fp.get("num_mel_bins", 128), fmin=fp.get("low_freq", 20.0),
-        fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2, clip_seconds=len(clips.wave(0)) / clips.sample_rate)
+    return dict(teacher_grid=tinfo.grid, teacher_mel=tinfo.teacher_mel, patch_grid=tuple(encoder.patch_grid),
+                frame_shift_s=fp.get("frame_shift", 10) / 1000, patch=encoder.patch,
+                n_mels=fp.get("num_mel_bins", 128), fmin=fp.get("low_freq", 20.0),
+                fmax=fp.get("high_freq", 0.0) or clips.sample_rate / 2,
+                clip_seconds=len(clips.wave(0)) / clips.sample_rate)
+
+
+def clip_seconds(ds: PretrainDataset) -> torch.Tensor:
+    """[num_clips] float64: each dataset clip's real length (s); the stored length where not recorded."""
+    out = []
+    for store in ds.clip_stores:
+        if store.has_sources:
+            n = np.asarray(store._dset("wave_length")[:], dtype=np.float64)       # one read per store
+        else:
+            n = np.full(len(store), len(store.wave(0)), dtype=np.float64)
+        out.append(n / store.sample_rate)
+    return torch.from_numpy(np.concatenate(out))
+
+
+class TargetMap:
+    """Teacher grid -> per-patch targets for a batch: `alignment` "nearest" (one cell) or "bilinear" (four,
+    weighted); `padding` "map" (every patch learns its mapped token) or "drop" (patches past the clip's
+    real end are out of Eq. 1: `valid`)."""
+
+    def __init__(self, ds: PretrainDataset, encoder, tinfo: TargetInfo, alignment: str, padding: str, device):
+        geo = _geometry(ds.clips, encoder, tinfo)
+        if alignment == "bilinear":
+            index, weight = teacher_to_patch_weights(**geo)                           # [N,4], [N,4]
+            self.index, self.weight = index.to(device), weight.to(device)
+        else:
+            self.index, self.weight = teacher_to_patch_index(**geo).to(device), None  # [N]
+        self.tp, self.fpatches = encoder.patch_grid
+        self.patch, self.shift = encoder.patch, geo["frame_shift_s"]
+        self.seconds = clip_seconds(ds) if padding == "drop" else None                 # [num_clips]
+
+    def __call__(self, grid: torch.Tensor, clip_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """grid [b,Tt,Ft,D], dataset indices [b] -> (targets [b,N,D] float32, valid [b,N] or None)."""
+        targets = map_targets(grid, self.index, self.weight).float()                 # [b,N,D]
+        if self.seconds is None:
+            return targets, None
+        secs = self.seconds[clip_index.cpu().long()]                                   # [b]
+        valid = padding_valid(secs, self.tp, self.patch, self.shift)                  # [b,Tp]
+        return targets, valid.repeat_interleave(self.fpatches, dim=1).to(targets.device)   # [b,Tp*Fp]
 
 
 def target_stats(ds: PretrainDataset, online_teacher: OnlineTeacher | None, seed: int, n: int = STATS_CLIPS,
