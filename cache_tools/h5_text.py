@@ -1,9 +1,8 @@
 """Text in our HDF5 files (clip stores, embedding files) without HDF5's global heap.
 
 h5py writes a Python str, as an attribute or a string dataset, as a variable-length string: the
-characters live in the file's global heap. libhdf5 loops forever on a heap collection whose
-objects were zeroed (measured: 128 zero bytes 16 bytes into the GCOL block of a clip store hang
-any reader at 100 % CPU, where zeroing the block's header is an error). Fixed-length byte strings
+characters live in the file's global heap, and libhdf5 loops forever on a heap collection whose
+objects were zeroed (CHANGELOG.md, issue 15). Fixed-length byte strings
 live inside the attribute or dataset itself, so damage there reads as wrong text, which the
 fingerprint, the JSON parsing and the format checks then refuse.
 
