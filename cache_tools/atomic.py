@@ -52,21 +52,36 @@ def atomic_path(path: Path | str, tmp: Path | str | None = None) -> Iterator[Pat
     `.<name>.<random>.tmp` in the same folder."""
     path = Path(path)
     if tmp is None:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())        # mkstemp makes 0600; others may read what we write
-        finally:
-            os.close(fd)
+        stem = path.name if len(os.fsencode(path.name)) <= 200 else os.fsdecode(os.fsencode(path.name)[:200])
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")   # fits NAME_MAX (255)
+        os.close(fd)
         tmp = name
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp (and safetensors) make 0600; others may read it
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def check_name_room(path: Path | str, *suffixes: str) -> None:
+    """ConfigError, before any work, if `path`'s name plus the longest of `suffixes` (the sibling files a
+    command writes beside it: `.report.json`, `.lock`, ...) exceeds the file system's name limit."""
+    path = Path(path)
+    try:
+        limit = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max((len(os.fsencode(path.name + s)) for s in ("", *suffixes)), default=0)
+    if longest > limit:
+        from cache_tools.errors import ConfigError
+        raise ConfigError(f"{path}: the name is too long: with the files written beside it "
+                          f"({', '.join(path.name[:12] + '...' + s for s in suffixes)}) it needs {longest} bytes, "
+                          f"more than the {limit} a file name may have here; choose a shorter name")
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

@@ -34,7 +34,8 @@ import numpy as np
 import soundfile as sf
 
 from cache_tools.errors import InputFileError
-from pipeline.readers.spec import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, audio_files, require
+from pipeline.readers.spec import (AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, audio_files, require,
+                                   require_utf8_names)
 
 DATASET = "custom"
 SPLITS = ("train", "valid", "test")
@@ -86,17 +87,11 @@ def read_folder(root: Path | str, labels: Path | str | None = None, target_lengt
 
 
 def _csv_rows(path: Path) -> list[_Row]:
-    with open(path, newline="", encoding="utf-8-sig") as f:       # a BOM from spreadsheet exports is fine
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        lacking = [c for c in ("file", "label") if c not in header]
-        if lacking:
-            raise InputFileError(f"{path}:1: no column {' or '.join(map(repr, lacking))} "
-                              f"(header: {','.join(header) or 'empty'})\nExpected:\n{EXPECTED}")
-        if "split" in header and "fold" in header:
-            raise InputFileError(f"{path}:1: has both `split` and `fold` columns; give one (a split, or "
-                              "cross-validation folds)")
-        raw = [(reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in r.items()}) for r in reader]
+    try:
+        raw = _csv_read(path)
+    except UnicodeDecodeError as e:
+        raise InputFileError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                             "save the CSV as UTF-8") from None
     if not raw:
         raise InputFileError(f"{path}:2: no rows after the header")
     rows, first_line = [], {}
@@ -113,6 +108,31 @@ def _csv_rows(path: Path) -> list[_Row]:
             raise InputFileError(f"{where}: label {r['label']!r} names a class twice")
         rows.append(_Row(line, rel, names, _split(r.get("split"), where), _fold(r.get("fold"), where)))
     return rows
+
+
+def _csv_read(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line, {column: value}) of each row; InputFileError naming the line for a malformed CSV (a row
+    with more fields than the header, a field over csv's 128 KiB limit, a stray quote)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:       # a BOM from spreadsheet exports is fine
+        reader = csv.DictReader(f)
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            lacking = [c for c in ("file", "label") if c not in header]
+            if lacking:
+                raise InputFileError(f"{path}:1: no column {' or '.join(map(repr, lacking))} "
+                                     f"(header: {','.join(header)[:200] or 'empty'})\nExpected:\n{EXPECTED}")
+            if "split" in header and "fold" in header:
+                raise InputFileError(f"{path}:1: has both `split` and `fold` columns; give one (a split, or "
+                                     "cross-validation folds)")
+            raw = []
+            for r in reader:
+                if None in r:                                     # DictReader's key for the extra fields
+                    raise InputFileError(f"{path}:{reader.line_num}: {len(header) + len(r[None])} fields, the "
+                                         f"header names {len(header)} ({','.join(header)[:200]})")
+                raw.append((reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in r.items()}))
+        except csv.Error as e:
+            raise InputFileError(f"{path}:{reader.line_num + 1}: not a readable CSV row ({e})") from None
+    return raw
 
 
 def _relative(name: str, where: str) -> str:
@@ -156,8 +176,10 @@ def _folder_rows(root: Path) -> list[_Row]:
                                 "ROOT/<class>/ or label them with --labels", EXPECTED)
     require(bool(classes), root, "no class sub-folders (and no --labels CSV)", EXPECTED)
     rows = []
+    require_utf8_names(classes, "class folder")
     for d in classes:
         files = audio_files(d)
+        require_utf8_names(files)
         if not files:
             raise InputFileError(f"{d}: class {d.name!r} is empty: no audio file ({', '.join(AUDIO_EXTENSIONS)})")
         rows += [_Row(0, p.relative_to(root).as_posix(), (d.name,)) for p in files]
@@ -215,8 +237,12 @@ def clip_length(records: list[ClipRecord], target_length: int | None,
     if target_length is not None and (target_length <= 0 or target_length % PATCH_FRAMES):
         raise InputFileError(f"--target-length {target_length}: must be a positive multiple of {PATCH_FRAMES} "
                           "frames (the encoder's patch)")
-    if clip_seconds is not None and clip_seconds <= 0:
-        raise InputFileError(f"--clip-seconds {clip_seconds}: must be positive")
+    if target_length is not None and target_length > MAX_FRAMES:
+        raise InputFileError(f"--target-length {target_length}: at most {MAX_FRAMES} frames (AudioSet's 10.24 s, "
+                             "the encoders' window); longer files are cut")
+    if clip_seconds is not None and not 0 < clip_seconds <= MAX_FRAMES * FRAME_SECONDS:
+        raise InputFileError(f"--clip-seconds {clip_seconds}: must be a number of seconds in (0, "
+                             f"{MAX_FRAMES * FRAME_SECONDS:g}] (the encoders' window); longer files are cut")
     if target_length is None and clip_seconds is None:
         known = [d for d in (duration(r.path) for r in records) if d is not None and d > 0]
         if not known:

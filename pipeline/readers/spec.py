@@ -44,6 +44,22 @@ def require(cond: bool, root: Path | str, problem: str, expected: str) -> None:
         raise InputFileError(root, problem, expected)
 
 
+def shown(path: Path | str) -> str:
+    """A path as printable text: bytes that are not UTF-8 (Linux keeps them as surrogates) as \\xNN."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def require_utf8_names(paths, what: str = "file") -> None:
+    """InputFileError naming the first path that is not valid UTF-8: clip ids and stores hold UTF-8
+    text, so such a name is refused before any work (rename it, or move it out of the folder)."""
+    for p in paths:
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputFileError(f"{shown(p)}: the {what} name is not valid UTF-8; rename it (or move it "
+                                 "out of the inputs)") from None
+
+
 def audio_files(folder: Path) -> list[Path]:
     """Audio files under `folder` (recursive), sorted for a deterministic order."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())

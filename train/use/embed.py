@@ -266,32 +266,62 @@ def as_float_wave(wave) -> Tensor:
 INT_SCALE = {"i2": (0.0, 32768.0), "i4": (0.0, 2.0 ** 31), "u1": (128.0, 128.0), "i1": (0.0, 128.0)}
 
 
-def norm_of_checkpoint(ck: dict) -> tuple[float, float, str]:
-    """(mean, std, where they come from) for a loaded checkpoint dict (see the module docstring)."""
+def _stat(value, what: str, where) -> float:
+    """A stored normalisation number -> float, or CheckpointError naming the file and the value."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CheckpointError(f"{where}: normalisation {what} is {value!r} ({type(value).__name__}), not a number")
+    return float(value)
+
+
+def norm_of_checkpoint(ck: dict, path: str | Path = "checkpoint") -> tuple[float, float, str]:
+    """(mean, std, where they come from) for a loaded checkpoint dict (see the module docstring).
+    A `norm` entry that is there but not {mean: number, std: number} is a CheckpointError."""
     stored = ck.get("norm")
-    if isinstance(stored, dict) and {"mean", "std"} <= stored.keys():
-        return float(stored["mean"]), float(stored["std"]), "stored in the checkpoint"
+    if stored is not None:
+        if not isinstance(stored, dict) or not {"mean", "std"} <= stored.keys():
+            raise CheckpointError(f"{path}: `norm` is {str(stored)[:80]!r}, not {{mean, std}}")
+        return _stat(stored["mean"], "mean", path), _stat(stored["std"], "std", path), "stored in the checkpoint"
     dataset = getattr(ck.get("args"), "dataset", None)
-    if dataset in AUDIOMAE_DATASETS:
+    if isinstance(dataset, str) and dataset in AUDIOMAE_DATASETS:
         return (*NORM_STATS[AUDIOMAE_DATASETS[dataset]], f"AudioMAE's {dataset} constants (the file's args.dataset)")
-    if ck.get("kind") in ("pretrain", "finetune"):
-        task = (ck.get("config") or {}).get("task") if ck["kind"] == "finetune" else None
-        key = TASK_DATASETS.get(task, "audioset")
+    kind = ck.get("kind")
+    if isinstance(kind, str) and kind in ("pretrain", "finetune"):
+        cfg = ck.get("config")
+        task = cfg.get("task") if kind == "finetune" and isinstance(cfg, dict) else None
+        key = TASK_DATASETS.get(task, "audioset") if isinstance(task, str) else "audioset"
         warnings.warn(f"checkpoint predates stored normalisation stats; using AudioMAE's {key} constants "
                       f"{NORM_STATS[key]}", stacklevel=3)
         return (*NORM_STATS[key], f"AudioMAE's {key} constants (not stored in this older checkpoint)")
     return (*NORM_STATS["audioset"], "AudioMAE's AudioSet constants (default for AudioMAE files)")
 
 
+EXPORT_CHECKED = ("embed_dim", "depth", "patch", "target_length", "num_heads")   # config.json vs the weights
+
+
 def _load_export_dir(path: Path) -> tuple[AudioViT, float, float, str]:
-    from train.use.export import read_export
+    """An export folder's encoder; config.json's values are checked for type and against the weights."""
+    from train.use.export import CONFIG, read_export
     try:
         sd, cfg = read_export(path)
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
-    vit = encoder_from_checkpoint(path, {"model": sd, "model_args": {"num_heads": cfg["supmam"].get("num_heads")}})
-    norm = cfg["normalization"]
-    return vit, norm["mean"], norm["std"], f"{norm.get('source', 'stored')} (export config.json)"
+    where, meta, norm = path / CONFIG, cfg.get("supmam"), cfg.get("normalization")
+    if not isinstance(meta, dict) or not isinstance(norm, dict) or not {"mean", "std"} <= norm.keys():
+        raise CheckpointError(f"{where}: `supmam` and `normalization` {{mean, std}} must be objects")
+    odd = {k: meta[k] for k in EXPORT_CHECKED if k in meta and (isinstance(meta[k], bool) or not isinstance(meta[k], int))}
+    if odd:
+        raise CheckpointError(f"{where}: {', '.join(f'{k}={v!r}' for k, v in odd.items())}: not whole numbers")
+    vit = encoder_from_checkpoint(path, {"model": sd, "model_args": {"num_heads": meta.get("num_heads")}})
+    have = {"embed_dim": vit.embed_dim, "depth": len(vit.blocks), "patch": vit.patch,
+            "target_length": vit.patch_grid[0] * vit.patch, "num_heads": vit.blocks[0].attn.num_heads}
+    differ = [f"{k}={meta[k]} (the weights: {have[k]})" for k in EXPORT_CHECKED if k in meta and meta[k] != have[k]]
+    if differ:
+        raise CheckpointError(f"{where}: says {', '.join(differ)}; config.json and model.safetensors disagree")
+    source = norm.get("source", "stored")
+    return vit, _stat(norm["mean"], "mean", where), _stat(norm["std"], "std", where), \
+        f"{source if isinstance(source, str) else 'stored'} (export config.json)"
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
@@ -304,7 +334,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
         else:
             ck = load_checkpoint(path)
             vit = encoder_from_checkpoint(path, ck)
-            mean, std, source = norm_of_checkpoint(ck)
+            mean, std, source = norm_of_checkpoint(ck, path)
     except CheckpointError as e:
         raise CheckpointError(str(e)) from e
     if norm is not None:

@@ -51,6 +51,7 @@ from cache_tools.fingerprint import json_fingerprint
 from cache_tools.h5_text import attr_str, fixed_utf8, read_text, text_attr
 from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import load_clip
+from pipeline.readers.spec import require_utf8_names
 from train.use.embed import SHIFT_S, PretrainedEncoder, describe
 from train.use.features import weights_sha256
 
@@ -65,9 +66,12 @@ def list_audio(inputs: list[str | Path], files_from: str | Path | None = None) -
     items: list[tuple[str, Path]] = []
     if files_from is not None:
         try:
-            lines = Path(files_from).read_text().splitlines()
+            lines = Path(files_from).read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise InputFileError(f"{files_from}: cannot read the file list ({e.strerror})") from e
+        except UnicodeDecodeError as e:
+            raise InputFileError(f"{files_from}: the file list is not UTF-8 text (byte 0x{e.object[e.start]:02x} "
+                                 f"at offset {e.start})") from None
         inputs = [*inputs, *(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))]
     for inp in map(Path, inputs):
         if inp.is_dir():
@@ -77,6 +81,7 @@ def list_audio(inputs: list[str | Path], files_from: str | Path | None = None) -
             items.append((str(inp), inp))
         else:
             raise InputFileError(f"{inp}: no such file or folder")
+    require_utf8_names(p for _, p in items)                       # clip ids are UTF-8 text in the HDF5 file
     seen: dict[str, Path] = {}
     for cid, p in items:
         if cid in seen:

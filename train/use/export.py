@@ -162,10 +162,11 @@ def read_export(out: str | Path) -> tuple[dict[str, Tensor], dict]:
         raise ConfigError(f"{weights}: cannot read safetensors ({e})") from e
     try:
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else json.loads(header or "null")
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or "normalization" not in cfg or "supmam" not in cfg:
-        raise ConfigError(f"{cfg_path}: no `normalization` / `supmam` sections (not written by supmam export)")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{cfg_path}: not valid UTF-8 JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("normalization"), dict) \
+            or not isinstance(cfg.get("supmam"), dict):
+        raise ConfigError(f"{cfg_path}: no `normalization` / `supmam` objects (not written by supmam export)")
     sha = cfg["supmam"].get("weights_sha256")
     if sha and cfg_path.is_file() and sha != file_sha256(weights):
         raise ConfigError(f"{weights}: does not match {cfg_path} (sha256 differs: written by another export?)")

@@ -6,12 +6,14 @@
     demo | ablate                                                pipeline/app/cli/runs.py
 
 Error policy: a SupmamError (bad input, bad store, bad config, missing file; its message names the
-file) becomes `error: <file>: <why>` on stderr and exit code 1; any other exception is a bug and
-raises with its traceback. The root group applies it, so `supmam` (main), `python -m pipeline.app.cli`
+file) becomes `error: <file>: <why>` on stderr and exit code 1, and so does an OSError the file
+system gives for a path the user chose (USER_ERRNOS: a name too long, no permission, a full or
+read-only disk); any other exception is a bug and raises with its traceback. The root group applies it, so `supmam` (main), `python -m pipeline.app.cli`
 and typer's CliRunner on `app` behave the same; demo and ablate too, side-by-side workers included.
 """
 from __future__ import annotations
 
+import errno
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # laion-clap's imports must never reach for the hub
@@ -24,6 +26,17 @@ from cache_tools.errors import SupmamError  # noqa: E402
 from pipeline.app.cli import runs, stage_one, stage_two, use  # noqa: E402
 
 
+# what the user's file system says about the paths they gave (a name too long, no permission, a full or
+# read-only disk, a path through a file or a dangling link): one line naming the file, not a bug
+USER_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+               errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
+
+
+def _printable(text: str) -> str:
+    """Non-UTF-8 bytes of a file name (kept as surrogates) as \\xNN, so the message itself can be printed."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Root(TyperGroup):
     """The root group: the error policy (module docstring) and `--help` in pipeline order."""
 
@@ -31,7 +44,13 @@ class _Root(TyperGroup):
         try:
             return super().invoke(ctx)
         except SupmamError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {_printable(str(e))}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:
+            if e.errno not in USER_ERRNOS:
+                raise
+            name = e.filename if e.filename is not None else "(file)"
+            typer.echo(f"error: {_printable(os.fsdecode(name))}: {e.strerror}", err=True)
             raise typer.Exit(1) from None
 
     def list_commands(self, ctx) -> list[str]:

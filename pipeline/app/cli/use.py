@@ -30,8 +30,10 @@ def embed(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
 ) -> None:
     """Audio files -> clip and frame embeddings in one HDF5 file (resumable; bad files skipped and listed)."""
+    from cache_tools.atomic import check_name_room
     from train.use.embed import load_pretrained
     from train.use.embed_files import embed_files, summary_line
+    check_name_room(out, ".report.json", ".parts", ".lock", ".tmp")
     enc = load_pretrained(ckpt, device=device)
     typer.echo(f"[embed] {ckpt}: {enc.depth} blocks x {enc.embed_dim}-d, window {enc.window_frames} frames; "
                f"normalisation {enc.norm_source}", err=True)
@@ -50,8 +52,10 @@ def export(
                                    "(replaces model.safetensors and config.json there)"),
 ) -> None:
     """Encoder -> OUT/model.safetensors + OUT/config.json (normalisation stats included; no pickle)."""
+    from cache_tools.atomic import check_name_room
     from train.use.embed import load_pretrained
     from train.use.export import write_export
+    check_name_room(out, ".lock")
     enc = load_pretrained(ckpt)
     write_export(enc.vit, out, fmt.value, norm={"mean": enc.norm_mean, "std": enc.norm_std,
                                                 "source": enc.norm_source}, source=str(ckpt), overwrite=overwrite)
