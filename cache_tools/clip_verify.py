@@ -7,7 +7,7 @@ in `F.h5.verified.json` beside it (where the folder cannot be written: $XDG_CACH
 verified/): its size, mtime_ns, inode and fingerprint. A later use whose stat and fingerprint are
 the same costs one stat; any change hashes the store again. A store whose mtime lies within
 RACY_SECONDS of the check is not remembered (a rewrite inside one timestamp tick could keep its
-stat: git's racy rule). Cost: docs/scale.md and BENCHMARKS.md ("clip store check before use").
+stat: git's racy rule). Cost: BENCHMARKS.md ("Checks before use and source identities").
 
     verified(path, fingerprint) -> bool      True if hashed now, False if trusted from the record
 """

@@ -41,15 +41,16 @@ def inspect_store(path) -> str:
 
 
 def verify_sources(store, notes: list[str] | None = None) -> list[str]:
-    """Source files that changed since `prepare` read them (cache_tools.source_identity: one stat per
-    unchanged file, a sha256 where the mtime moved); missing sources and stores that recorded none are notes."""
+    """Source files that changed since `prepare` read them: every reachable source file is hashed and
+    compared with its recorded size and sha256 (cache_tools.source_identity, deep: a file replaced with
+    its mtime kept is caught too); missing sources and stores that recorded none are notes."""
     from cache_tools.source_identity import changed_sources
 
     if not store.has_source_identity:
         if notes is not None and store.has_sources:
             notes.append(f"{store.path}: no source identities (older store): changed sources cannot be noticed")
         return []
-    changed, missing, checked = changed_sources(store)
+    changed, missing, checked = changed_sources(store, deep=True)
     if missing and notes is not None:
         notes.append(f"{store.path}: {missing} of {checked} source files not found under "
                      f"{store.attrs.get('source_root')} (not checked)")

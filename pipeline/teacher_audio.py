@@ -75,7 +75,7 @@ class TeacherInputDataset(Dataset):
         path, start, seconds = self.clips.source(i, self.root)
         recorded = self.clips.source_identity(i) if getattr(self.clips, "has_source_identity", False) else None
         if recorded is not None:
-            why = compare(path, recorded, self._memo)
+            why = compare(path, recorded, self._memo, deep=True)        # it is read anyway: hash it
             if why is not None and not why.startswith("missing"):       # a missing file: the decoder says so
                 raise OSError(f"{path}: {why}")
         try:

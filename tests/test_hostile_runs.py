@@ -248,20 +248,23 @@ def test_a_changed_source_is_noticed_by_prepare_targets_and_verify(tmp_path):
     assert s.has_source_identity
     i = next(k for k, c in enumerate(s.clip_ids) if c.endswith(".wav"))   # PCM: new audio keeps the size
     victim, other = root / s.clip_ids[i], (i + 1) % len(s)
-    size = victim.stat().st_size
+    st = victim.stat()
     x, sr = sf.read(victim)
     sf.write(victim, np.roll(x, 1000, axis=0), sr, subtype=sf.info(victim).subtype)   # new audio, same length
-    assert victim.stat().st_size == size
-    with pytest.raises(InputFileError, match=r"f\.h5: 1 source file changed since it was made .*sha256"):
-        prepare(read_folder(root), store, workers=1, progress=False)   # not "already complete"
-    res = CliRunner().invoke(app, ["store", "verify", str(store)])
-    assert res.exit_code == 1 and f"source {victim}: changed since the store was made" in res.output
-    ds = TeacherInputDataset(ClipStore(store), 48000)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))             # ... and the old mtime
+    assert victim.stat().st_size == st.st_size and victim.stat().st_mtime_ns == st.st_mtime_ns
+    res = CliRunner().invoke(app, ["store", "verify", str(store)])    # verify hashes every source
+    assert res.exit_code == 1 and f"source {victim}: changed since the store was made: sha256" in res.output
+    ds = TeacherInputDataset(ClipStore(store), 48000)                  # targets hashes what it reads
     _, _, kind, why = ds[i]
     assert kind == FALLBACK and "changed since the store was made" in why   # the teacher hears the stored clip
     assert ds[other][2] != FALLBACK and ds[other][3] == ""              # the unchanged files: from source
-    os.utime(victim, ns=(0, 0))                                        # a changed mtime alone: hashed, same verdict
-    assert "changed" in ds[i][3]
+    os.utime(victim)                                                   # a replaced file's usual new mtime:
+    with pytest.raises(InputFileError, match=r"f\.h5: 1 source file changed since it was made .*sha256"):
+        prepare(read_folder(root), store, workers=1, progress=False)   # a rerun is not "already complete"
+    victim.write_bytes(victim.read_bytes()[:-2])                       # another size: no hash needed
+    with pytest.raises(InputFileError, match=r"changed since the store was made: \d+ bytes"):
+        prepare(read_folder(root), store, workers=1, progress=False)
 
 
 # ------------------------------------------------------------------ 5. check what you read
