@@ -71,6 +71,11 @@ def results_table(m: dict, title: str = "Fine-tuning") -> str:
     elif "folds" not in m:
         lines += ["", "This task has no validation split, so the last epoch is reported; selecting the best "
                       "epoch on the test set (AudioMAE's `max_mAP`) would overstate the score."]
+    if "best_over_epochs" in m:
+        b = m["best_over_epochs"]
+        at = f" (epoch {b['epoch']})" if "epoch" in b else " (mean over folds of each fold's best)"
+        lines += ["", f"What AudioMAE prints, beside the headline: the best test {m['metric']} over epochs, "
+                      f"{pct * b['test'][m['metric']]:.2f}{at}; it selects on the test set."]
     if "folds" in m:
         lines += ["", "| fold | " + m["metric"] + " (%) | clips |", "|---|---|---|"]
         lines += [f"| {f['fold']} | {pct * f[m['metric']]:.2f} | {f['clips']} |" for f in m["folds"]]
