@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from cache_tools.clip_store import ClipStore
 from cache_tools.errors import CheckpointError, StoreError
 from cache_tools.safe_load import safe_torch_load
 from train.model.checkpoint import load_encoder, save_checkpoint
@@ -90,6 +91,17 @@ def test_coprime_rates_resample_within_budget(tiny_ckpt, tmp_path):
     with h5py.File(out) as f:
         assert len(f["clip_id"]) == 5 and np.isfinite(f["clip"][:]).all()
     assert 0 <= grown < 600
+    for sr in (16001, 44099):                                                    # prepare folder: the same decoder
+        (d / "dog").mkdir(exist_ok=True)
+        (d / f"r{sr}.wav").rename(d / "dog" / f"r{sr}.wav")
+    (d / "cat").mkdir()
+    for sr in (32003, 383999):
+        (d / f"r{sr}.wav").rename(d / "cat" / f"r{sr}.wav")
+    (d / "r1009.wav").unlink()
+    store = tmp_path / "s.h5"
+    r, grown = run_capped(tmp_path, 600, "prepare", "folder", "--root", str(d), "--out", str(store), "--workers", "1")
+    assert r.returncode == 0 and store.is_file(), r.stderr[-3000:]
+    assert len(ClipStore(store)) == 4 and 0 <= grown < 600                     # no file skipped
 
 
 def test_resample_coprime_matches_length_and_band():

@@ -98,7 +98,7 @@ def _embed_one(enc: PretrainedEncoder, path: Path, layer: int, hop: float | None
     wave, reason = load_clip(path, max_seconds)                          # [n] mono 16 kHz
     if wave is None:
         return reason
-    e = enc.embed(wave, enc.sample_rate, layer=layer, hop=hop)
+    e = enc.embed(wave, enc.sample_rate, layer=layer, hop=hop, patches=False)   # frames only: no [T', F', D]
     clip, frames = e.clip[0].cpu().numpy(), e.frames[0].cpu().numpy()       # [D], [T', D]
     if not (np.isfinite(clip).all() and np.isfinite(frames).all()):
         raise CheckpointError(f"{enc.source}: NaN or infinite embeddings of {path} (finite audio): the encoder's "
