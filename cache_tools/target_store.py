@@ -37,8 +37,17 @@ FORMAT = "supmam-targets/1"
 ARRAY = "targets"
 SHARD_BYTES = 128 * 2**20          # default shard size: ~128 MiB
 MAX_U64 = 2**64 - 1
-IDENTITY_KEYS = ("clip_fingerprint", "teacher", "checkpoint_sha256", "grid", "dim", "num_clips",
-                 "clips_per_shard", "compression")
+# what a target store is: the clips it covers (PER_STORE), the teacher that made it, and its layout (LAYOUT_KEYS);
+# a writer resumes only a store equal on all of them, pretraining reads several stores only from one teacher
+PER_STORE_KEYS = ("clip_fingerprint", "num_clips")
+LAYOUT_KEYS = ("clips_per_shard", "compression")
+IDENTITY_KEYS = PER_STORE_KEYS + ("teacher", "checkpoint_sha256", "grid", "dim", "teacher_mel") + LAYOUT_KEYS
+TEACHER_KEYS = tuple(k for k in IDENTITY_KEYS if k not in PER_STORE_KEYS + LAYOUT_KEYS)
+
+
+def _as_json(v):
+    """`v` as it reads back from the store's JSON attrs (tuples -> lists)."""
+    return json.loads(json.dumps(v))
 
 
 def default_clips_per_shard(grid, dim: int, n: int, shard_bytes: int = SHARD_BYTES) -> int:
@@ -80,7 +89,7 @@ def init_store(path, n: int, grid, dim: int, identity: dict, clips_per_shard: in
                  clips_per_shard=int(k), compression=compression, complete=False, shards={})
     if (path / ARRAY / "zarr.json").exists():
         old = read_attrs(path)
-        diff = [key for key in IDENTITY_KEYS if old.get(key) != attrs.get(key)]
+        diff = [key for key in IDENTITY_KEYS if _as_json(old.get(key)) != _as_json(attrs.get(key))]
         if old.get("format") != FORMAT or diff:
             both = "; ".join(f"{key}: store has {old.get(key)!r}, this run has {attrs.get(key)!r}" for key in diff)
             raise StoreError(path, f"refusing to write into an existing target store made differently ({both}); "

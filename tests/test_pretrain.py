@@ -12,7 +12,7 @@ import torch
 from cache_tools import clip_store as cs
 from tests.stores import DIM, GRID, T, TEACHER_MEL, fake_teacher, write_clips, write_targets
 from tests.stores import TINY_PRETRAIN as TINY
-from train.data import PretrainDataset, StepBatchSampler, check_stores, clip_gain
+from train.data import PretrainDataset, StepBatchSampler, check_targets_match, clip_gain
 from train.lr_sched import build_scheduler
 from train.pretrain.run import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
 from cache_tools.errors import ConfigError, StoreError
@@ -98,7 +98,7 @@ def test_store_count_mismatch_is_refused(stores):
     clips = cs.ClipStore(stores["clips"])
     short = type("Short", (), {"clip_fingerprint": clips.fingerprint, "__len__": lambda self: len(clips) - 1})()
     with pytest.raises(StoreError, match=f"holds {len(clips) - 1} clips but the clip store"):
-        check_stores(clips, short, "t.zarr")
+        check_targets_match(clips, short, "t.zarr")
 
 
 def test_ddp_two_processes_gloo(stores, tmp_path, torchrun):

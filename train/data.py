@@ -11,7 +11,7 @@ fine-tuning's data (train.finetune.data) shares with it: the fbank normalisation
 
 Several clip stores (AS-2M: balanced + unbalanced) are one dataset: clip i of the dataset is clip
 i - offset[k] of store k, stores in the order given. They must share the label space and the
-features (check_label_space); each target store must belong to its clip store (check_stores).
+features (check_compatible); each target store must belong to its clip store (check_targets_match).
 A single path (not a list) is one store.
 
 A batch is a dict: `fbank` float32 [B,1,T,128] (normalize_fbank: AudioMAE's normalisation),
@@ -100,8 +100,9 @@ def _short(v) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def check_label_space(stores: Sequence[ClipStore]) -> None:
-    """Refuse clip stores that cannot be one dataset: the first differing property names both stores."""
+def check_compatible(stores: Sequence[ClipStore]) -> None:
+    """The one store-compatibility check: clip stores pretrained on, fine-tuned on or evaluated together must
+    share their label space (label_space); the first differing property names both stores."""
     ref = label_space(stores[0])
     for s in stores[1:]:
         got = label_space(s)
@@ -110,7 +111,7 @@ def check_label_space(stores: Sequence[ClipStore]) -> None:
             k, verb = diff[0], "differs" if len(diff) == 1 else "differ"
             raise StoreError(
                 f"{s.path}: {', '.join(diff)} {verb} from the clip store {stores[0].path} ({k}: {_short(got[k])} "
-                f"here, {_short(ref[k])} there); clip stores pretrained on as one dataset must share the class "
+                f"here, {_short(ref[k])} there); clip stores used together must share the class "
                 f"ids and names, the label kind, the input length and the feature parameters")
 
 
@@ -138,10 +139,10 @@ class PretrainDataset(Dataset):
                               f"give one target store per clip store, in the same order")
         self._clips: list[ClipStore] | None = None
         self._targets: list[TargetStore] | None = None
-        check_label_space(self.clip_stores)
+        check_compatible(self.clip_stores)
         if self.targets_paths is not None:
             for c, t, tp in zip(self.clip_stores, self.target_stores, self.targets_paths):
-                check_stores(c, t, tp)
+                check_targets_match(c, t, tp)
         self.offsets = np.cumsum([0] + [len(c) for c in self.clip_stores])     # [S+1] first index of each store
         self.norm_mean = float(self.clips.norm_mean)
         self.norm_std = float(self.clips.norm_std)

@@ -42,16 +42,6 @@ def open_stores(paths: Sequence[str | Path], verify: bool = True) -> list[ClipSt
     return out
 
 
-def check_compatible(stores: Sequence[ClipStore]) -> None:
-    """Stores trained or evaluated together must share classes, label kind and input length."""
-    ref = stores[0]
-    for s in stores[1:]:
-        for attr in ("multilabel", "num_classes", "class_names", "target_length"):
-            if getattr(s, attr) != getattr(ref, attr):
-                raise StoreError(f"{s.path}: {attr} = {getattr(s, attr)!r} differs from "
-                                f"{ref.path} ({getattr(ref, attr)!r}); these stores cannot be used together")
-
-
 class ClipDataset(Dataset):
     """(fbank, label) pairs of a clip store, optionally a subset of its clips, without augmentation.
 

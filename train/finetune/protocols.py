@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cache_tools.clip_store import ClipStore
+from train.data import check_compatible
 from train.finetune import data as fd
 from train.finetune.augment import Augment, TrainClips
 from train.finetune.config import FinetuneConfig
@@ -46,9 +47,9 @@ def augment(cfg: FinetuneConfig) -> Augment:
                    silence_crops=cfg.silence_crops)
 
 
-def check_stores(task: Task, stores: Sequence[ClipStore]) -> None:
+def check_task_stores(task: Task, stores: Sequence[ClipStore]) -> None:
     """The stores fit together (classes, labels, input length) and fit the task."""
-    fd.check_compatible(stores)
+    check_compatible(stores)
     ref = stores[0]
     if ref.multilabel != task.multilabel:
         kind = "multi-label" if ref.multilabel else "single-label"
@@ -73,7 +74,7 @@ def _run_split(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -
     test_s = fd.open_stores([cfg.test_clips])[0]
     valid_s = fd.open_stores([cfg.valid_clips])[0] if cfg.valid_clips else None
     every = train_s + [test_s] + ([valid_s] if valid_s else [])
-    check_stores(task, every)
+    check_task_stores(task, every)
     ref = train_s[0]
     norm = (ref.norm_mean, ref.norm_std)
     data = Splits(TrainClips(train_s, None, augment(cfg), norm),
@@ -88,7 +89,7 @@ def _run_split(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -
 def _run_cv(cfg: FinetuneConfig, task: Task, out: Path, dist, resume: bool) -> Outcome | None:
     """For each fold, train on the other folds and test on it; mean and std over folds."""
     store = fd.open_stores(cfg.train_clips)[0]
-    check_stores(task, [store])
+    check_task_stores(task, [store])
     if store.folds is None:
         raise ConfigError(f"{store.path}: no `fold` dataset, so {task.name} cross-validation is impossible")
     folds_all = np.asarray(store.folds)

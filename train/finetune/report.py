@@ -49,7 +49,7 @@ def results_table(m: dict, title: str = "Fine-tuning") -> str:
     last and best-on-valid models side by side (SPC), or the per-fold rows (ESC-50)."""
     pct = 100.0
     lines = [f"# {title}: {m['task']}", "",
-             f"preset `{m['preset']}`, init `{m['init']}`", "",
+             f"preset `{m['preset']}`, " + (f"init `{m['init']}`" if "init" in m else f"checkpoint `{m['ckpt']}`"), "",
              f"**Headline: {HEADLINE.get(m.get('headline'), m.get('headline'))}** (selection: {m['selection']}"
              f"{', epoch ' + str(m['selected_epoch']) if 'selected_epoch' in m else ', each fold'}).", "",
              "| task | metric | score | clips | classes |", "|---|---|---|---|---|"]

@@ -15,8 +15,8 @@ from cache_tools.fingerprint import json_fingerprint
 from cache_tools.grid_map import map_targets, padding_valid, teacher_to_patch_index, teacher_to_patch_weights
 from train.data import PretrainDataset
 from cache_tools.errors import StoreError
+from cache_tools.target_store import PER_STORE_KEYS, TEACHER_KEYS
 
-TARGET_IDENTITY = ("clip_fingerprint", "teacher", "checkpoint_sha256", "grid", "dim", "num_clips", "teacher_mel")
 STATS_CLIPS = 256     # clips sampled for the clap head's initial statistics
 
 
@@ -53,9 +53,6 @@ class TargetInfo:
         return "(untrained:" in self.name
 
 
-# what may differ between the target stores of one dataset: what ties each to its own clip store
-PER_STORE = ("clip_fingerprint", "num_clips")
-
 
 def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> TargetInfo:
     """The teacher of the run; several target stores must come from the same teacher (else StoreError)."""
@@ -63,8 +60,8 @@ def target_info(ds: PretrainDataset, online_teacher: OnlineTeacher | None) -> Ta
         t = online_teacher
         return TargetInfo(tuple(t.grid), int(t.dim), dict(t.teacher_mel), t.name, None)
     stores = ds.target_stores
-    idents = [{k: ts.attrs.get(k) for k in TARGET_IDENTITY} for ts in stores]
-    teacher = [{k: v for k, v in i.items() if k not in PER_STORE} for i in idents]
+    idents = [{k: ts.attrs.get(k) for k in PER_STORE_KEYS + TEACHER_KEYS} for ts in stores]
+    teacher = [{k: i[k] for k in TEACHER_KEYS} for i in idents]
     for ts, t in zip(stores[1:], teacher[1:]):
         diff = sorted(k for k in t if t[k] != teacher[0][k])
         if diff:

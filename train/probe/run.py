@@ -1,7 +1,7 @@
 """Linear probe: a frozen encoder's features, computed once and cached, and a linear (or one-hidden-
 layer) head trained on them, with lr / weight decay / steps chosen on a validation part.
 
-    cfg = load_probe_config(["task=esc50", "init=runs/x/checkpoint.pt"])
+    cfg = load_probe_config(["task=esc50", "ckpt=runs/x/checkpoint.pt"])
     metrics = run_probe(cfg)          # writes <run_dir>/<name>/: metrics.json, results.md, plots
 
 Protocol per task (the same test sets as fine-tuning):
@@ -37,7 +37,8 @@ from train.finetune.custom import store_task
 from train.finetune.split import assign, hold_out
 from train.distributed import resolve_device
 from train.finetune.config import init_tag, resolve_init
-from train.finetune.protocols import check_stores
+from train.data import check_compatible
+from train.finetune.protocols import check_task_stores
 from train.finetune.metrics import task_metrics
 from train.model.models_vit import build_encoder
 from train.use.features import cached_features, weights_sha256
@@ -49,19 +50,19 @@ from train.run_folder import check_resume_config, claimed
 @dataclass
 class ProbeConfig:
     task: TaskName = "esc50"
-    init: str = "latest"             # checkpoint, "latest" (<run_dir>/latest-pretrain) or "none" (random)
+    ckpt: str = "latest"             # checkpoint, "latest" (<run_dir>/latest-pretrain) or "none" (random)
     stores: str = "data/stores"      # the task's stores are looked up here
     train_clips: list[str] = field(default_factory=list)   # empty: the task's; custom: --clips X.h5
     valid_clips: str = ""
     test_clips: str = ""
     run_dir: str = "runs"
-    name: str = ""                   # "" = probe-<task>-<init>-<head> (custom: probe-custom-<store>-...)
+    name: str = ""                   # "" = probe-<task>-<ckpt>-<head> (custom: probe-custom-<store>-...)
     cache_dir: str = ""              # "" = <run_dir>/probe-cache
     device: str = "auto"
     seed: int = 0
-    encoder: EncoderSize = "base"    # init "none" only: a seeded random encoder of this size
+    encoder: EncoderSize = "base"    # ckpt "none" only: a seeded random encoder of this size
     encoder_depth: int | None = None
-    layer: int = 0                   # blocks to run: 0 = all (then the final norm); k = after block k
+    layer: int = -1                  # block index as in embed: 0 = the first, -1 = the last (then the final norm)
     pooling: Literal["mean", "cls"] = "mean"
     head: Literal["linear", "mlp"] = "linear"
     hidden: int = 512                # mlp only
@@ -75,7 +76,7 @@ class ProbeConfig:
     test_fraction: float = 0.2       # custom stores with neither split column nor folds
     folds: list[int] = field(default_factory=list)          # cv: test folds (empty: every stored fold)
 
-    RANGES = {"encoder_depth": AT_LEAST_1, "layer": AT_LEAST_0, "hidden": AT_LEAST_1, "lrs": POSITIVE,
+    RANGES = {"encoder_depth": AT_LEAST_1, "hidden": AT_LEAST_1, "lrs": POSITIVE,
               "weight_decays": AT_LEAST_0, "steps": AT_LEAST_1, "eval_every": AT_LEAST_1, "batch_size": AT_LEAST_1,
               "embed_batch_size": AT_LEAST_1, "valid_fraction": UNIT_OPEN,
               "test_fraction": Range(0, 1, lo_open=True, hi_open=True), "folds": AT_LEAST_0}
@@ -95,26 +96,26 @@ class Round:
 
 
 def load_probe_config(overrides: Sequence[str] = ()) -> ProbeConfig:
-    """ProbeConfig from key=value overrides, with the stores, init and run name resolved."""
+    """ProbeConfig from key=value overrides, with the stores, checkpoint and run name resolved."""
     cfg = load_config(ProbeConfig, None, list(overrides))
     t = TASKS[cfg.task]
     under = lambda n: str(Path(cfg.stores) / n) if n else ""                   # noqa: E731
-    init = resolve_init(cfg.init, cfg.run_dir)
+    init = resolve_init(cfg.ckpt, cfg.run_dir)
     train = cfg.train_clips or [under(n) for n in t.train]
     data = cfg.task if t.protocol != "store" else f"{cfg.task}-{Path(train[0]).stem}"     # custom: + the store
     return dataclasses.replace(
         cfg, train_clips=train, valid_clips=cfg.valid_clips or under(t.valid),
-        test_clips=cfg.test_clips or under(t.test), init=str(init) if init else "none",
+        test_clips=cfg.test_clips or under(t.test), ckpt=str(init) if init else "none",
         name=cfg.name or f"probe-{data}-{init_tag(init)}-{cfg.head}",
         cache_dir=cfg.cache_dir or str(Path(cfg.run_dir) / "probe-cache"))
 
 
 def build_frozen_encoder(cfg: ProbeConfig, target_length: int) -> torch.nn.Module:
-    if cfg.init == "none":
+    if cfg.ckpt == "none":
         torch.manual_seed(cfg.seed)
         vit = build_encoder(cfg.encoder, cfg.encoder_depth, target_length=target_length)
     else:
-        vit = load_encoder(cfg.init, target_length=target_length)
+        vit = load_encoder(cfg.ckpt, target_length=target_length)
     vit.requires_grad_(False)
     return vit.eval()
 
@@ -127,7 +128,7 @@ def open_data(cfg: ProbeConfig) -> tuple[list[ClipStore], Task, list[Round]]:
         train = fd.open_stores(cfg.train_clips)
         extra = fd.open_stores([cfg.valid_clips] if cfg.valid_clips else []) + fd.open_stores([cfg.test_clips])
         stores = train + extra
-        check_stores(t, stores)
+        check_task_stores(t, stores)
         n_train = sum(len(s) for s in train)
         start = np.cumsum([0] + [len(s) for s in stores])
         parts = [np.arange(start[k], start[k + 1]) for k in range(len(stores))]
@@ -142,7 +143,7 @@ def open_data(cfg: ProbeConfig) -> tuple[list[ClipStore], Task, list[Round]]:
         t = store_task(t, store, a)
         for note in a.notes:
             print(f"[probe] {store.path}: note: {note}", flush=True)
-    check_stores(t, [store])
+    check_task_stores(t, [store])
     folds = store.folds if a is None else a.folds
     if folds is None and t.protocol == "cv":
         raise ConfigError(f"{store.path}: no `fold` dataset, so {t.name} cross-validation is impossible")
@@ -198,7 +199,7 @@ def _run_probe(cfg: ProbeConfig, out: Path) -> dict:
     t_start = time.time()
     stores, t, rounds = open_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    fd.check_compatible(stores)
+    check_compatible(stores)
     device = resolve_device(cfg.device)
     vit = build_frozen_encoder(cfg, stores[0].target_length).to(device)
     before = weights_sha256(vit)
@@ -216,7 +217,7 @@ def _run_probe(cfg: ProbeConfig, out: Path) -> dict:
     head_seconds = time.time() - t_heads
     after = weights_sha256(vit)
     if after != before:
-        raise ConfigError(f"{cfg.init}: the encoder's weights changed during the probe (sha256 {before[:16]} -> "
+        raise ConfigError(f"{cfg.ckpt}: the encoder's weights changed during the probe (sha256 {before[:16]} -> "
                          f"{after[:16]}); the probe must leave the encoder frozen")
     m = _metrics(cfg, t, stores, results)
     m["probe"] = {"head": cfg.head, "layer": cfg.layer, "pooling": cfg.pooling, "encoder_sha256": before,
@@ -234,7 +235,7 @@ def _metrics(cfg: ProbeConfig, t: Task, stores: list[ClipStore], results: list) 
     per_round = [{"round": r.name, **({"fold": r.fold} if r.fold is not None else {}),
                   **task_metrics(s, y, t.multilabel), "clips": len(r.test), "chosen": vars(sw.best),
                   "refit_on_train_and_valid": r.refit, "sweep": sw.table} for r, sw, s, y in results]
-    m = {"task": t.name, "preset": f"probe-{cfg.head}", "init": cfg.init, "metric": t.metric,
+    m = {"task": t.name, "preset": f"probe-{cfg.head}", "ckpt": cfg.ckpt, "metric": t.metric,
          "num_test_clips": sum(len(r.test) for r, *_ in results), "num_classes": ref.num_classes,
          "class_names": ref.class_names, "multilabel": ref.multilabel,
          "fingerprints": {"clips": {s.path.name: s.fingerprint for s in stores}}, "rounds": per_round,
@@ -256,8 +257,8 @@ def results_md(m: dict) -> str:
     """The fine-tuning report's table under a probe title, then the chosen head settings per round."""
     p = m["probe"]
     lines = [report.results_table(m, title=f"Linear probe ({p['head']})").rstrip(), "",
-             f"Frozen encoder `{m['init']}`, sha256 {p['encoder_sha256'][:16]}... unchanged after the run; "
-             f"features: layer {p['layer'] or 'last'}, {p['pooling']} pooling, {p['feature_dim']} dims "
+             f"Frozen encoder `{m['ckpt']}`, sha256 {p['encoder_sha256'][:16]}... unchanged after the run; "
+             f"features: layer {p['layer']}, {p['pooling']} pooling, {p['feature_dim']} dims "
              f"({'cached' if all(c['hit'] for c in p['features']) else 'computed'}: {p['embed_seconds']:.1f} s); "
              f"heads {p['head_seconds']:.1f} s.", "",
              "| round | lr | weight decay | steps | valid | test | refit on train + valid |",

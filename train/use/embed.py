@@ -63,6 +63,7 @@ from pipeline.features import FBANK_PARAMS, NORM_STATS
 from train.model.checkpoint import encoder_from_checkpoint, load_checkpoint
 from train.distributed import resolve_device
 from train.model.models_vit import AudioViT
+from train.use.features import block_index, block_tokens
 
 SAMPLE_RATE = FBANK_PARAMS["sample_frequency"]
 SHIFT_S, WIN_S = FBANK_PARAMS["frame_shift"] / 1000, 0.025     # Kaldi defaults: 10 ms hop, 25 ms window
@@ -129,12 +130,6 @@ class PretrainedEncoder(nn.Module):
     def train(self, mode: bool = True) -> "PretrainedEncoder":
         return super().train(False)                 # always eval: no dropout / drop-path at inference
 
-    def _layer_index(self, layer: int) -> int:
-        if not -self.depth <= layer < self.depth:
-            raise ConfigError(f"layer {layer}: this encoder has {self.depth} blocks "
-                             f"(0..{self.depth - 1} or -1..-{self.depth})")
-        return layer % self.depth
-
     def hop_columns(self, hop: float | None) -> int:
         """Seconds between window starts -> whole patch columns (at least 1, default the window)."""
         win_cols, col_s = self.vit.patch_grid[0], self.vit.patch * SHIFT_S
@@ -166,12 +161,7 @@ class PretrainedEncoder(nn.Module):
 
     def encode(self, x: Tensor, layer: int) -> Tensor:
         """Normalised fbank windows [N, 1, L, 128] -> block `layer`'s patch tokens [N, Tp, Fp, D]."""
-        tokens, cls = self.vit.embed(x)                                      # [N, Tp*Fp, D], [N, 1, D]
-        h = torch.cat([cls, tokens], dim=1)                                  # [N, 1+Tp*Fp, D]
-        for blk in self.vit.blocks[:layer + 1]:
-            h = blk(h)
-        if layer == self.depth - 1:
-            h = self.vit.norm(h)
+        h = block_tokens(self.vit, x, layer)                                 # [N, 1+Tp*Fp, D]
         Tp, Fp = x.shape[2] // self.vit.patch, x.shape[3] // self.vit.patch
         return h[:, 1:].reshape(x.shape[0], Tp, Fp, -1)                      # [N, Tp, Fp, D] time-major
 
@@ -181,7 +171,7 @@ class PretrainedEncoder(nn.Module):
         """Windows are encoded max_batch at a time and only the columns each one owns are kept, so
         memory grows with the output (patches [B, G, Fp, D], or frames [B, G, D] with patches=False),
         never with the number of windows times their tokens."""
-        layer = self._layer_index(layer)
+        layer = block_index(self.depth, layer)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ConfigError(f"max_batch={max_batch!r}: must be a whole number of windows, at least 1")
         hop_cols = self.hop_columns(hop)

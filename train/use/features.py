@@ -1,10 +1,11 @@
-"""The probe's frozen features: one vector per clip from a frozen encoder, computed once and cached.
+"""Features of a frozen encoder: block_tokens (the one extractor, which embed and the probe share) and
+the probe's per-clip vectors, computed once and cached.
 
     digest = weights_sha256(vit)                                  # the encoder's identity, checked after the run
-    feats, hit = cached_features(vit, digest, store, layer=0, pooling="mean", cache_dir=..., device=...)
+    feats, hit = cached_features(vit, digest, store, layer=-1, pooling="mean", cache_dir=..., device=...)
 
-Features: the encoder's tokens after block `layer` (0 or the depth: the last block, followed by the
-encoder's final norm where it has one), pooled over the patch tokens ("mean", as AudioMAE's
+Features: the encoder's tokens after block `layer` (0 = the first, -1 = the last, which is followed by
+the encoder's final norm where it has one), pooled over the patch tokens ("mean", as AudioMAE's
 classifier pools) or the cls token ("cls"). Inputs are the store's fbank normalised as fine-tuning
 normalises it (train.finetune.data.ClipDataset), with no augmentation.
 
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.clip_store import ClipStore
-from cache_tools.errors import CheckpointError
+from cache_tools.errors import CheckpointError, ConfigError
 from cache_tools.fingerprint import json_fingerprint
 from train.finetune import data as fd
 from train.amp import autocast
@@ -44,22 +45,30 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def check_layer(vit: AudioViT, layer: int) -> int:
-    """`layer` as a block count: 0 -> every block; else 1..depth."""
-    depth = len(vit.blocks)
-    if not 0 <= layer <= depth:
-        raise ValueError(f"layer {layer}: the encoder has {depth} blocks (0 = the last)")
-    return layer or depth
+def block_index(depth: int, layer: int) -> int:
+    """`layer` as every command reads it: a block index, 0 = the first, -1 = the last -> 0..depth-1."""
+    if not -depth <= layer < depth:
+        raise ConfigError(f"layer {layer}: the encoder has {depth} blocks (0..{depth - 1}, or -1..-{depth} "
+                          "from the last)")
+    return layer % depth
+
+
+def block_tokens(vit: AudioViT, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """x [B,1,T,F] -> tokens [B,1+N,D] (cls first) after block `layer` (0-based; the last adds the final norm).
+    The one feature extractor: the probe pools these, embed lays them out on the patch grid."""
+    layer = block_index(len(vit.blocks), layer)
+    tokens, cls = vit.embed(x)                                   # [B,N,D], [B,1,D]
+    h = torch.cat([cls, tokens], dim=1)                          # [B,1+N,D]
+    for blk in vit.blocks[:layer + 1]:
+        h = blk(h)
+    if layer == len(vit.blocks) - 1:
+        h = vit.norm(h)                                          # Identity where the encoder has none
+    return h
 
 
 def encode(vit: AudioViT, x: torch.Tensor, layer: int, pooling: str) -> torch.Tensor:
-    """x [B,1,T,F] -> pooled features [B,D] after `layer` blocks (the final norm after the last)."""
-    tokens, cls = vit.embed(x)                                   # [B,N,D], [B,1,D]
-    h = torch.cat([cls, tokens], dim=1)                          # [B,1+N,D]
-    for blk in vit.blocks[:layer]:
-        h = blk(h)
-    if layer == len(vit.blocks):
-        h = vit.norm(h)                                          # Identity where the encoder has none
+    """x [B,1,T,F] -> pooled features [B,D] after block `layer`."""
+    h = block_tokens(vit, x, layer)                              # [B,1+N,D]
     return h[:, 0] if pooling == "cls" else h[:, 1:].mean(dim=1)  # [B,D]
 
 
@@ -112,7 +121,7 @@ def cached_features(vit: AudioViT, digest: str, store: ClipStore, layer: int, po
     """(features float32 [N, D], {"path", "hit", "seconds"}): from the cache, or computed and cached.
     A cache file is used only if its shape, its recorded sha256 and finiteness check (read_cache);
     otherwise it is recomputed. Non-finite computed features are an error (CheckpointError), never cached."""
-    layer = check_layer(vit, layer)
+    layer = block_index(len(vit.blocks), layer)
     key = cache_key(digest, store, layer, pooling)
     path = Path(cache_dir) / f"{store.path.stem}.{json_fingerprint(key)}.npy"
     if path.is_file():

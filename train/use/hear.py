@@ -26,6 +26,7 @@ from torch import Tensor
 
 from cache_tools.errors import ConfigError
 from train.use.embed import PretrainedEncoder, as_float_wave, load_pretrained
+from train.use.features import block_index
 
 
 def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = None,
@@ -34,7 +35,7 @@ def load_model(model_file_path: str = "", layer: int = -1, hop: float | None = N
         raise ConfigError("load_model: model_file_path is required (a pretrain / finetune checkpoint.pt, "
                          "AudioMAE's pretrained.pth / finetuned.pth or a `supmam export` folder)")
     model = load_pretrained(model_file_path, device=device or "cpu", **kw)
-    model._layer_index(layer)                                   # refuse a bad layer now, not at first call
+    block_index(model.depth, layer)                             # refuse a bad layer now, not at first call
     model.hear_layer, model.hear_hop = layer, hop
     model.scene_embedding_size = model.timestamp_embedding_size = int(model.embed_dim)
     return model

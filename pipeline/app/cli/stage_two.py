@@ -107,7 +107,7 @@ def probe(
     task: TaskName = typer.Option(..., "--task", help=" | ".join(TASKS)),
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides key=value (train.probe.run.ProbeConfig: "
                                                                "layer=, pooling=, lrs=, weight_decays=, steps=, ...)"),
-    init: Optional[str] = typer.Option(None, "--init", help="encoder checkpoint (ours or AudioMAE's .pth), `latest` "
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help="encoder checkpoint (ours or AudioMAE's .pth), `latest` "
                                        "(the default) or `none` (seeded random: encoder=, encoder_depth=)"),
     stores: Optional[Path] = typer.Option(None, "--stores", help="folder of clip stores (default data/stores)"),
     clips: Optional[Path] = typer.Option(None, "--clips", help="the clip store (--task custom: from `supmam prepare "
@@ -115,17 +115,17 @@ def probe(
     head: ProbeHead = typer.Option(ProbeHead.linear, "--head", help="linear | mlp"),
     runs: Optional[Path] = typer.Option(None, "--runs", help="folder for run outputs and the feature cache "
                                         "(default runs)"),
-    name: Optional[str] = typer.Option(None, "--name", help="run name (default: probe-<task>-<init>-<head>)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (default: probe-<task>-<ckpt>-<head>)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a run folder that holds a probe's results"),
     resume: bool = typer.Option(False, "--resume", help="run again into a folder that holds a probe's results, "
                                                         "with the same settings (features from the cache)"),
 ) -> None:
     """Linear probe of a frozen encoder: features computed once (cached), heads swept on validation;
-    results in RUNS/NAME/. The options set the config keys init, stores, train_clips, head, run_dir,
+    results in RUNS/NAME/. The options set the config keys ckpt, stores, train_clips, head, run_dir,
     name and device."""
     from train.probe.run import load_probe_config, run_probe
-    opts = {"task": task.value, "init": init, "stores": stores, "train_clips": clips, "head": head.value,
+    opts = {"task": task.value, "ckpt": ckpt, "stores": stores, "train_clips": clips, "head": head.value,
             "run_dir": runs, "name": name, "device": device}
     m = run_probe(load_probe_config([f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])),
                   resume=resume, overwrite=overwrite)

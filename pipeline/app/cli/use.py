@@ -43,7 +43,7 @@ def embed(
 
 
 def export(
-    ckpt: Path = typer.Argument(..., help="checkpoint.pt (pretrain / finetune) or AudioMAE's .pth"),
+    ckpt: Path = typer.Option(..., "--ckpt", help="checkpoint.pt (pretrain / finetune) or AudioMAE's .pth"),
     fmt: ExportFormat = typer.Option(ExportFormat.timm, "--format", help="timm: config.json loads with "
                                      "timm.create_model('local-dir:OUT', pretrained=True); safetensors: "
                                      "weights + our config only"),
