@@ -13,6 +13,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -29,7 +30,7 @@ from train.model.models_vit import AudioViT
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1 << 20
 CHILD = """
-import os, resource, sys, torch
+import json, os, resource, sys, torch
 torch.set_num_threads(1)
 from pipeline.app.cli import app
 import h5py, soxr, av, train.use.embed, train.use.embed_files, pipeline.prepare  # what commands import lazily
@@ -39,22 +40,29 @@ def vm(field):
 
 start, budget = vm("VmSize"), int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (start + budget, start + budget))
-import atexit
-atexit.register(lambda: open(os.environ["PEAK_FILE"], "w").write(str(vm("VmPeak") - start)))
-sys.argv = ["supmam", *sys.argv[2:]]
-app(prog_name="supmam")
+codes = []
+for k, cmd in enumerate(json.loads(sys.argv[2])):
+    print(f"=== command {k}", file=sys.stderr, flush=True)
+    try:
+        app(args=cmd, prog_name="supmam")
+    except SystemExit as e:
+        codes.append(e.code if isinstance(e.code, int) else int(e.code is not None))
+open(os.environ["PEAK_FILE"], "w").write(json.dumps({"grown": vm("VmPeak") - start, "codes": codes}))
 """
 
 
-def run_capped(tmp_path: Path, budget_mb: int, *args: str) -> tuple[subprocess.CompletedProcess, int]:
-    """`supmam *args` under an address-space cap of (imports + budget_mb); (result, peak growth in MB)."""
+def run_capped(tmp_path: Path, budget_mb: int, *commands: list[str]) -> tuple[list[SimpleNamespace], int]:
+    """Each `supmam *command`, one after the other in one process whose address space is capped at
+    (imports + budget_mb) -> ([(returncode, stderr)] per command, peak growth over the imports in MB)."""
     peak = tmp_path / f"peak.{len(list(tmp_path.glob('peak.*')))}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "PEAK_FILE": str(peak),
            "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(budget_mb * MB), *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    grown = int(peak.read_text()) // MB if peak.is_file() else -1
-    return r, grown
+    r = subprocess.run([sys.executable, "-c", CHILD, str(budget_mb * MB), json.dumps([list(map(str, c)) for c in commands])],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and peak.is_file(), r.stderr[-3000:]               # no traceback, no kill
+    done = json.loads(peak.read_text())
+    parts = r.stderr.split("=== command ")[1:]                                  # stderr of each command
+    return [SimpleNamespace(returncode=c, stderr=e) for c, e in zip(done["codes"], parts)], done["grown"] // MB
 
 
 def one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -79,29 +87,21 @@ def noise(seconds: float, sr: int) -> np.ndarray:
 
 
 def test_coprime_rates_resample_within_budget(tiny_ckpt, tmp_path):
-    """16001 Hz took torchaudio's sinc resampler to 5.2 GB (a [16000, 16015] kernel); every rate of
-    the allowed range now embeds inside 600 MB above the imports."""
+    """16001 Hz took torchaudio's sinc resampler to 5.2 GB (a [16000, 16015] kernel; `embed` of a 1 s
+    file grew the address space by 4227 MB here, now 136 MB); every rate of the allowed range now
+    embeds, and prepares, inside 600 MB above the imports (no file skipped)."""
     d = tmp_path / "audio"
-    d.mkdir()
-    for sr in (16001, 32003, 44099, 383999, 1009):
-        sf.write(d / f"r{sr}.wav", noise(1.0, sr), sr)
-    out = tmp_path / "e.h5"
-    r, grown = run_capped(tmp_path, 600, "embed", str(d), "--ckpt", str(tiny_ckpt), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
+    for cls, rates in (("dog", (16001, 44099, 1009)), ("cat", (32003, 383999))):
+        (d / cls).mkdir(parents=True)
+        for sr in rates:
+            sf.write(d / cls / f"r{sr}.wav", noise(1.0, sr), sr)
+    out, store = tmp_path / "e.h5", tmp_path / "s.h5"
+    (r, p), grown = run_capped(tmp_path, 600, ["embed", d, "--ckpt", tiny_ckpt, "--out", out],
+                               ["prepare", "folder", "--root", d, "--out", store, "--workers", "1"])
+    assert r.returncode == 0 and p.returncode == 0, r.stderr[-2000:] + p.stderr[-2000:]
     with h5py.File(out) as f:
         assert len(f["clip_id"]) == 5 and np.isfinite(f["clip"][:]).all()
-    assert 0 <= grown < 600
-    for sr in (16001, 44099):                                                    # prepare folder: the same decoder
-        (d / "dog").mkdir(exist_ok=True)
-        (d / f"r{sr}.wav").rename(d / "dog" / f"r{sr}.wav")
-    (d / "cat").mkdir()
-    for sr in (32003, 383999):
-        (d / f"r{sr}.wav").rename(d / "cat" / f"r{sr}.wav")
-    (d / "r1009.wav").unlink()
-    store = tmp_path / "s.h5"
-    r, grown = run_capped(tmp_path, 600, "prepare", "folder", "--root", str(d), "--out", str(store), "--workers", "1")
-    assert r.returncode == 0 and store.is_file(), r.stderr[-3000:]
-    assert len(ClipStore(store)) == 4 and 0 <= grown < 600                     # no file skipped
+    assert len(ClipStore(store)) == 5 and 0 <= grown < 600
 
 
 def test_resample_coprime_matches_length_and_band():
@@ -118,13 +118,13 @@ def test_resample_coprime_matches_length_and_band():
 
 
 def test_embed_streams_windows(tiny_ckpt, tmp_path):
-    """A 5-minute file at --hop 0.16 is 1875 overlapping windows: all at once they took 616 MB with
-    this 64-d encoder (2.9 GB at ViT-B's width); streamed, the run stays under 350 MB."""
+    """A 5-minute file at --hop 0.16 is 1875 overlapping windows: all at once they grew the address
+    space by 674 MB with this 64-d encoder (2.9 GB at ViT-B's width); streamed, 174 MB (measured on the
+    2-core CPU VM), and the run must stay under 350 MB."""
     wav = tmp_path / "long.wav"
     sf.write(wav, noise(300.0, 16000), 16000)
     out = tmp_path / "long.h5"
-    r, grown = run_capped(tmp_path, 350, "embed", str(wav), "--ckpt", str(tiny_ckpt), "--out", str(out),
-                          "--hop", "0.16")
+    (r,), grown = run_capped(tmp_path, 350, ["embed", wav, "--ckpt", tiny_ckpt, "--out", out, "--hop", "0.16"])
     assert r.returncode == 0, r.stderr[-3000:]
     with h5py.File(out) as f:
         assert f["frames"].shape == (1875, 64) and np.isfinite(f["frames"][:]).all()
@@ -136,29 +136,55 @@ def _small_state() -> dict:
     return dict(AudioViT(target_length=128, embed_dim=64, depth=2, num_heads=1).state_dict())
 
 
-def test_claimed_depth_is_checked_before_building(tmp_path):
-    """One extra key `blocks.20000.*` once built 20001 blocks (8 GB); now one error line, fast."""
+def _deflated(plain: Path, packed: Path) -> Path:
+    """`plain` (a torch zip) rewritten with deflated entries plus 256 MiB of zeros (~0.3 MB deflated)."""
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open(f"{src.namelist()[0].split('/')[0]}/data/zeros", "w") as big:
+            for _ in range(256):
+                big.write(bytes(MB))
+    return packed
+
+
+def test_claimed_sizes_are_refused_within_budget(tmp_path):
+    """What a small file claims is checked before anything is built or expanded: one extra key
+    `blocks.20000.*` once built 20001 blocks (8 GB), a 32768-d patch embedding a 12.9 GB model, a
+    deflated .pt expanded before any key was checked. Each is one error line inside 300 MB."""
     sd = _small_state()
     sd["blocks.20000.norm1.weight"] = torch.ones(64)
-    bad = tmp_path / "deep.pt"
-    save_checkpoint(bad, {"model": sd})
-    assert bad.stat().st_size < MB
-    with pytest.raises(CheckpointError, match=r"deep\.pt: blocks 0\.\.20000 \(3 present\)"):
-        load_encoder(bad)
-    r, _ = run_capped(tmp_path, 300, "embed", str(tmp_path), "--ckpt", str(bad), "--out", str(tmp_path / "o.h5"))
-    one_error_line(r, "deep.pt", "blocks 0..20000")
-
-
-def test_claimed_width_is_checked_before_building(tmp_path):
-    """A 32768-d patch embedding once allocated a 12.9 GB model; a width over MAX_DIM, block shapes
-    that do not follow the width, and broadcast views claiming more than their storage are refused."""
+    save_checkpoint(tmp_path / "deep.pt", {"model": sd})
     wide = {"patch_embed.proj.weight": torch.zeros(32768, 1, 16, 16), "cls_token": torch.zeros(1, 1, 32768),
             "pos_embed": torch.zeros(1, 9, 32768), "blocks.0.mlp.fc1.weight": torch.zeros(4, 4)}
     save_checkpoint(tmp_path / "wide.pt", {"model": wide})
-    r, grown = run_capped(tmp_path, 800, "embed", str(tmp_path), "--ckpt", str(tmp_path / "wide.pt"),
-                          "--out", str(tmp_path / "x.h5"))
-    one_error_line(r, "wide.pt", "embed_dim 32768")
-    assert grown < 800
+    save_checkpoint(tmp_path / "plain.pt", {"model": _small_state()})
+    packed = _deflated(tmp_path / "plain.pt", tmp_path / "packed.pt")
+    assert (tmp_path / "deep.pt").stat().st_size < MB and packed.stat().st_size < 2 * MB
+    names = ("deep.pt", "wide.pt", "packed.pt")
+    runs, grown = run_capped(tmp_path, 300, *(["embed", tmp_path, "--ckpt", tmp_path / n, "--out", tmp_path / "o.h5"]
+                                              for n in names))
+    for r, name, needle in zip(runs, names, ("blocks 0..20000 (3 present)", "embed_dim 32768 is outside",
+                                             "compressed entries")):
+        one_error_line(r, name, needle)
+    assert len(runs) == 3 and 0 <= grown < 300
+
+
+def test_claimed_depth_is_checked_before_building(tmp_path):
+    sd = _small_state()
+    sd["blocks.20000.norm1.weight"] = torch.ones(64)
+    save_checkpoint(tmp_path / "deep.pt", {"model": sd})
+    with pytest.raises(CheckpointError, match=r"deep\.pt: blocks 0\.\.20000 \(3 present\)"):
+        load_encoder(tmp_path / "deep.pt")
+    sd = _small_state()
+    del sd["blocks.1.mlp.fc2.bias"]                                           # a block not whole
+    save_checkpoint(tmp_path / "part.pt", {"model": sd})
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc2\.bias is missing"):
+        load_encoder(tmp_path / "part.pt")
+
+
+def test_claimed_width_is_checked_before_building(tmp_path):
+    """Block shapes that do not follow the width, broadcast views claiming more than their storage
+    and position tables over MAX_FRAMES are refused before the model is built."""
     sd = _small_state()
     sd["blocks.1.attn.qkv.weight"] = torch.zeros(192, 32)                      # not [3D, D]
     save_checkpoint(tmp_path / "shape.pt", {"model": sd})
@@ -178,23 +204,11 @@ def test_claimed_width_is_checked_before_building(tmp_path):
 
 
 def test_deflated_torch_zip_is_refused_before_loading(tmp_path):
-    """torch never compresses its zip entries; a deflated one (1 GiB of zeros is a ~1 MB stream) is
-    refused from the zip directory, before torch expands anything."""
-    plain = tmp_path / "plain.pt"
-    save_checkpoint(plain, {"model": _small_state()})
-    packed = tmp_path / "packed.pt"
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, src.read(info))
-        with dst.open(f"{src.namelist()[0].split('/')[0]}/data/zeros", "w") as big:   # 256 MiB, deflated
-            chunk = bytes(MB)
-            for _ in range(256):
-                big.write(chunk)
-    assert packed.stat().st_size < 2 * MB
+    """torch never compresses its zip entries; a deflated one is refused from the zip directory."""
+    save_checkpoint(tmp_path / "plain.pt", {"model": _small_state()})
+    packed = _deflated(tmp_path / "plain.pt", tmp_path / "packed.pt")
     with pytest.raises(StoreError, match=r"packed\.pt: holds \d+ compressed entries"):
         safe_torch_load(packed)
     with pytest.raises(CheckpointError, match="compressed entries"):
         load_encoder(packed)
-    r, _ = run_capped(tmp_path, 300, "embed", str(tmp_path), "--ckpt", str(packed), "--out", str(tmp_path / "x.h5"))
-    one_error_line(r, "packed.pt", "compressed entries")
-    assert json.dumps(str(safe_torch_load(plain)["model"]["cls_token"].shape))        # the stored file still loads
+    assert safe_torch_load(tmp_path / "plain.pt")["model"]["cls_token"].shape == (1, 1, 64)   # torch's own file loads
