@@ -141,6 +141,14 @@ def test_labels_csv_oddities_are_one_line(tmp_path, body, needle):
                        "--out", tmp_path / "s.h5"), needle)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_max_seconds_out_of_range_is_one_line(ckpt, tmp_path, value):
+    sf.write(tmp_path / "a.wav", tone(), 16000)
+    one_error_line(cli("embed", tmp_path / "a.wav", "--ckpt", ckpt, "--out", tmp_path / "e.h5", "--max-seconds",
+                       value), f"--max-seconds {float(value)}")
+    assert not (tmp_path / "e.h5").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "600", "-1"])
 def test_clip_seconds_out_of_range_is_one_line(tmp_path, value):
     (tmp_path / "dog").mkdir()

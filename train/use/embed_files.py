@@ -166,6 +166,10 @@ def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str |
     out = Path(out)
     if out.is_symlink():
         raise InputFileError(f"{out}: is a symlink; embed writes only a real file (choose another --out)")
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not 0 < max_seconds <= 86400:
+        raise ConfigError(f"--max-seconds {max_seconds}: must be a number of seconds in (0, 86400]")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(f"--block-size {block_size}: must be a whole number of clips, at least 1")
     with writer_lock(out, "embed"):
         return _embed_files(encoder, inputs, out, layer, hop, max_seconds, block_size, files_from, progress)
 
