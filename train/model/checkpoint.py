@@ -139,9 +139,18 @@ def check_weights(path: Path, sd: dict) -> None:
         if v.numel() * v.element_size() > v.untyped_storage().nbytes():
             raise CheckpointError(f"{path}: `{k}` claims shape {tuple(v.shape)} over a storage of "
                                   f"{v.untyped_storage().nbytes()} bytes; not loading it")
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+        if (v.is_floating_point() or v.is_complex()) and v.numel() and not _finite(v):
             raise CheckpointError(f"{path}: `{k}` holds NaN or infinite weights (a diverged run?); "
                                   "refusing to use them")
+
+
+def _finite(v: Tensor) -> bool:
+    """No NaN / inf in v: aminmax carries a NaN through and shows an inf at an end (0.1 s for ViT-B's
+    86 M weights here, isfinite().all() 1.3 s)."""
+    if v.is_complex():
+        return bool(torch.isfinite(v).all())
+    lo, hi = torch.aminmax(v)
+    return bool(torch.isfinite(lo) and torch.isfinite(hi))
 
 
 def _block_shapes(D: int, H: int) -> dict[str, tuple[int, ...]]:
