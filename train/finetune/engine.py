@@ -1,16 +1,9 @@
 """Fine-tuning engine: one epoch of training, one evaluation, and `fit` over the epochs.
 
-    step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, log)
-    result = evaluate(vit, dataset, multilabel, device)      # EvalResult(metrics, scores, targets)
-    fit(cfg, vit, Splits(train, valid, test), task, out, dist, info, resume) -> FitResult (main rank) | None
-
-Recipe as AudioMAE's fine-tuning: AdamW with layer-wise lr decay, linear warmup + half-cycle cosine
-per update, token-level SpecAugment (the encoder's forward takes the mask probabilities, so DDP
-wraps the encoder itself), BCE for multi-label and CE for single-label tasks; the training clips'
-own augmentation (waveform mixup, fbank masking, ...) happens in the loader (train.finetune.augment).
-Evaluation runs on the main rank. Both the last epoch's model and, where the task has a validation
-split, the best one on it are scored on the test set; the best-on-valid one is the headline then.
-After every epoch the run can be resumed from its last.pt (train.finetune.resume).
+The recipe follows AudioMAE's fine-tuning (AdamW with layer-wise lr decay, warmup + cosine per
+update, token-level SpecAugment inside the encoder, so DDP wraps the encoder itself). Evaluation
+runs on the main rank; where the task has a validation split the best-on-valid model is the
+headline, else the last one. Every epoch ends resumable from last.pt (train.finetune.resume).
 """
 from __future__ import annotations
 
