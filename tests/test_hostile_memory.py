@@ -228,3 +228,16 @@ def test_streamed_fbank_and_windows_equal_the_whole_clip(tiny_ckpt):
     assert torch.equal(one.patches, many.patches) and one.frames.shape == (1, 75, 64)
     lean = enc.embed(long, 16000, hop=1.28, patches=False)
     assert lean.patches is None and torch.equal(lean.frames, many.frames)
+
+
+def test_stitch_plan_is_linear_in_the_columns():
+    """The window each column comes from, in O(columns): the same answer as the [W, G] distance table
+    (which for an hour at a one-column hop was a 4 GB float64 table, plus its masks)."""
+    from train.use.embed import _stitch_plan_table, stitch_plan
+    for G in (1, 7, 63, 64, 65, 150):
+        for L in (1, 4, 8, 64):
+            for h in sorted({h for h in (1, 3, L // 2, L) if 1 <= h <= L}):           # hop_columns: 1..L
+                got, want = stitch_plan(G, L, h), _stitch_plan_table(G, L, h)
+                assert got[0] == want[0] and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2]), (G, L, h)
+    W, w, c = stitch_plan(22500, 64, 1)                                          # an hour, 1024-frame windows
+    assert W == 22437 and bool((w[1:] >= w[:-1]).all()) and int(c.min()) >= 0 and int(c.max()) < 64
