@@ -1,26 +1,10 @@
-"""Fine-tuning's training clips with AudioMAE's augmentation, in AudioMAE's order (its dataset.py):
-
-    wave (the stored 16 kHz int16 samples, cut to the clip's own length: clip_length) - mean
-      -> roll_mag_aug: gain Beta(10, 10) + 0.5 (and, optionally, a circular roll)
-      -> mixup, with probability `mixup`: a partner drawn uniformly from the WHOLE training set,
-         prepared the same way, zero-padded or cut to the first clip's length,
-         lambda ~ Beta(10, 10), mixed wave - mean; labels lambda / 1 - lambda
-      -> Kaldi fbank (cache_tools.fbank, the function that wrote the store), padded to T frames
-         (a clip that is only gained skips the fbank: the log-mel of g * wave is the stored log-mel
-         + 2 ln g, except at Kaldi's log floor, which `gain_fbank` keeps; exact up to fp16 storage)
-      -> SpecAugment: torchaudio FrequencyMasking(freqm), TimeMasking(timem) on the raw fbank
-      -> normalisation (x - mean) / (2 std)
-      -> noise: + U(0, 1) / 10 * rand(T, F), then a time roll of U{-10..9} frames
-A clip that is neither mixed, rolled nor cropped starts from the store's fbank, which is that fbank
-already. SPC-1's `silence_crops` replaces a `_silence_` window by a random 1 s crop across it and
-its neighbouring window of the same background recording (SUPERB's random crops).
-
-Every random draw of an item comes from a seed the sampler hands out with its index
-(SeededSampler: seed, epoch, rank, position), so an item is the same in any worker, with any
-worker count, and after a resume.
-
-    ds = TrainClips([store], None, Augment(freqm=48, timem=48, mixup=0.5), norm=(mean, std))
-    loader = DataLoader(ds, sampler=SeededSampler(DistributedSampler(ds, ...), seed, rank), ...)
+"""Fine-tuning's training clips with AudioMAE's augmentation, in the order of its dataset.py:
+wave - mean -> roll_mag_aug (gain Beta(10, 10) + 0.5, optional roll) -> mixup with a partner from the
+whole training set (lambda ~ Beta(10, 10)) -> Kaldi fbank (cache_tools.fbank, as the store was
+written) -> SpecAugment -> (x - mean) / (2 std) -> noise and a time roll. A clip that is only gained
+skips the fbank (its log-mel is the stored one + 2 ln g); SPC-1's `silence_crops` are SUPERB's
+random 1 s crops. Every draw comes from the seed SeededSampler hands out with the index, so an
+item is the same with any worker count and after a resume.
 """
 from __future__ import annotations
 
@@ -95,7 +79,7 @@ def beta(a: float) -> float:
 
 def clip_length(store: ClipStore, i: int, wave: np.ndarray) -> int:
     """Samples of clip i's own audio in its zero-padded stored wave: recorded by `prepare`
-    (`wave_length`), or, in stores written before it was, recovered from the padding (clip_samples)."""
+    (`wave_length`), or, in a store without that column, recovered from the padding (clip_samples)."""
     if getattr(store, "has_sources", False):
         return store.wave_length(i)
     return clip_samples(store.fbank(i), wave)

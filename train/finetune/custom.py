@@ -1,13 +1,9 @@
 """Fine-tuning on your own data: the `custom` task over one store from `supmam prepare folder`.
 
-    cfg = load_finetune_config("custom-mini", ["train_clips=X.h5", "init=none"], task="custom")
-    run_finetune(cfg)        # dispatches here (task protocol "store")
-
-The store decides what the benchmark tasks fix in train/finetune/tasks.py: single- or multi-label (CE with
-accuracy, or BCE with mAP: `store_task`), and the protocol: the CSV's `split` column (train /
-valid / test; no valid clips -> the last epoch is reported), its `fold` column (cross-validation,
-as ESC-50), or else a seeded stratified train / valid / test split (train/finetune/split.py) whose
-seed, fractions and clip ids the run records (metrics.json "split", split.json).
+The store decides what the benchmark tasks fix in tasks.py: single- or multi-label (CE with
+accuracy, or BCE with mAP), and the protocol: its `split` column, its `fold` column
+(cross-validation, as ESC-50), or else a seeded stratified split (split.py) whose seed, fractions
+and clip ids the run records (metrics.json "split", split.json) so the test set can be rebuilt.
 """
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """Evaluation of a saved fine-tuning checkpoint on its task's test set.
 
-    evaluate_checkpoint("runs/finetune-spc2-mini-x/checkpoint.pt")                 # the data it recorded
-    evaluate_checkpoint("runs/.../checkpoint.pt", task="spc2", stores="elsewhere")  # same file names there
-
-Fine-tuning checkpoints describe their model (`model_args`) and record their config, data paths
-included, so evaluation rebuilds the model exactly, whatever encoder it was initialised from, and
-finds the test set (ESC-50: the checkpoint's held-out fold) without being told.
+Checkpoints describe their model (`model_args`) and record their config, data paths included, so
+evaluation rebuilds the model exactly, whatever encoder it started from, and finds the test set
+(ESC-50: the held-out fold) without being told; `stores=` looks for the same file names elsewhere.
 """
 from __future__ import annotations
 

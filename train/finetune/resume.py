@@ -1,16 +1,9 @@
-"""Resuming a fine-tuning run (`supmam finetune ... --resume`).
+"""Resuming a fine-tuning run (`supmam finetune ... --resume`) from <run>/last.pt (ESC-50: per fold).
 
-After every epoch the main rank writes <run>/last.pt (ESC-50: <run>/fold<k>/last.pt), atomically:
-the model, optimizer and grad-scaler states, the epoch and update count, every rank's RNG states,
-the model selection so far (history, best validation score and its weights) and the stores'
-fingerprints. A resumed run loads it, cuts its logs back to that update and continues with the next
-epoch. The samplers draw each epoch from (seed, epoch) and every training item's augmentation from
-its own seed (train.finetune.augment.SeededSampler), so on CPU the resumed run reproduces an uninterrupted
-one exactly.
-
-    states = gather_rng(dist)                       # every rank calls it (a collective)
-    save_resume(out, {...})                         # main rank
-    st = load_resume(out, info, dist)               # None when there is nothing to resume
+last.pt is written atomically after every epoch: model, optimizer, scaler, epoch and update count,
+every rank's RNG states, the model selection so far and the stores' fingerprints. Samplers draw
+from (seed, epoch) and each item's augmentation from its own seed, so on CPU a resumed run
+reproduces an uninterrupted one exactly; the logs are cut back to the saved update.
 """
 from __future__ import annotations
 

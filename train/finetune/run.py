@@ -1,18 +1,9 @@
 """Fine-tuning on the registry's tasks (train/finetune/tasks.py): claim the run folder, run the task's protocol, report.
 
-    cfg = load_finetune_config("spc2-mini", ["init=latest", "stores=data/stores"], task="spc2")
-    metrics = run_finetune(cfg)              # writes <run_dir>/<name>/, returns what metrics.json holds
-    metrics = run_finetune(cfg, resume=True) # continues a killed run from its last epoch (<run>/last.pt)
-
-The encoder comes from `init` (our pretraining checkpoint or AudioMAE's pretrained.pth /
-finetuned.pth), or is randomly initialised (`none`); on top of it: mean pool, fc_norm and a linear
-head (AudioViT.forward). A task trains on its train split and reports its test split (protocol
-"split"), or cross-validates over the folds of its one store (protocol "cv", ESC-50). The loop is
-train/finetune/engine.py, the training clips' augmentation train/finetune/augment.py.
-
-metrics.json reports the last epoch's model on the test set, and where the task has a validation
-split (SPC-1, SPC-2) also the model of the best validation epoch; that one is the headline (`score`)
-then, else the last epoch is (AS-2M, AS-20K: no validation split; ESC-50: the last epoch per fold).
+The encoder comes from `init` (our pretraining checkpoint, AudioMAE's pretrained.pth / finetuned.pth,
+or `none`: random); the head is AudioViT's mean pool, fc_norm and linear layer. metrics.json holds the
+last epoch's test score and, where the task has a validation split, the best-on-valid model's, which
+is then the headline (`score`): a test-set pick would flatter the number.
 """
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """Which clips of one store train, select and test: the store's split column, its folds, or a seeded
-stratified split (scikit-learn). Used by the `custom` task (train/finetune/custom.py) and by the probe's
-inner validation splits (train/probe/run.py).
+stratified split (scikit-learn). Used by the `custom` task and the probe's inner validation splits.
 
-    a = assign(store, seed=0, valid_fraction=0.1, test_fraction=0.2)
-    if a.folds is not None: cross-validate over them      else: a.train / a.valid / a.test (indices)
-    a.record()                                           what the run writes down
-
-Stratification: single-label clips by class; multi-label clips by their rarest label (the label with
-the fewest clips in the store), so rare classes reach every part. Strata of one clip join a common
-"rare" stratum. Where scikit-learn still cannot stratify (fewer held-out clips than strata), the
-split is a seeded shuffle and the record says why.
+Multi-label clips are stratified by their rarest label so rare classes reach every part; strata of
+one clip join a common "rare" stratum. Where scikit-learn still cannot stratify, the split is a
+seeded shuffle and the record says why.
 """
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """The fine-tuning tasks: the one registry that the CLI's task choices, fine-tuning, evaluation and
-the demo read. Each task names its clip stores (file names from cache_tools.names), its labels
-(single- or multi-label), its headline metric and its protocol:
+the demo read. Each task names its clip stores (file names from cache_tools.names), its labels,
+its headline metric and its protocol:
 
     split  train on `train`, select on `valid` (if any, else the last epoch), report on `test`
-    cv     cross-validation over the folds stored in the one `train` store (ESC-50's five folds)
-    store  your own data (`supmam prepare folder`, train/finetune/custom.py): labels, metric and protocol come
-           from the one store: its split column, its folds, or a seeded stratified split
+    cv     cross-validation over the folds of the one `train` store (ESC-50's five folds)
+    store  your own data (train/finetune/custom.py): the store's split column, folds or a seeded split
 """
 from __future__ import annotations
 
