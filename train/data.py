@@ -35,6 +35,7 @@ from cache_tools.errors import ConfigError, StoreError
 from cache_tools.fbank import gain_fbank
 from cache_tools.target_store import TargetStore
 from train.rng import item_seed
+from train.stop_signal import ignore_in_worker
 
 
 def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Path) -> None:
@@ -258,8 +259,10 @@ class StepBatchSampler(Sampler[list]):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker set-up: one torch thread (workers fight otherwise); reopen stores if the dataset can."""
+    """DataLoader worker set-up: one torch thread (workers fight otherwise), stop signals left to the main
+    process; reopen stores if the dataset can."""
     torch.set_num_threads(1)
+    ignore_in_worker()                # SIGTERM / SIGUSR1 are the main process's (train.stop_signal)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reopen"):
         info.dataset.reopen()

@@ -36,6 +36,8 @@ from train.lr_sched import build_scheduler
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
 from train.run_folder import claim, truncate_log
+from train.stop_signal import EXIT_REQUEUE, StopOnSignal
+from train.tb_log import open_tensorboard, tb_write
 from train.rng import mask_seed, rng_state, set_rng_state
 from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, TargetMap, target_info, target_stats
 from cache_tools.errors import ConfigError, Diverged, StoreError
@@ -61,6 +63,7 @@ class PretrainConfig(RunConfig):
     target_padding: Literal["map", "drop"] = "map"   # drop: patches past a clip's real end are out of Eq. 1
     allow_untrained_teacher: bool = False   # train on targets of a seeded-random teacher (mini presets)
     ckpt_every: int = 1000
+    tensorboard: bool = False     # also write TensorBoard events to <run>/tb (pip install 'supmam-clap[tensorboard]')
 
     RANGES = {"accum_steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "max_steps": AT_LEAST_0,
               "ckpt_every": AT_LEAST_1}
@@ -106,6 +109,8 @@ class Parts:
     out: Path
     start_step: int
     norm: dict = field(default_factory=dict)   # {"mean", "std"}: the clip store's fbank normalisation
+    tb: Any = None                # TensorBoard SummaryWriter (tensorboard=true, main rank) or None
+    stopped: str = ""             # the signal that stopped the run early ("SIGTERM", "SIGUSR1"), or ""
 
     @property
     def ckpt_path(self) -> Path:
@@ -163,8 +168,9 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
     if dist.is_main:
         truncate_log(out / "log.jsonl", step)       # a resumed run rewrites what came after its checkpoint
+    tb = open_tensorboard(out, step, cfg.tensorboard, write=dist.is_main)
     return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), tmap,
-                 teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std})
+                 teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std}, tb=tb)
 
 
 def build_model(cfg: PretrainConfig, ds: PretrainDataset, tinfo: TargetInfo | None, teacher: OnlineTeacher | None,
@@ -231,13 +237,28 @@ class Window:
 
 def train(p: Parts, stop_after: int | None = None) -> Path:
     """Run updates from `p.start_step` to the end of the schedule (or to `stop_after`, as an interruption
-    would: checkpoint written, schedule unchanged); returns the checkpoint written last."""
+    would: checkpoint written, schedule unchanged); returns the checkpoint written last. SIGTERM /
+    SIGUSR1 stop it the same way after the update in progress (p.stopped names the signal)."""
     cfg = p.cfg
     step, end = p.start_step, p.derived.total_steps if stop_after is None else min(p.derived.total_steps, stop_after)
     window = Window(p.dist.device)
     bar = tqdm(total=p.derived.total_steps, initial=step, disable=None if p.dist.is_main else True, desc=cfg.name,
                dynamic_ncols=True)
     p.step_model.train()
+    with StopOnSignal() as signals:
+        step = _updates(p, step, end, window, bar, signals)
+    bar.close()
+    if signals.signum is not None and step < p.derived.total_steps:
+        p.stopped = signals.name
+        if p.dist.is_main:
+            print(f"[pretrain] {cfg.name}: {p.stopped} received: stopped after update {step}, checkpoint "
+                  f"{p.ckpt_path}; continue with --resume (exit code {EXIT_REQUEUE}: requeue)", flush=True)
+    return finish(p, step)
+
+
+def _updates(p: Parts, step: int, end: int, window: Window, bar: tqdm, signals: StopOnSignal) -> int:
+    """The step loop: updates from `step` to `end`, or to the update in progress when a stop signal comes."""
+    cfg = p.cfg
     while step < end:
         p.scheduler.step_update(step)                                 # lr for this update
         for micro in range(cfg.accum_steps):                          # micro-steps; DDP syncs on the last
@@ -251,18 +272,20 @@ def train(p: Parts, stop_after: int | None = None) -> Path:
         step += 1
         window.updates += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == end:                  # log: the only per-step host sync
+        stop = signals.agreed(step, p.dist.device)                    # SIGTERM / SIGUSR1: after this update
+        if step % cfg.log_every == 0 or step == end or stop:          # log: the only per-step host sync
             log_window(p, step, window, bar)
             window = Window(p.dist.device)
-        if step % cfg.ckpt_every == 0 or step == end:                 # checkpoint
+        if step % cfg.ckpt_every == 0 or step == end or stop:         # checkpoint
             if not torch.isfinite(D.all_reduce_mean(loss.detach())).item():   # never save a diverged model
                 raise Diverged(f"[pretrain] {cfg.name}: non-finite loss at update {step}; "
                                f"{last_good(p)}. Lower blr or enable grad_clip.")
             if p.dist.is_main:
                 save_checkpoint(p.ckpt_path, checkpoint_state(p, step))
             D.barrier()
-    bar.close()
-    return finish(p, step)
+        if stop:
+            break
+    return step
 
 
 def micro_step(p: Parts, step: int, micro: int, window: Window) -> torch.Tensor:
@@ -305,6 +328,7 @@ def log_window(p: Parts, step: int, w: Window, bar: tqdm) -> None:
     if p.dist.is_main:
         with p.log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+        tb_write(p.tb, rec)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
 
 
@@ -347,9 +371,14 @@ def run_pretrain(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = Non
     """Pretrain; returns the final checkpoint's path (the last one written when `stop_after` cut the run)."""
     parts = build(cfg, online_teacher, resume, overwrite)
     path = train(parts, stop_after)
+    stopped = parts.stopped
+    if parts.tb is not None:
+        parts.tb.close()
     del parts                         # free DDP's reducer before its process group (else gloo can hang at exit)
     D.barrier()
     D.cleanup()
+    if stopped:                       # a scheduler's signal: the job script requeues on this code
+        raise SystemExit(EXIT_REQUEUE)
     return path
 
 

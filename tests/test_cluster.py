@@ -1,0 +1,96 @@
+"""Running as a cluster job: a real SIGUSR1 / SIGTERM stops pretraining after the update in progress
+with a checkpoint and exit code 75 (requeue), and `--resume` continues with exactly the losses of an
+uninterrupted run; TensorBoard events only when asked for, and a clear error without the package."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cache_tools.errors import ConfigError
+from tests.stores import TINY_PRETRAIN, write_clips, write_targets
+from train.pretrain.run import load_pretrain_config, run_pretrain
+from train.stop_signal import EXIT_REQUEUE
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA = ["batch_size=4", "max_steps=12", "ckpt_every=100", "blr=0.064", "num_workers=1"]
+
+# the child: the same run, each update slowed down so that the signal lands mid-run
+CHILD = """
+import sys, time, torch
+import train.pretrain.run as run
+torch.set_num_threads(1)
+slow = run.micro_step
+def micro_step(*a, **k):
+    time.sleep(0.25)
+    return slow(*a, **k)
+run.micro_step = micro_step
+cfg = run.load_pretrain_config("supmam-clap", sys.argv[2:])
+run.run_pretrain(cfg, resume=sys.argv[1] == "resume")
+"""
+
+
+def _overrides(d: Path, run_dir: Path) -> list[str]:
+    return [f"clips={d / 'c.h5'}", f"targets={d / 't.zarr'}", f"run_dir={run_dir}", "name=r", *TINY_PRETRAIN, *EXTRA]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stores")
+    write_targets(d / "t.zarr", write_clips(d / "c.h5", 8))
+    return d
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_signal_stops_after_the_update_and_resume_continues_exactly(stores, tmp_path, sig):
+    torch.set_num_threads(1)
+    run_pretrain(load_pretrain_config("supmam-clap", _overrides(stores, tmp_path / "whole")))
+    whole = _losses(tmp_path / "whole" / "r")
+    args = [sys.executable, "-c", CHILD, "fresh", *_overrides(stores, tmp_path / "cut")]
+    child = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "cut" / "r" / "log.jsonl"
+    t0 = time.time()
+    while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    child.send_signal(sig)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == EXIT_REQUEUE, out
+    cut = _losses(tmp_path / "cut" / "r")
+    assert 2 <= len(cut) < 12 and f"{sig.name} received: stopped after update {len(cut)}" in out
+    state = torch.load(tmp_path / "cut" / "r" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == len(cut)                                     # the checkpoint of the last update
+    resumed = subprocess.run([sys.executable, "-c", CHILD, "resume", *_overrides(stores, tmp_path / "cut")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _losses(tmp_path / "cut" / "r") == whole                      # exactly the uninterrupted run's
+
+
+def test_tensorboard_off_writes_no_events_and_on_needs_the_package(stores, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    short = ["max_steps=2"]
+    run_pretrain(load_pretrain_config("supmam-clap", _overrides(stores, tmp_path / "off") + short))
+    assert (tmp_path / "off" / "r" / "log.jsonl").exists()
+    assert not list((tmp_path / "off").rglob("events.out.tfevents*"))   # off by default: log.jsonl only
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        installed = False
+    else:
+        installed = True
+        run_pretrain(load_pretrain_config("supmam-clap", _overrides(stores, tmp_path / "on") + short +
+                                          ["tensorboard=true"]))
+        assert list((tmp_path / "on" / "r" / "tb").glob("events.out.tfevents*"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # as where it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'supmam-clap\[tensorboard\]'"):
+        run_pretrain(load_pretrain_config("supmam-clap", _overrides(stores, tmp_path / "none") + short +
+                                          ["tensorboard=true"]))
