@@ -1,19 +1,10 @@
 """A run's folder, <run_dir>/<name>/: who may write it, and its log when a run resumes.
 
-with claimed(out, stage, resume, overwrite, is_main): ...   the main rank holds `<out>.lock` for the
-    block (cache_tools.writer_lock: a second writer of the same run folder is refused at once, one
-    line), then claim() below runs under the lock.
-claim(out, resume, overwrite, is_main) -> None     ConfigError unless `out` may be written: a folder
-    that holds a run's results (checkpoint*.pt, last.pt or metrics.json, also in fold sub-folders) is
-    a finished or interrupted run; a new run refuses to replace it unless told (`--overwrite`: the
-    main rank first deletes every file a run writes there, RUN_FILES, so no old last.pt, log or
-    metrics survive beside the new run), a resumed one (`--resume`) continues it.
-config_diff(old, new) -> list[str]      the settings that differ between two run configs (to_dict form),
-    those a resumed run may change (device, workers, store folders: their contents are checked by
-    fingerprint) left out; `--resume` with any difference is refused before anything is written.
-truncate_log(path, step) -> None         keep log.jsonl's lines up to update `step`; a last line cut
-    short by a kill (no newline, or not JSON) is dropped; a bad line before it is an error naming
-    the file and the line.
+A folder holding a run's results (checkpoint*.pt, last.pt or metrics.json, also in fold folders)
+is a finished or interrupted run: a new run refuses it unless told `--overwrite` (every file a run
+writes there is deleted first, so no old last.pt or log survives beside the new run) or `--resume`
+(the settings must match, except RESUMABLE ones whose data is checked by fingerprint). The main
+rank holds `<out>.lock` meanwhile, so a second writer is refused at once.
 """
 from __future__ import annotations
 
@@ -44,6 +35,8 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def claim(out: Path | str, resume: bool = False, overwrite: bool = False, is_main: bool = True) -> None:
+    """ConfigError unless `out` may be written (the module docstring's rule); with `overwrite` the main
+    rank first deletes every RUN_FILES file there."""
     out = Path(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ConfigError(f"{out}: exists and is not a folder (a run folder is a plain folder); choose another --name")
@@ -106,6 +99,8 @@ def check_resume_config(out: Path | str, cfg: dict, stage: str) -> None:
 
 
 def truncate_log(path: Path | str, step: int) -> None:
+    """Keep log.jsonl's lines up to update `step`; a last line cut short by a kill (no newline, or not
+    JSON) is dropped, a bad line before it is an error naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return

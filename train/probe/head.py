@@ -1,15 +1,10 @@
 """Heads on frozen features: a linear layer (or one hidden layer, ReLU) trained with AdamW on cached
 features, and the lr / weight-decay / step sweep that picks one on a validation part.
 
-    sweep = select(x_train, y_train, x_valid, y_valid, num_classes, spec)   # best (lr, wd, steps) on valid
-    scores = fit_and_score(x_fit, y_fit, x_test, sweep.best, num_classes, spec)
-
-All K = len(lrs) x len(weight_decays) heads of a sweep are one batched model (first layer [D, K, O]):
-one forward, one backward and one AdamW update (PyTorch's decoupled formula, written out with a
-per-head lr and weight decay) per step, whatever K is. Every head starts from the same seeded
-weights and sees the same minibatches (full batch when the training part holds at most
-`batch_size` clips), so retraining the chosen head alone for its chosen step count reproduces it.
-Features are standardised with the mean and std of the clips the head trains on.
+All heads of a sweep are one batched model (first layer [D, K, O]), so a step is one forward,
+backward and AdamW update whatever K is. Every head starts from the same seeded weights and sees
+the same minibatches, so retraining the chosen head alone reproduces it. Features are
+standardised with the statistics of the clips the head trains on.
 """
 from __future__ import annotations
 
@@ -162,10 +157,8 @@ def probabilities(heads: Heads, x: torch.Tensor, multilabel: bool) -> torch.Tens
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """scores [N, C], targets [N, C] in {0, 1} -> AP per class [C] (NaN: no positive clip).
-
-    scikit-learn's average_precision_score, vectorised over classes: the sum over distinct score
-    thresholds (ties grouped) of the recall gained times the precision there. The sweep scores
-    K heads x every `eval_every` steps with it, where sklearn's per-class loop would take minutes."""
+    scikit-learn's average_precision_score (ties grouped), vectorised over classes: the sweep scores
+    K heads at every `eval_every` steps, where sklearn's per-class loop would dominate its time."""
     s, order = scores.sort(dim=0, descending=True)                             # [N, C]
     hit = targets.gather(0, order).float()                                     # [N, C] positives in score order
     tp, fp = hit.cumsum(0), (1 - hit).cumsum(0)                                # [N, C]

@@ -1,19 +1,10 @@
 """Linear probe: a frozen encoder's features, computed once and cached, and a linear (or one-hidden-
 layer) head trained on them, with lr / weight decay / steps chosen on a validation part.
 
-    cfg = load_probe_config(["task=esc50", "ckpt=runs/x/checkpoint.pt"])
-    metrics = run_probe(cfg)          # writes <run_dir>/<name>/: metrics.json, results.md, plots
-
-Protocol per task (the same test sets as fine-tuning):
-    split tasks  train on the train store(s); choose on the valid store (SPC), or on a seeded
-                 stratified `valid_fraction` of the training clips (AudioSet: no valid split), then
-                 refit on all training clips; report the test store
-    esc50 (cv)   for each fold k: choose on an inner split of the training folds (the fold after k
-                 is held out), refit on all four training folds, test on fold k; mean and std
-    custom       the store's split column, folds or seeded stratified split (train/finetune/split.py);
-                 without valid clips an inner split of the training clips, as above
-The encoder is never trained: its weights' sha256 is taken before the features and checked after
-the heads; a difference is an error.
+Test sets are fine-tuning's. The settings are chosen on the valid store where the task has one,
+else on a seeded stratified part of the training clips (ESC-50: the fold after the test fold),
+and the chosen head is then refit on all training clips. The encoder is never trained: its
+weights' sha256 is taken before the features and checked after the heads.
 """
 from __future__ import annotations
 

@@ -1,37 +1,11 @@
 """Audio files -> one HDF5 file of clip and frame embeddings (`supmam embed`); resumable, crash-safe.
 
-Public API
-----------
-list_audio(inputs, files_from=None) -> list[(clip_id, path)]   sorted by clip id
-    each input is a file (taken whatever its extension; id = the path as given) or a folder
-    (searched recursively for AUDIO_EXTENSIONS; id = the path relative to that folder);
-    files_from: a text file with one path per line. Duplicate ids are refused.
-embed_files(encoder, inputs, out, layer=-1, hop=None, max_seconds=3600.0, block_size=32,
-            files_from=None, progress=True) -> report dict
-summary_line(report) -> str
-class InputFileError(ConfigError)       `<file>: <why>`
-
-Output `out` (HDF5, h5py), N clips, M frames in all:
-  clip_id      str [N]          path  str [N]            clip  float32 [N, D]
-               (text as fixed-length UTF-8 bytes: h5py's `f["path"].asstr("utf-8")[:]`; attrs as bytes)
-  frames       float32 [M, D]   timestamps float64 [M] (seconds from the clip's start)
-  frame_offset int64 [N], frame_count int64 [N]: clip i's frames are
-               frames[frame_offset[i] : frame_offset[i] + frame_count[i]]
-  attrs: "encoder" (JSON: checkpoint, size, normalisation and its source), layer, hop, window,
-         "rule" (how clip / frames / timestamps are made: train.use.embed), "job" (fingerprint)
-Bad files (corrupt, empty, truncated, non-finite, silent, too short: pipeline.audio_io.load_clip's
-reasons, or an error while embedding) are skipped and listed in `out.report.json`, like `prepare`.
-Files are decoded by pipeline.audio_io (soundfile, then PyAV), downmixed and resampled to 16 kHz,
-and read up to max_seconds.
-
-One writer: `out.lock` is held for the run; a second `embed` on the same --out is refused at once.
-Identity: the job fingerprint covers the encoder's weights (sha256 over its tensors, so a checkpoint
-replaced at the same path is another job), the settings and every file's path, size and mtime.
-Non-finite embeddings of finite audio are the encoder's fault: an error, never a row.
-Resume: clips go in blocks of block_size; each finished block is a part file in `out.parts/`
-written atomically (temp file, fsync, rename), so after a crash or kill -9 a rerun with the same
-inputs and settings embeds only the unfinished blocks. The final file is written to `out.tmp` and
-renamed; a rerun over a complete `out` of the same job does nothing; one of another job is refused.
+Clips go in blocks; each finished block is a part file in `<out>.parts/` written atomically, so a
+rerun after a crash or kill -9 embeds only the unfinished blocks, and `out` itself appears by rename.
+The job fingerprint covers the encoder's weights (not its path), the settings and every file's
+path, size and mtime: a rerun of the same job over a complete `out` does nothing, another job's is
+refused. Bad files are skipped and listed in `<out>.report.json`, as in `prepare`; non-finite
+embeddings of finite audio are the encoder's fault, an error.
 """
 from __future__ import annotations
 from cache_tools.errors import CheckpointError, ConfigError, InputFileError
@@ -63,6 +37,9 @@ RULE = ("clip = mean of the layer's patch tokens over the clip; frames = frequen
 
 
 def list_audio(inputs: list[str | Path], files_from: str | Path | None = None) -> list[tuple[str, Path]]:
+    """[(clip id, path)] sorted by id. A file is taken whatever its extension (id: the path as given), a
+    folder searched for AUDIO_EXTENSIONS (id: the path relative to it); `files_from` adds one path per
+    line. Duplicate ids are refused: they would be one row of the output."""
     items: list[tuple[str, Path]] = []
     if files_from is not None:
         try:
@@ -163,6 +140,10 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
 def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str | Path, layer: int = -1,
                 hop: float | None = None, max_seconds: float = 3600.0, block_size: int = 32,
                 files_from: str | Path | None = None, progress: bool = True) -> dict:
+    """Embed `inputs` (16 kHz mono, read up to `max_seconds`) into HDF5 `out`; one writer (`<out>.lock`).
+    N clips, M frames: clip_id, path str [N] (fixed-length UTF-8); clip float32 [N, D]; frames float32
+    [M, D]; timestamps float64 [M] (s from the clip's start); clip i's frames are frames[frame_offset[i]:
+    frame_offset[i] + frame_count[i]]; attrs encoder (JSON), layer, hop, window, rule, job."""
     out = Path(out)
     if out.is_symlink():
         raise InputFileError(f"{out}: is a symlink; embed writes only a real file (choose another --out)")

@@ -1,19 +1,11 @@
 """Features of a frozen encoder: block_tokens (the one extractor, which embed and the probe share) and
-the probe's per-clip vectors, computed once and cached.
+the probe's per-clip vectors, pooled over patch tokens ("mean", as AudioMAE's classifier) or "cls".
 
-    digest = weights_sha256(vit)                                  # the encoder's identity, checked after the run
-    feats, hit = cached_features(vit, digest, store, layer=-1, pooling="mean", cache_dir=..., device=...)
-
-Features: the encoder's tokens after block `layer` (0 = the first, -1 = the last, which is followed by
-the encoder's final norm where it has one), pooled over the patch tokens ("mean", as AudioMAE's
-classifier pools) or the cls token ("cls"). Inputs are the store's fbank normalised as fine-tuning
-normalises it (train.finetune.data.ClipDataset), with no augmentation.
-
-Cache: `<cache_dir>/<store stem>.<key>.npy` (float32 [N, D]) plus a `.json` that says what it is.
-The key hashes the encoder's weights (sha256 over every tensor, so a checkpoint, a seeded random
-encoder and its input length are all covered), the store's fingerprint and source fingerprint,
-the layer, the pooling and the normalisation. Files are written atomically, the .json records the
-features' sha256; a file whose shape, sha256 or finiteness does not check is recomputed (read_cache).
+Inputs are normalised as fine-tuning normalises them, without augmentation. The cache file
+`<cache_dir>/<store stem>.<key>.npy` (float32 [N, D], with a `.json` recording its sha256) is keyed
+by the encoder's weights rather than its path, so a replaced checkpoint or a seeded random encoder
+never reads another's features; the store's fingerprints, layer, pooling and normalisation are in
+the key too. A file that fails its shape, sha256 or finiteness check is recomputed.
 """
 from __future__ import annotations
 
