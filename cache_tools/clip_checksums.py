@@ -1,8 +1,12 @@
-"""Clip-store checksums: sha256 per block of CHECKSUM_BLOCK clips, written by `assemble`, checked
-by `store verify`; their digest goes into the clip store's fingerprint (content, not only ids).
+"""Clip-store checksums: sha256 per block of clips, computed by prepare's workers as they write each
+part, stored by `assemble`, checked by `store verify` (in parallel); their digest goes into the clip
+store's fingerprint (content, not only ids).
 
 A block's sha256 runs over each of its clips in store order: the clip's fbank row, wave row and
-labels row, as little-endian bytes. Dataset `checksums` S64 [ceil(N / CHECKSUM_BLOCK)] (hex).
+labels row, as little-endian bytes. Dataset `checksums` S64 [B] (hex); `checksum_rows` int64 [B+1]
+gives each block's first clip: a part's kept clips in runs of CHECKSUM_BLOCK (with prepare's default
+block size and nothing skipped, the same blocks and digests as stores without `checksum_rows`, which
+have CHECKSUM_BLOCK clips per block).
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import numpy as np
 
 CHECKSUM_BLOCK = 64                 # clips per checksum
 CHECKSUM_ABOUT = f"sha256 per {CHECKSUM_BLOCK} clips over each clip's fbank, wave and labels row (little-endian)"
+CHECKSUM_PARTS_ABOUT = (f"sha256 per block (checksum_rows: its first clip) over each clip's fbank, wave and labels "
+                        f"row (little-endian); blocks are each part's clips in runs of {CHECKSUM_BLOCK}")
 
 
 def _row_bytes(x: np.ndarray) -> np.ndarray:

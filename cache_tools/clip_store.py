@@ -1,9 +1,12 @@
 """HDF5 clip store (one file per dataset split): crash-safe writer (parts -> atomic assemble) + reader.
 
 Writing: each finished block of clips is an HDF5 part file `F.h5.parts/part-NNNNNN.h5`, written to a
-temporary name and renamed (atomic). `assemble` copies all parts into `F.h5.tmp`, sets
-`complete=True`, writes the JSON report `F.h5.report.json`, renames to `F.h5` and removes the parts.
-A `kill -9` at any moment leaves either finished parts (reused by a rerun) or a finished store.
+temporary name and renamed (atomic); the worker that writes it also records the part's checksum and
+fbank sums (attrs), so assembly only copies. `assemble` folds the parts into `F.h5.tmp` in order,
+removing each part once copied (disk never holds much more than one store: docs/scale.md), sets
+`complete=True`, writes the JSON report `F.h5.report.json` and renames to `F.h5`. A `kill -9` leaves
+finished parts (reused by a rerun) or a finished store; one during assembly costs the rerun the
+blocks already folded (featurised again, to the same bytes).
 Layout of the store: docs/contracts.md ("Clip store").
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ import h5py
 import numpy as np
 
 from cache_tools.atomic import atomic_path, atomic_write_text
-from cache_tools.clip_checksums import CHECKSUM_ABOUT, CHECKSUM_BLOCK, BlockChecksums, content_digest
+from cache_tools.clip_checksums import CHECKSUM_BLOCK, CHECKSUM_PARTS_ABOUT, BlockChecksums, content_digest
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
@@ -111,6 +114,28 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
         if splits is not None:
             f.create_dataset("split", data=splits.astype(np.int8))
         f.attrs["skipped"] = text_attr(json.dumps(skipped))
+        for k, v in part_summary(fbank.astype(np.float16), wave.astype(np.int16), labels).items():
+            f.attrs[k] = v
+    return out
+
+
+def part_summary(fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray) -> dict:
+    """What assembly needs of a part besides its rows: its checksums (clip_checksums: one per
+    CHECKSUM_BLOCK of its clips, newline-separated) and the fbank sums behind the store's stats;
+    computed where the part is written (pool workers)."""
+    sums = BlockChecksums()
+    if len(fbank):                                                 # a part whose clips were all skipped: none
+        sums.add(fbank, wave, labels)
+    fb = fbank.astype(np.float64)                                  # [n,T,F]
+    return {"sha256": text_attr("\n".join(sums.finish())),
+            "fbank_sum": float(fb.sum()), "fbank_sumsq": float((fb * fb).sum()), "fbank_count": int(fb.size)}
+
+
+def _summary(f: h5py.File) -> dict:
+    """part_summary of an open part: its attrs, or recomputed (parts written before they held them)."""
+    if "sha256" in f.attrs:
+        return {k: f.attrs[k] for k in ("sha256", "fbank_sum", "fbank_sumsq", "fbank_count")}
+    return part_summary(f["fbank"][:], f["wave"][:], f["labels"][:])
     return out
 
 
@@ -133,13 +158,15 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
     if not report["written"]:
         _atomic_json(report_path(path), report)
         raise StoreError(path, f"no usable clips: all {len(skipped)} were skipped; see {report_path(path)}")
-    require_space(path, int(1.02 * sum(p.stat().st_size for p in parts)) + 8 * 2**20)   # parts stay till the end
-    with atomic_path(path, tmp_path(path)) as tmp:                 # parts kept on failure: a rerun assembles again
+    biggest = max(p.stat().st_size for p in parts)                 # each part goes once folded in
+    require_space(path, int(0.02 * sum(p.stat().st_size for p in parts)) + 2 * biggest + 8 * 2**20)
+    with atomic_path(path, tmp_path(path)) as tmp:                 # on failure a rerun featurises what was folded
         with h5py.File(tmp, "w") as out:
             clip_ids, mean, std, digests = _copy_parts(out, parts, counts, shapes)
-            out.create_dataset("checksums", data=np.array(digests, dtype="S64"))   # [ceil(N/64)] hex sha256
+            out.create_dataset("checksums", data=np.array(digests, dtype="S64"))   # [B] hex sha256
+            out.create_dataset("checksum_rows", data=_block_rows(counts))          # [B+1] first clip of each
             computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped), stats_mean=mean, stats_std=std,
-                            checksum_block=CHECKSUM_BLOCK, checksum=CHECKSUM_ABOUT,
+                            checksum=CHECKSUM_PARTS_ABOUT,
                             fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
                                                          content=content_digest(digests),
                                                          assignment=assignment_digest(
@@ -153,6 +180,15 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
         _atomic_json(report_path(path), report)
     shutil.rmtree(d)
     return report
+
+
+def _block_rows(counts: list[int]) -> np.ndarray:
+    """int64 [B+1]: checksum blocks are each part's clips in runs of CHECKSUM_BLOCK (the last run shorter)."""
+    starts, offset = [], 0
+    for c in counts:
+        starts += range(offset, offset + c, CHECKSUM_BLOCK)
+        offset += c
+    return np.array(starts + [offset], np.int64)
 
 
 def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
@@ -169,31 +205,33 @@ def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
 
 
 def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: dict) -> tuple:
-    """Copy every part's clips into `out` in order; (clip ids, fbank mean, fbank std, block checksums)."""
+    """Fold every part's clips into `out` in order, removing each part once copied; (clip ids, fbank
+    mean, fbank std, block checksums). Checksums and sums come from the parts' attrs (pool workers)."""
     n = sum(counts)
     dsets = {k: out.create_dataset(k, shape=(n, *shape), dtype=dtype,
                                    chunks=(1, *shape) if k in ("fbank", "wave") else None)
              for k, (shape, dtype) in ((k, v) for k, v in shapes.items() if v is not None)}   # fbank [N,T,F]
     texts: dict[str, list[str]] = {k: [] for k, v in shapes.items() if v is None}    # clip_id, source_path: [N]
-    total, total_sq, count, offset = 0.0, 0.0, 0, 0
-    sums = BlockChecksums()
+    total, total_sq, count, offset, digests = 0.0, 0.0, 0, 0, []
     for p, c in zip(parts, counts):
-        if c == 0:
-            continue
         with h5py.File(p, "r") as f:
-            block = {k: f[k][:] for k in dsets}
-            for k, ds in dsets.items():
-                ds[offset:offset + c] = block[k]
-            sums.add(block["fbank"], block["wave"], block["labels"])
-            for k in texts:
-                texts[k] += read_text(f[k])
-            fb = block["fbank"].astype(np.float64)                 # [c,T,F]
-            total, total_sq, count = total + fb.sum(), total_sq + (fb * fb).sum(), count + fb.size
+            if c:
+                for k, ds in dsets.items():
+                    ds[offset:offset + c] = f[k][:]
+                for k in texts:
+                    texts[k] += read_text(f[k])
+                got = _summary(f)
+                sha = got["sha256"].decode() if isinstance(got["sha256"], bytes) else str(got["sha256"])
+                digests += sha.split("\n")
+                total, total_sq = total + float(got["fbank_sum"]), total_sq + float(got["fbank_sumsq"])
+                count += int(got["fbank_count"])
+        out.flush()
+        p.unlink()                                                 # folded in: disk stays ~one store
         offset += c
     for k, v in texts.items():
         out.create_dataset(k, data=fixed_utf8(v))                   # [N] S<longest>
     mean = total / count
-    return texts["clip_id"], float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), sums.finish()
+    return texts["clip_id"], float(mean), float(np.sqrt(max(total_sq / count - mean * mean, 0.0))), digests
 
 
 # ---------------------------------------------------------------- reader

@@ -182,7 +182,7 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
     blocks = [spec.records[i:i + block_size] for i in range(0, len(spec.records), block_size)]
     done = clip_store.finished_blocks(parts)
     todo = [(b, recs, g, parts) for b, recs in enumerate(blocks) if b not in done]
-    need = expected_bytes(g, len(spec.records), sum(len(t[1]) for t in todo))
+    need = expected_bytes(g, len(spec.records), sum(len(t[1]) for t in todo), block_size)
     require_space(out, need)                                     # before hours of work, not at assembly
     t0 = time.time()
     bar = tqdm(total=len(spec.records), initial=sum(len(blocks[b]) for b in done if b < len(blocks)),
@@ -213,11 +213,12 @@ def check_sources(out: Path) -> None:
                              f"it was made (first: {changed[0]}); delete it to rebuild")
 
 
-def expected_bytes(g: _Geometry, clips: int, todo: int) -> int:
-    """Disk the rest of the run needs: the `todo` clips' part files plus the assembled store
-    (parts and store coexist until assembly ends); 2% and 8 MiB of margin for HDF5's own data."""
+def expected_bytes(g: _Geometry, clips: int, todo: int, block_size: int = BLOCK_SIZE) -> int:
+    """Disk the rest of the run needs: the `todo` clips' part files, then two parts more while
+    assembly folds them into the store (each part is removed once copied: ~1x the store, never 2x);
+    2% and 8 MiB of margin for HDF5's own data."""
     per_clip = g.target_length * FBANK_PARAMS["num_mel_bins"] * 2 + g.samples * 2 + max(g.num_classes, 8) + 64
-    return int(1.02 * per_clip * (clips + todo)) + 8 * 2**20
+    return int(1.02 * per_clip * (todo + 2 * min(block_size, clips))) + 8 * 2**20
 
 
 def _run_blocks(todo: list, workers: int | None, bar) -> None:

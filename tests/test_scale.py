@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,50 @@ def test_a_fresh_shard_is_not_remembered_within_the_racy_window(tmp_path, hashes
     targets = write_targets(tmp_path / "t.zarr", clips)                  # just written: racy
     assert verify_on_node([targets], local_rank=0) == 2
     assert verify_on_node([targets], local_rank=0) == 2                  # hashed again, not trusted yet
+
+
+def _folder_bytes(d) -> int:
+    total = 0
+    for root, _, files in os.walk(d):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def test_prepare_peak_disk_stays_near_the_final_store(tmp_path, monkeypatch):
+    """Sampled before every file removal (parts folded in, the parts folder at the end) and by a
+    polling thread: prepare's output folder never holds much more than the finished store."""
+    import shutil
+    import threading
+
+    from cache_tools import clip_store
+    from pipeline.prepare import prepare
+    from pipeline.readers import read_esc50
+    from tests.fixtures_audio import make_esc50
+
+    root = make_esc50(tmp_path / "esc50", per_fold=2)                  # 30 clips of 5 s
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    peak = [0]
+
+    def sample():
+        peak[0] = max(peak[0], _folder_bytes(out_dir))
+
+    real_unlink, real_rmtree = Path.unlink, shutil.rmtree
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (sample(), real_unlink(self, *a, **k))[1])
+    monkeypatch.setattr(clip_store.shutil, "rmtree", lambda *a, **k: (sample(), real_rmtree(*a, **k))[1])
+    done = threading.Event()
+    poll = threading.Thread(target=lambda: [sample() or time.sleep(0.002) for _ in iter(done.is_set, True)])
+    poll.start()
+    try:
+        prepare(read_esc50(root), out_dir / "esc50.h5", workers=1, block_size=2, progress=False)
+    finally:
+        done.set()
+        poll.join()
+    final = (out_dir / "esc50.h5").stat().st_size
+    assert final > 5 * 2**20
+    assert peak[0] <= 1.1 * final + 2**20, (peak[0], final)                # was 2.0x: parts + the copy
+    assert not (out_dir / "esc50.h5.parts").exists()
