@@ -1,15 +1,10 @@
 """The CLAP teacher: laion-clap's HTSAT audio branch -> each clip's final Swin token map.
 
-Only the audio branch is built (from the package's own model configs and `create_htsat_model`);
-the text branch would download RoBERTa. `import laion_clap` runs the package's __init__, which
-loads HuggingFace tokenizers over the network, so the package folder goes on sys.path and
-`clap_module.*` is imported from there, with HF_HUB_OFFLINE=1, inside a function: importing this
-module stays cheap.
-
-The token grid is HTSAT's own regrouped map, the input of its `tscam_conv` head, read with a
-forward pre-hook ([B, D, Ft, Tt]) and handed out in the target store's order, [B, Tt, Ft, D] =
-[B, 32, 2, 768] for HTSAT-tiny; `grid` is (Tt, Ft) everywhere. Its frequency mean repeated to
-frames is laion-clap's `fine_grained_embedding`; its mean is `embedding`.
+Only the audio branch is built (the text branch would download RoBERTa), and `clap_module.*` is
+imported from the package folder inside a function, with HF_HUB_OFFLINE=1: `import laion_clap` would
+load HuggingFace tokenizers over the network. The token grid is the input of HTSAT's `tscam_conv`
+head, read with a forward pre-hook ([B, D, Ft, Tt]) and handed out as [B, Tt, Ft, D]; `grid` is
+(Tt, Ft) everywhere. Its frequency mean is laion-clap's `fine_grained_embedding`, its mean `embedding`.
 """
 from __future__ import annotations
 
@@ -84,11 +79,8 @@ def teacher_mel(audio_cfg: dict, fusion: bool) -> dict:
 
 
 def load_audio_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """An official laion-clap checkpoint -> the audio branch's state dict (prefixes stripped).
-
-    Accepts {"state_dict": sd, ...} or a bare sd; keys may carry DDP's "module." prefix; only
-    "audio_branch.*" keys are kept (text branch, projections and logit scales are ignored).
-    """
+    """An official laion-clap checkpoint ({"state_dict": sd} or a bare sd, DDP's "module." prefix
+    allowed) -> the "audio_branch.*" state dict, prefixes stripped; text branch and projections ignored."""
     try:
         ckpt = safe_torch_load(path, allow=LAION_CLAP)   # weights only: numpy lr scalars allowed, no code
     except StoreError as err:
@@ -144,11 +136,9 @@ class ClapTeacher:
                         seed: int = 0, device: str | torch.device = "cpu", amp_dtype=None,
                         quantize: bool = True) -> "ClapTeacher":
         """Build the audio branch of `model` (HTSAT-tiny: 630k / 630k-audioset checkpoints; HTSAT-base:
-        music / speech) and load `path`, or, with path None, seeded random weights.
-
-        amp_dtype: None (fp32), "bf16" or "fp16": autocast for the Swin stages (front end stays fp32).
-        quantize: round-trip the 48 kHz wave through int16 as laion-clap's inference API does.
-        """
+        music / speech) and load `path`, or with path None seeded random weights. amp_dtype: None (fp32),
+        "bf16" or "fp16" for the Swin stages (front end fp32); quantize: the int16 round trip of laion-clap's
+        inference API."""
         htsat, clap_model = import_clap_module()
         cfg = model_config(model)
         audio_cfg = clap_model.CLAPAudioCfp(**cfg["audio_cfg"])

@@ -1,18 +1,11 @@
 """Stage one's teacher input: every clip at the teacher's own rate, read again from its source file.
 
-laion-clap reads audio with `librosa.load(f, sr=48000)` (hook.py, get_audio_embedding_from_filelist):
-soundfile decodes the file at its own rate, channels are averaged (librosa.to_mono), and
-`librosa.resample(res_type="soxr_hq")` takes it to 48 kHz. `load_source` does the same on the
-clip's window of its file (the clip store records source_path / source_start / source_seconds),
-decoding with pipeline.audio_io's decoder, the one `prepare` used, so the window is the clip's.
-ClapTeacher.token_grid_waves then does the rest of laion-clap's path: int16 round trip,
-repeat-pad of the real clip (long clips: the deterministic window of pipeline.teacher_input).
-
-Fallback (`clipstore-16k-upsampled`): a store without source records, or a clip whose file is
-missing, unreadable or no longer the clip (its size / sha256 differ from what `prepare` recorded, or
-its length from the stored clip's): the clip store's 16 kHz wave, cut to its real length
-(`wave_length`), upsampled with pipeline.audio_io.resample; nothing above 8 kHz reaches the teacher.
-Each such clip's reason is kept (targets.py writes them to the store's `progress/fallback-<k>.jsonl`).
+laion-clap reads audio with `librosa.load(f, sr=48000)` (soundfile, channel mean, soxr_hq); so
+does `load_source`, on the clip's window of its file (source_path / source_start / source_seconds),
+with `prepare`'s decoder so the window is the clip's. A store without source records, or a clip
+whose file is missing or changed (size / sha256 / length), falls back to the clip store's 16 kHz
+wave upsampled (`clipstore-16k-upsampled`: nothing above 8 kHz reaches the teacher); each
+fallback's reason is kept (the target store's `progress/fallback-<k>.jsonl`).
 """
 from __future__ import annotations
 
@@ -46,10 +39,8 @@ def load_source(path, start: float, seconds: float, rate: int) -> np.ndarray:
 
 
 class TeacherInputDataset(Dataset):
-    """Clip i of a clip store -> (i, wave [S_i] float32 in [-1, 1] at `rate`, kind, reason).
-
-    kind is source_kind(rate) or FALLBACK; reason ("" for source clips) says why a clip fell back.
-    sources=False: every clip takes the fallback (`supmam targets --teacher-input clipstore`).
+    """Clip i of a clip store -> (i, wave [S_i] float32 in [-1, 1] at `rate`, kind, reason): kind is
+    source_kind(rate) or FALLBACK, reason says why a clip fell back. sources=False: every clip falls back;
     source_root replaces the store's recorded `source_root` (data moved, another machine)."""
 
     def __init__(self, clips, rate: int, sources: bool = True, source_root=None):

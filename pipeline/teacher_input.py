@@ -1,14 +1,9 @@
 """The CLAP teacher's input layout: 16 kHz waves -> laion-clap's 48 kHz, 10 s model input.
 
-laion-clap prepares one clip at a time in `training/data.py:get_audio_features`
-(data_filling="repeatpad", data_truncating="rand_trunc" or "fusion"). This module lays clips out
-the same way, with one change: where laion-clap picks a random window of a clip longer than the
-model's window (the crop, the three fusion chunks), we pick a fixed one, so the same wave always
-gives the same input:
-  - non-fusion, long clip: the centre `clip_samples` window (laion-clap: a random window);
-  - fusion, long clip: from each third of the possible chunk starts, the middle start
-    (laion-clap: a random start in each third).
-Short clips are repeated whole, then zero-padded to `clip_samples` (laion-clap's "repeatpad").
+Clips are laid out as laion-clap's `training/data.py:get_audio_features` does (short clips
+"repeatpad": whole repeats, then zeros), with one change: where laion-clap picks a random window
+of a long clip, we pick a fixed one (non-fusion: the centre window; fusion: the middle start of
+each third of the possible chunk starts), so the same wave always gives the same target.
 """
 from __future__ import annotations
 
@@ -66,11 +61,9 @@ def fusion_chunk_starts(total_frames: int, chunk_frames: int) -> list[int]:
 
 
 def fusion_input(wave: torch.Tensor, max_len: int, hop: int, fusion_mel: FusionMel) -> tuple[torch.Tensor, bool]:
-    """One 48 kHz clip (S,) -> (mel_fusion (4, frames, n_mels), longer).
-
-    Short or exact clips: the repeat-padded clip's mel four times, longer=False. Long clips:
-    [whole clip squeezed to one window, front chunk, middle chunk, back chunk], longer=True.
-    """
+    """One 48 kHz clip (S,) -> (mel_fusion (4, frames, n_mels), longer). Short or exact clips: the
+    repeat-padded clip's mel four times, longer=False; long clips: [whole clip squeezed to one window,
+    front, middle, back chunk], longer=True."""
     if wave.shape[0] <= max_len:
         mel = fusion_mel(repeatpad(wave, max_len))              # (frames, n_mels)
         return torch.stack([mel, mel, mel, mel]), False         # (4, frames, n_mels)
