@@ -127,3 +127,48 @@ def test_prepare_peak_disk_stays_near_the_final_store(tmp_path, monkeypatch):
     assert final > 5 * 2**20
     assert peak[0] <= 1.1 * final + 2**20, (peak[0], final)                # was 2.0x: parts + the copy
     assert not (out_dir / "esc50.h5.parts").exists()
+
+
+def _opened_bytes(clips, targets) -> int:
+    """Bytes a process keeps (tracemalloc: Python objects and numpy arrays) after opening the stores,
+    building the pretraining and fine-tuning datasets and reading one item of each."""
+    import gc
+    import tracemalloc
+
+    from cache_tools.clip_store import ClipStore
+    from train.finetune.data import ClipDataset
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    ds = PretrainDataset(clips, targets)
+    item = ds[len(ds) - 1]
+    store = ClipStore(clips)
+    ft = ClipDataset(store)
+    x, y = ft[len(ft) - 1]
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert item["targets"].shape == (8, 2, 16) and x.shape[0] == 1
+    return kept
+
+
+def test_per_process_memory_does_not_grow_with_the_store(tmp_path):
+    import torch
+
+    from tests.stores import fake_teacher, write_target_store
+
+    kept = {}
+    for n in (200, 800):
+        clips = write_clips(tmp_path / f"c{n}.h5", n)
+        from cache_tools.clip_store import ClipStore
+        store = ClipStore(clips)
+        waves = torch.from_numpy(np.stack([store.wave(i) for i in range(n)]).astype(np.float32) / 32768.0)
+        ident = {"teacher": "fake-teacher", "checkpoint": None, "checkpoint_sha256": "untrained:seed=7",
+                 "teacher_mel": {}, "clip_fingerprint": store.fingerprint}
+        targets = write_target_store(tmp_path / f"t{n}.zarr", fake_teacher(waves).numpy(), ident, clips_per_shard=800)
+        kept[n] = _opened_bytes(clips, targets)
+    growth_per_clip = (kept[800] - kept[200]) / 600
+    # a list of clip-id str and the labels in memory cost ~75 bytes a clip here (~600 B with AudioSet's
+    # 527 classes): 2 M clips x 8 ranks x their workers. Now nothing N-sized is kept at open.
+    assert growth_per_clip < 2, kept

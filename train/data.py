@@ -68,10 +68,12 @@ def verify_on_node(targets_paths: Sequence[str | Path], local_rank: int, barrier
     return hashed
 
 
-def require_finite(x: torch.Tensor, store: Path | str, i: int, clip_id: str, what: str) -> torch.Tensor:
+def require_finite(x: torch.Tensor, store: Path | str, i: int, clip_id, what: str) -> torch.Tensor:
     """`x` if every value is finite; else StoreError naming the store, the clip's index and id (a
-    NaN would otherwise surface steps later as a non-finite loss blamed on the lr). One reduction."""
+    NaN would otherwise surface steps later as a non-finite loss blamed on the lr). One reduction.
+    `clip_id`: the id, or the store's clip_ids (looked up only on failure: workers never read them)."""
     if not bool(torch.isfinite(x).all()):
+        clip_id = clip_id if isinstance(clip_id, str) else clip_id[i]
         bad = int((~torch.isfinite(x)).sum())
         raise StoreError(store, f"clip {i} ({clip_id}): {bad} non-finite values (NaN / inf) in its {what}; "
                                 "rebuild the store or drop that clip")
@@ -192,14 +194,14 @@ class PretrainDataset(Dataset):
         k, j = self.locate(int(i))
         clips = self.clip_stores[k]
         fb = torch.from_numpy(np.asarray(clips.fbank(j), dtype=np.float32))        # [T,128]
-        fb = require_finite(fb, clips.path, j, clips.clip_ids[j], "fbank")
+        fb = require_finite(fb, clips.path, j, clips.clip_ids, "fbank")
         if self.gain and seed is not None:
             fb = gain_fbank(fb, clip_gain(seed))                                   # [T,128] of g * wave
         fb = normalize_fbank(fb, self.norm_mean, self.norm_std).unsqueeze(0)        # [1,T,128]
         item = {"fbank": fb, "label": torch.as_tensor(clips.label(j)), "index": torch.tensor(i)}
         if self.targets_paths is not None:
             t = torch.from_numpy(np.ascontiguousarray(self.target_stores[k][j]))  # f16 [Tt,Ft,D]
-            item["targets"] = require_finite(t, self.targets_paths[k], j, clips.clip_ids[j], "targets")
+            item["targets"] = require_finite(t, self.targets_paths[k], j, clips.clip_ids, "targets")
         if self.with_wave:
             w = np.asarray(clips.wave(j), dtype=np.float32) / 32768.0               # [S] in [-1, 1)
             item["wave"] = torch.from_numpy(w)

@@ -169,7 +169,7 @@ class TrainClips(Dataset):
             return fbank(self.wave(k), self.T), self.target(k)                 # [T, 128]
         store, i = self.locate(k)
         fb = torch.from_numpy(store.fbank(i).astype(np.float32))               # [T, 128]
-        fb = require_finite(fb, store.path, i, store.clip_ids[i], "fbank")
+        fb = require_finite(fb, store.path, i, store.clip_ids, "fbank")
         if self.aug.roll_mag_aug:
             fb = gain_fbank(fb, beta(10.0) + 0.5)
         return fb, self.target(k)
