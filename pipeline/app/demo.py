@@ -1,14 +1,9 @@
-"""`supmam demo`: the whole chain on the built-in mini data, ending in one summary table.
+"""`supmam demo`: the whole chain on the built-in mini data (data -> prepare -> targets -> pretrain ->
+fine-tune mini spc2 / esc50 / as20k, pretrained and from scratch), ending in one summary table.
 
-    data -> prepare -> targets (CLAP teacher) -> pretrain (SupMAM-CLAP, tiny ViT)
-         -> fine-tune mini spc2 / esc50 / as20k, pretrained and from scratch, side by side
-
-Every stage is the same code `make data|prepare|targets|pretrain|finetune` runs, and each one
-skips work that is already complete, so a second `make demo` only re-runs the fine-tunes.
-
-On a CPU the from-scratch and the pretrained fine-tune of a task run side by side in two spawned
-processes with half the cores each (pipeline.app.side_by_side; times in BENCHMARKS.md). Each run's
-output goes to runs/<name>/stdout.log.
+Every stage is the code `make data|prepare|targets|pretrain|finetune` runs, and each skips work
+already complete, so a second demo re-runs only the fine-tunes. On a CPU a task's two fine-tunes
+run side by side (pipeline.app.side_by_side); each run's output goes to runs/<name>/stdout.log.
 """
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
 """`--teacher online`: stage one's CLAP teacher as the callable pretraining runs inside each step.
 
 train/ never imports the teacher; the command builds it here and hands train.pretrain.run an
-OnlineTeacher whose targets are computed as `supmam targets` computes them (pipeline.targets.teacher_targets)
-from the same 16 kHz input as a `--teacher-input clipstore` store, so such a run's losses equal a cached run's.
-
-It hears the batch's 16 kHz clip-store waves, upsampled to 48 kHz (ClapTeacher.token_grid): inside a
-training step the source files are out of reach, so it cannot give the teacher the full-band input
-`supmam targets` gives it by default (docs/fidelity.md, "Stage one: the teacher's input"); a
-default (`auto`) store's teacher also hears 8-14 kHz. (Clips shorter than the clip length: the
-online teacher repeat-pads the store's zero-padded wave, a clipstore store the real clip.)
+OnlineTeacher whose targets are computed as `supmam targets` computes them, from the store's 16 kHz
+waves upsampled to 48 kHz: the source files are out of reach inside a step, so it hears what a
+`--teacher-input clipstore` store's teacher hears, not the 8-14 kHz a default store's also hears
+(docs/fidelity.md, "Stage one: the teacher's input"). Clips shorter than the clip length differ:
+it repeat-pads the stored zero-padded wave, a clipstore store the real clip.
 """
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """Run independent jobs (fine-tunes, ablation configurations) side by side on a CPU's cores.
 
-    results = run_jobs(fn, {"scratch": kw1, "pretrained": kw2}, logs={...}, device="cpu")
-
-On a CPU with >= 2 cores, up to `parallel` spawned worker processes each take an equal share of
-the cores as torch threads, and each job's stdout / stderr goes to its log file. A tiny-ViT
-fine-tune gains little from a second thread, so two side by side finish sooner than one after the
-other (times on the 2-core VM: BENCHMARKS.md, "Run times quoted elsewhere").
-On a GPU (or one core) the jobs run one after the other in this process, output unchanged.
-
-Workers exit when the calling process dies (pipeline.parent_watch: a `kill -9` of `supmam demo`
-leaves no fine-tune running). `fn` must be importable by name (a module-level function): the workers are spawned, not forked
-(torch's threads do not survive a fork), so a script that calls run_jobs needs the usual
-`if __name__ == "__main__":` guard.
-A job's numbers depend on its thread count (float reduction order), not on which jobs ran beside it.
+A tiny-ViT fine-tune gains little from a second thread, so on a multi-core CPU up to `parallel`
+spawned workers each take an equal share of the cores, each job's output going to its log file;
+on a GPU or one core the jobs run one after the other here. Workers are spawned, not forked
+(torch's threads do not survive a fork): `fn` must be a module-level function and a calling script
+needs the `if __name__ == "__main__":` guard. Workers exit when the caller dies (pipeline.parent_watch).
+A job's numbers depend on its thread count (float reduction order), not on its neighbours.
 """
 from __future__ import annotations
 

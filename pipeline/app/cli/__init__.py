@@ -1,15 +1,10 @@
-"""`supmam`: the command line, every command registered here in pipeline order.
+"""`supmam`: the command line, every command registered here in pipeline order (stage_one, stage_two,
+use, runs).
 
-    data mini | prepare ... | targets | store inspect|verify      pipeline/app/cli/stage_one.py
-    pretrain | finetune | evaluate | probe                       pipeline/app/cli/stage_two.py
-    embed | export                                               pipeline/app/cli/use.py
-    demo | ablate                                                pipeline/app/cli/runs.py
-
-Error policy: a SupmamError (bad input, bad store, bad config, missing file; its message names the
-file) becomes `error: <file>: <why>` on stderr and exit code 1, and so does an OSError the file
-system gives for a path the user chose (USER_ERRNOS: a name too long, no permission, a full or
-read-only disk); any other exception is a bug and raises with its traceback. The root group applies it, so `supmam` (main), `python -m pipeline.app.cli`
-and typer's CliRunner on `app` behave the same; demo and ablate too, side-by-side workers included.
+Error policy: a SupmamError (its message names the file) or an OSError the file system gives for a
+path the user chose (USER_ERRNOS) becomes `error: <file>: <why>` on stderr and exit code 1; any
+other exception is a bug and keeps its traceback. The root group applies it, so `supmam`,
+`python -m pipeline.app.cli` and CliRunner on `app` behave the same, side-by-side workers included.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Using a trained encoder: `supmam embed` (audio files -> embeddings) and `supmam export` (timm /
 safetensors). Each parses its options and calls one library function (train.use.embed_files,
-train.use.export); errors (ConfigError, ConfigError: SupmamErrors) are left to the app's policy (pipeline.app.cli).
+train.use.export); errors are left to the app's policy (pipeline.app.cli).
 """
 from __future__ import annotations
 
