@@ -1,12 +1,9 @@
 """Files written whole or not at all: write a temporary file beside the target, fsync it, rename it
 over the target, fsync the folder (so the rename itself survives a crash).
 
-    with atomic_path(out) as tmp:          # any writer that takes a path: h5py, torch.save, ...
-        torch.save(state, tmp)
-    atomic_write_text(report, text)        # the stores' reports, job descriptions, completion records
-
-On an error inside the block the temporary file is deleted and the target is left as it was.
-The file gets the mode any other tool would give it (0666 less the user's umask), not mkstemp's 0600.
+`atomic_path(out)` yields the temporary path for any writer that takes one (h5py, torch.save);
+on an error inside the block it is deleted and the target left as it was. The file gets the mode
+any other tool would give it (0666 less the umask), not mkstemp's 0600.
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """A clip store's contents checked before a run uses them, once per change of the file.
 
-Fine-tuning and the probe open their clip stores through `verified(path)`: the first use recomputes
-every block checksum (cache_tools.clip_checksums.verify_checksums, processes over blocks) and a
-corrupt block is a StoreError naming the store and the clips; a store that passed is remembered
-in `F.h5.verified.json` beside it (where the folder cannot be written: $XDG_CACHE_HOME/supmam/
-verified/): its size, mtime_ns, inode and fingerprint. A later use whose stat and fingerprint are
-the same costs one stat; any change hashes the store again. A store whose mtime lies within
-RACY_SECONDS of the check is not remembered (a rewrite inside one timestamp tick could keep its
-stat: git's racy rule). Cost: BENCHMARKS.md ("Checks before use and source identities").
-
-    verified(path, fingerprint) -> bool      True if hashed now, False if trusted from the record
+`verified(path)` recomputes every block checksum on first use (a corrupt block is a StoreError
+naming the store and the clips) and records a store that passed in `F.h5.verified.json` beside it
+(or under $XDG_CACHE_HOME/supmam/verified/): size, mtime_ns, inode and fingerprint, so a later use
+of the unchanged file costs one stat. A store modified within RACY_SECONDS of the check is not
+recorded: a rewrite inside one timestamp tick could keep its stat (git's racy rule).
 """
 from __future__ import annotations
 

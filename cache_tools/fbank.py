@@ -1,17 +1,10 @@
 """AudioMAE's features: the definition a clip store's `fbank` follows, shared by both stages.
 
 Kaldi log-mel (`torchaudio.compliance.kaldi.fbank`, 128 bins, 25 ms Hanning window, 10 ms hop) of
-the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. Stage one
-(pipeline.prepare) writes it into the clip store; fine-tuning's waveform augmentation
-(train.finetune.augment: mixup, gain) recomputes it from the stored wave, so both call `fbank` here; a gain
-alone needs no recomputation (`gain_fbank`: fine-tuning's and pretraining's roll_mag_aug).
-
-    fb = fbank(wave, target_length)                 # [n] float in [-1, 1] -> [T, 128] float32
-    n = clip_samples(stored_fbank, stored_wave)     # the clip's own length inside the padded wave
-    fb_g = gain_fbank(fb, g)                        # the fbank of g * wave, from fb alone
-
-`prepare` records each clip's length (the store's `wave_length`); `clip_samples` recovers it for
-stores written before that.
+the mean-removed 16 kHz wave, zero-padded or cut to `target_length` frames. It lives here because
+stage one writes it into the clip store and fine-tuning's waveform augmentation (mixup, roll, crop)
+recomputes it from the stored wave: both must call the same function. A gain alone needs no
+recomputation (`gain_fbank`).
 """
 from __future__ import annotations
 
@@ -38,14 +31,10 @@ def fbank(wave: np.ndarray | torch.Tensor, target_length: int) -> torch.Tensor:
 
 
 def clip_samples(stored_fbank: np.ndarray, stored_wave: np.ndarray) -> int:
-    """The length, in samples, of the clip behind a stored (fbank [T, 128], wave [S]) pair.
-
-    The store zero-pads the wave to the clip length S and the fbank with all-zero frames to T
-    (a computed frame is never all zeros: log energies sit at or above log(eps) = -15.9). So the
-    clip had F computed frames, hence WINDOW + HOP (F - 1) <= n < WINDOW + HOP F samples, and
-    its last non-zero sample is inside it. The answer is the smallest length that fits both, so
-    it can only drop trailing digital silence shorter than one hop; the frames it yields are the
-    stored ones."""
+    """The length, in samples, of the clip behind a stored (fbank [T, 128], wave [S]) pair, for stores
+    without `wave_length`. Padding frames are all zeros and a computed frame never is (log energies sit
+    at or above log(eps)), so the frame count bounds the length; the smallest length that also holds
+    the last non-zero sample drops only trailing digital silence shorter than one hop."""
     fb = np.asarray(stored_fbank)
     wave = np.asarray(stored_wave)
     computed = np.flatnonzero(np.any(fb != 0, axis=1))                   # frames with values

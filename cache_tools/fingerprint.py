@@ -24,10 +24,10 @@ def assignment_digest(folds: np.ndarray | None, splits: np.ndarray | None) -> st
 
 def clip_fingerprint(clip_ids: Iterable[str], feature_params: dict, target_length: int,
                      content: str | None = None, assignment: str | None = None) -> str:
-    """sha256 over the ordered clip ids, the feature parameters, target_length, (stores with
-    checksums) `content`, the digest of the clips' block checksums, and (stores with folds or a split
-    column) `assignment`, their assignment_digest; 16 hex chars. Without `content` and `assignment`
-    it is the fingerprint older stores carry; stores without folds or splits keep theirs."""
+    """sha256 over the ordered clip ids, the feature parameters, target_length, (stores with checksums)
+    `content`, the digest of the clips' block checksums, and (stores with folds or a split column)
+    `assignment`, their assignment_digest; 16 hex chars. Without the last two it is the fingerprint of
+    a store without checksums, so such stores keep theirs."""
     h = hashlib.sha256()
     for cid in clip_ids:
         h.update(cid.encode("utf-8"))

@@ -1,33 +1,11 @@
 """Map the teacher's token grid (Tt time x Ft frequency) onto the student's patch grid (Tp x Fp).
 
-Pure torch, no loops over samples: the index is built once per (teacher, student) geometry and
-`map_targets` is a single gather, on whatever device the targets live.
-
-Time. Student patch t covers fbank frames [p*t, p*t + p) (p = patch = 16). Kaldi frame j covers
-samples [j*hop, j*hop + win), so its centre is j*hop + win/2 and the patch centre is
-c_t = (p*t + (p-1)/2) * hop + win/2 seconds into the clip (hop 10 ms, win 25 ms).
-The teacher sees a window of W seconds (laion-clap: 10 s) in Tt equal steps; row r covers
-[r*W/Tt, (r+1)*W/Tt). The clip store holds clips of L = clip_seconds (zero-padded to L);
-laion-clap fills its window by "repeatpad": the L-second wave repeated floor(W/L) times, then
-zeros up to W. So:
-  * c < min(L, W): the teacher saw the same sound at c (first repetition) -> row floor(c*Tt/W);
-  * c >= L with L < W: the student patch is fbank padding (silence past the clip). If the
-    teacher's window ends in a silent tail of at least one row (W - floor(W/L)*L >= W/Tt), map
-    to the middle of that tail (silence to silence); otherwise the teacher heard no silence, and
-    the patch takes the row of time c mod L, where the same stretch of the (zero-padded) clip was;
-  * L > W: the teacher (pipeline/teacher_input.py) saw the centre window [(L-W)/2, (L+W)/2);
-    c shifts by (L-W)/2 and times outside the window take its first / last row;
-  * c >= W with L == W (fbank padding past a 10 s clip: 1024 frames = 10.24 s): the last row.
-Frequency. Student patch f covers mel bins [p*f, p*f + p) of a Kaldi/HTK mel bank (n_mels bins,
-fmin..fmax; bin b centred at mel_lo + (b+1)*dm, dm = (mel_hi - mel_lo)/(n_mels + 1)); its centre
-frequency is the bin-centre mean in mel, converted to Hz. The teacher's bank (`teacher_mel`:
-n_mels bins fmin..fmax, Slaney mel when htk=False, as librosa) is split into Ft equal groups of
-bins, low to high (HTSAT's row order); the patch maps to the group holding its centre frequency
-(clamped to the first / last group outside the teacher's range).
-Flat indices are time-major on both sides: teacher r*Ft + g, student token n = t*Fp + f.
-Alignment: "nearest" (the cell holding the patch centre, above) or "bilinear" (the four cells
-around it, weighted by distance to their centres; teacher_to_patch_weights). `padding_valid` marks
-the patches past a clip's real end, which the short-clip fix leaves out of the loss.
+Each student patch takes the teacher cell that heard the same sound: in time, the patch centre
+(Kaldi frames: 10 ms hop, 25 ms window) placed in the teacher's window as laion-clap's repeatpad
+filled it (teacher_time); in frequency, the patch's centre frequency placed in the teacher's mel
+bank split into Ft groups, low to high. Flat indices are time-major on both sides (teacher r*Ft + g,
+student t*Fp + f). The index is built once per geometry, so `map_targets` is one gather on any
+device; "bilinear" alignment weights the four cells around the centre instead of taking the nearest.
 """
 from __future__ import annotations
 
@@ -73,13 +51,17 @@ def patch_centre_seconds(tp: int, patch: int = 16, frame_shift_s: float = 0.01, 
 
 
 def teacher_time(c: torch.Tensor, tt: int, window_s: float, clip_s: float | None) -> torch.Tensor:
-    """Where in the teacher's window (seconds) student times c [Tp] fall, following laion-clap's repeat-pad."""
+    """Where in the teacher's window (seconds) student times c [Tp] fall, following laion-clap's
+    repeat-pad of an L = clip_s second clip into its W = window_s second window (None: L = W)."""
     w = float(window_s)
     clip = w if clip_s is None else float(clip_s)
     step = w / tt
-    if clip > w:
+    if clip > w:                # the teacher saw the centre window [(L-W)/2, (L+W)/2) (teacher_input)
         c = c - (clip - w) / 2  # centre window
     elif clip < w:
+        # c < L: the same sound, first repetition. c >= L is fbank padding (silence past the clip): the
+        # middle of the teacher's silent tail if that spans a row (silence to silence), else time c mod L,
+        # where the same stretch of the zero-padded clip was.
         tail = w - math.floor(w / clip) * clip  # zeros after the last repetition
         pad_time = torch.full_like(c, w - tail / 2) if tail >= step else torch.remainder(c, clip)
         c = torch.where(c < clip, c, pad_time)
@@ -87,7 +69,7 @@ def teacher_time(c: torch.Tensor, tt: int, window_s: float, clip_s: float | None
 
 
 def teacher_time_row(c: torch.Tensor, tt: int, window_s: float, clip_s: float | None) -> torch.LongTensor:
-    """Teacher time row for student times c [Tp] (seconds)."""
+    """Teacher time row for student times c [Tp] (seconds); outside the window: its first / last row."""
     return torch.floor(teacher_time(c, tt, window_s, clip_s) / (float(window_s) / tt)).long().clamp(0, tt - 1)
 
 

@@ -1,20 +1,11 @@
 """What identifies each clip's source file, recorded by `prepare` and compared by `prepare` reruns,
 `targets` and `store verify`, so a source that changed after the store was made is noticed.
 
-Per clip (clip store datasets, SOURCE_IDENTITY): source_size int64 (bytes), source_mtime_ns int64,
-source_sha256 S64 (hex sha256 of the file's bytes, the file `prepare` read the clip from). Clips
-cut from one file share its identity.
-
-    ident = file_identity(path, memo)          # (size, mtime_ns, sha256); memo: one hash per file
-    why = compare(path, recorded, memo)        # None if the file is the one recorded, else the reason
-    changed, missing, checked = changed_sources(store, root=None)
-
-compare() is cheap where nothing changed: equal size and mtime mean the file is taken as the one
-recorded (one stat); a differing mtime costs one sha256 of the file, which decides (a copy that
-only lost its mtime is the same file); a differing size is a change without reading anything.
-`deep=True` hashes every file whatever its stat says (for a file replaced with its mtime kept):
-`targets` (it reads the file anyway) and `store verify` compare deep; a `prepare` rerun over a
-complete store compares by stat first (one stat a file: cheap at 2 M files). Costs: BENCHMARKS.md.
+Per clip (SOURCE_IDENTITY): source_size int64 (bytes), source_mtime_ns int64, source_sha256 S64
+(hex). compare() stays cheap where nothing changed: equal size and mtime take the file as recorded
+(one stat), a differing mtime costs one sha256 (a copy that only lost its mtime is the same file),
+a differing size is a change unread. `targets` (which reads the file anyway) and `store verify`
+compare deep, hashing every file (one replaced with its mtime kept); a `prepare` rerun by stat.
 """
 from __future__ import annotations
 
