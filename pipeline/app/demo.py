@@ -92,7 +92,7 @@ def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Pat
 def _teacher_id(targets: Path) -> str:
     from cache_tools.target_store import TargetStore
     attrs = TargetStore(targets).attrs
-    heard = attrs.get("teacher_input", "clipstore-16k-upsampled")   # stores written before it was recorded
+    heard = attrs.get("teacher_input", "clipstore-16k-upsampled")   # a store that does not record it
     return f"{attrs.get('teacher', '?')} ({attrs.get('checkpoint_sha256', '?')}; input {heard})"
 
 
