@@ -86,6 +86,15 @@ def _write_fallbacks(out, k: int, entries: list[dict]) -> None:
         path.unlink(missing_ok=True)
 
 
+def default_workers() -> int:
+    """DataLoader workers decoding sources for one rank: the cores this process may use (its affinity
+    mask: SLURM's or taskset's), shared by the node's ranks (torchrun's LOCAL_WORLD_SIZE), one left
+    to the rank itself; at least 1. On a 96-core node with 8 GPUs: 11 per rank."""
+    from cache_tools.shard_verify import default_workers as cores
+
+    return max(1, cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1)
+
+
 def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
@@ -257,12 +266,13 @@ def _write_shards(clips, out, writer: ShardWriter, mine: list[int], teacher, geo
 
 def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | None = None,
                  clap_model: str = "HTSAT-tiny", fusion: bool = False, seed: int = 0, device: str = "cpu",
-                 batch_size: int = 8, clips_per_shard: int | None = None, workers: int = 2,
+                 batch_size: int = 8, clips_per_shard: int | None = None, workers: int | None = None,
                  compression: str | None = None, teacher_input: str = "auto",
                  source_root: Path | str | None = None) -> dict:
     """The clip store at `clips` -> the target store `out`, with laion-clap's `clap_model` loaded from
     `clap_ckpt` (None: weights seeded by `seed`). device "cuda" means this rank's GPU (LOCAL_RANK);
-    on CUDA the teacher runs in fp16. teacher_input / source_root: see build_targets.
+    on CUDA the teacher runs in fp16. teacher_input / source_root: see build_targets. workers: DataLoader
+    workers decoding the sources (None: default_workers(), from the cores available).
     Returns build_targets' summary."""
     from cache_tools.clip_store import ClipStore
     from pipeline.teacher import ClapTeacher
@@ -273,6 +283,7 @@ def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | Non
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     store = ClipStore(clips)
+    workers = default_workers() if workers is None else workers
     teacher = ClapTeacher.from_checkpoint(clap_ckpt, model=clap_model, fusion=fusion, seed=seed, device=device,
                                           amp_dtype="fp16" if device.startswith("cuda") else None)
     return build_targets(store, out, teacher, checkpoint=str(clap_ckpt) if clap_ckpt else None,

@@ -172,3 +172,42 @@ def test_per_process_memory_does_not_grow_with_the_store(tmp_path):
     # a list of clip-id str and the labels in memory cost ~75 bytes a clip here (~600 B with AudioSet's
     # 527 classes): 2 M clips x 8 ranks x their workers. Now nothing N-sized is kept at open.
     assert growth_per_clip < 2, kept
+
+
+def test_parallel_audio_scan_lists_what_the_serial_walk_lists(tmp_path):
+    from pipeline.readers import audio_files
+    from pipeline.readers.audioset import scan_audio
+
+    for i, rel in enumerate(["a/x.wav", "a/b/y.FLAC", "c/z.txt", "top.wav", "c/d/e/w.mp3", "c/.hidden.wav"]):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"\0" * i)
+    (tmp_path / "f.wav").mkdir()                                          # a folder named like audio: not a file
+    assert scan_audio(tmp_path, workers=3) == audio_files(tmp_path)
+    assert len(audio_files(tmp_path)) == 5
+
+
+def test_parallel_clip_store_verify_names_the_same_block_as_the_serial_one(tmp_path):
+    import h5py
+
+    from cache_tools.clip_checksums import verify_checksums
+
+    path = write_clips(tmp_path / "c.h5", 40 * 64 + 3)                   # 41 checksum blocks
+    with h5py.File(path, "r") as f:
+        off = f["fbank"].id.get_chunk_info(30 * 64 + 5).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(off + 10)
+        f.write(b"\xff" * 8)
+    want = [f"{path}: clips 1920..1983 corrupt (block 30 fails its sha256)"]
+    assert verify_checksums(path, workers=1) == want == verify_checksums(path, workers=2)
+
+
+def test_targets_decodes_with_this_ranks_share_of_the_cores(monkeypatch):
+    from pipeline.targets import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_workers() == 11                                        # 96 cores / 8 ranks, one for the rank
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_workers() == 95
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers() == 1

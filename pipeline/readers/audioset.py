@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
-from pipeline.readers.spec import ClipRecord, DatasetSpec, audio_files, require
+from pipeline.readers.spec import AUDIO_EXTENSIONS, ClipRecord, DatasetSpec, require
 from cache_tools.errors import InputFileError
 
 SPLITS = ("balanced_train", "unbalanced_train", "eval")
@@ -62,18 +63,51 @@ def _labels(mids: str, mid_index: dict[str, int], where: str) -> list[int]:
     return sorted(set(out))
 
 
-def _index_audio(folder: Path) -> dict[str, list[tuple[float | None, Path]]]:
-    """YTID -> [(start value from the name or None, path)] for every audio file under `folder`."""
-    index: dict[str, list[tuple[float | None, Path]]] = {}
-    for p in audio_files(folder):
+def _walk(top: str) -> list[str]:
+    """Audio files under the folder `top` (recursive; os.scandir's entry types, no stat per file)."""
+    out, stack = [], [top]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(e.path)
+                elif os.path.splitext(e.name)[1].lower() in AUDIO_EXTENSIONS and e.is_file():
+                    out.append(e.path)
+    return out
+
+
+def scan_audio(folder: Path, workers: int | None = None) -> list[Path]:
+    """audio_files(folder) (the same sorted list), its subfolders walked by `workers` threads (default:
+    the cores available): AS-2M's ~2 M files on a network file system are mostly waiting on metadata."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cache_tools.shard_verify import default_workers
+
+    with os.scandir(folder) as it:
+        entries = list(it)
+    files = [e.path for e in entries if not e.is_dir() and os.path.splitext(e.name)[1].lower() in AUDIO_EXTENSIONS
+             and e.is_file()]
+    subdirs = [e.path for e in entries if e.is_dir()]
+    with ThreadPoolExecutor(max(1, workers or default_workers())) as pool:
+        for found in pool.map(_walk, subdirs):
+            files += found
+    return sorted(map(Path, files))
+
+
+def _index_audio(folder: Path, split: str | None = None) -> dict[str, list[tuple[float | None, Path, bool]]]:
+    """YTID -> [(start value from the name or None, path, whether a folder on its path is named
+    `split`)] for every audio file under `folder`."""
+    index: dict[str, list[tuple[float | None, Path, bool]]] = {}
+    for p in scan_audio(folder):
+        in_split = split is not None and split in p.parts
         stem = p.stem
-        index.setdefault(stem, []).append((None, p))
+        index.setdefault(stem, []).append((None, p, in_split))
         if stem.startswith("Y"):
-            index.setdefault(stem[1:], []).append((None, p))
+            index.setdefault(stem[1:], []).append((None, p, in_split))
         m = _SEGMENT_STEM.match(stem)
         if m:
             for ytid in {m["ytid"], m["ytid"][1:] if m["ytid"].startswith("Y") else m["ytid"]}:
-                index.setdefault(ytid, []).append((float(m["start"]), p))
+                index.setdefault(ytid, []).append((float(m["start"]), p, in_split))
     return index
 
 
@@ -82,10 +116,10 @@ def _find(index: dict, ytid: str, start: float, split: str, where: str) -> Path 
     under a folder named after the split come first. Two files at the same rank: InputFileError."""
     cands = index.get(ytid, [])
     for in_split in (True, False):                          # YTID_{start}_{end}: start in s or in ms
-        level = [path for value, path in cands if (split in path.parts) == in_split]
-        timed = sorted({path for value, path in cands if path in level and value is not None
+        level = [(value, path) for value, path, where in cands if where == in_split]
+        timed = sorted({path for value, path in level if value is not None
                         and (abs(value - start) < 1e-3 or abs(value / 1000.0 - start) < 1e-3)})
-        named = sorted({path for value, path in cands if path in level and value is None})
+        named = sorted({path for value, path in level if value is None})
         for group in (timed, named):
             if len(group) > 1:
                 raise InputFileError(where, f"{len(group)} files map to segment {ytid} at {start:g} s: "
@@ -113,7 +147,7 @@ def _read_segments(root: Path, split: str, mid_index: dict[str, int]) -> tuple[l
     csv_path = root / f"{split}_segments.csv"
     require(csv_path.is_file(), root, f"no segment list {csv_path.name} for split {split!r}", EXPECTED)
     require((root / "audio").is_dir(), root, "no audio/ folder", EXPECTED)
-    index = _index_audio(root / "audio")
+    index = _index_audio(root / "audio", split)
     records, missing, seen = [], [], {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, skipinitialspace=True)

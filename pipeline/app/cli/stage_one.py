@@ -111,7 +111,8 @@ def targets(clips: Path = typer.Option(..., help="Clip store (HDF5) to run the t
             device: str = typer.Option("cpu", help="cpu | cuda (under torchrun: this rank's GPU)."),
             clips_per_shard: Optional[int] = typer.Option(None, min=1, help="Default: ~128 MiB shards."),
             compression: Optional[str] = typer.Option(None, help="None (memory-mappable) or zstd."),
-            workers: int = typer.Option(2, min=0, help="DataLoader workers reading the clip store."),
+            workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers decoding the clips' "
+                                                  "sources (default: this rank's share of the cores, less one)."),
             seed: int = typer.Option(0, help="Seed of the random teacher weights (no checkpoint)."),
             teacher_input: str = typer.Option("auto", help="auto: each clip read again from its source file at "
                                               "48 kHz where reachable (else its 16 kHz wave); clipstore: always "
