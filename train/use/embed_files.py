@@ -140,10 +140,10 @@ def _assemble(out: Path, parts: Path, n_blocks: int, attrs: dict) -> tuple[int, 
 def embed_files(encoder: PretrainedEncoder, inputs: list[str | Path], out: str | Path, layer: int = -1,
                 hop: float | None = None, max_seconds: float = 3600.0, block_size: int = 32,
                 files_from: str | Path | None = None, progress: bool = True) -> dict:
-    """Embed `inputs` (16 kHz mono, read up to `max_seconds`) into HDF5 `out`; one writer (`<out>.lock`).
-    N clips, M frames: clip_id, path str [N] (fixed-length UTF-8); clip float32 [N, D]; frames float32
-    [M, D]; timestamps float64 [M] (s from the clip's start); clip i's frames are frames[frame_offset[i]:
-    frame_offset[i] + frame_count[i]]; attrs encoder (JSON), layer, hop, window, rule, job."""
+    """Embed `inputs` (16 kHz mono, read up to `max_seconds`) into HDF5 `out`, one writer (`<out>.lock`).
+    N clips, M frames: clip_id, path [N] fixed-length UTF-8 bytes (h5py: `.asstr()`); clip float32 [N, D];
+    frames float32 [M, D], timestamps float64 [M] (s from the clip's start): clip i's are frame_count[i]
+    rows from frame_offset[i]; attrs (text as bytes): encoder (JSON), layer, hop, window, rule, job."""
     out = Path(out)
     if out.is_symlink():
         raise InputFileError(f"{out}: is a symlink; embed writes only a real file (choose another --out)")
