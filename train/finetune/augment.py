@@ -111,10 +111,8 @@ class SeededSampler(Sampler):
 
 class TrainClips(Dataset):
     """The training clips of one or more clip stores (`indices[s]`: a subset of store s, None = all).
-
-    item (k, seed) or k -> x float32 [1, T, 128] normalised; y: float32 [C] multi-hot or (with
-    mixup) soft, else an int64 class id. Stores must share classes and T (train.data.check_compatible).
-    """
+    item (k, seed) or k -> x float32 [1, T, 128] normalised; y: float32 [C] multi-hot or (with mixup)
+    soft, else an int64 class id. Stores must share classes and T (train.data.check_compatible)."""
 
     def __init__(self, stores: Sequence[ClipStore], indices: Sequence[Sequence[int] | None] | None = None,
                  aug: Augment = Augment(), norm: tuple[float, float] | None = None):

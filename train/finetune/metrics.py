@@ -63,11 +63,9 @@ def confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nd
 
 
 def task_metrics(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> dict:
-    """The metrics a task reports: mAP (+ AUC) for multi-label, accuracy for single-label.
-
-    `targets` is [N, C] multi-hot for multi-label and [N] class ids for single-label. Non-finite
-    scores are an error (Diverged), never a metric: argmax over NaN picks class 0 and looks like a score.
-    """
+    """The metrics a task reports: mAP (+ AUC) for multi-label ([N, C] multi-hot targets), accuracy for
+    single-label ([N] class ids). Non-finite scores are an error (Diverged), never a metric: argmax
+    over NaN picks class 0 and looks like a score."""
     finite = np.isfinite(np.asarray(scores, dtype=np.float64)).reshape(len(scores), -1).all(axis=1)   # [N]
     if not finite.all():
         raise Diverged(f"scores of {int((~finite).sum())} of {len(finite)} clips are NaN or infinite: the model "
