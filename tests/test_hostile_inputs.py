@@ -119,6 +119,9 @@ def test_non_utf8_file_names_are_one_line(ckpt, tmp_path):
         line = one_error_line(cli("embed", tmp_path / "audio", "--ckpt", ckpt, "--out", out),
                               "caf\\xe9.wav", "not valid UTF-8")
     assert not out.exists()
+    odd_out = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"\xe9mb.h5"))     # a non-UTF-8 --out works
+    r = cli("embed", d / "ok.wav", "--ckpt", ckpt, "--out", odd_out)
+    assert r.exit_code == 0 and "mb.h5: 1 clips embedded" in r.output, (repr(r.exception), r.output[-500:])
     (tmp_path / "audio" / "cat").mkdir()
     sf.write(tmp_path / "audio" / "cat" / "x.wav", tone(), 16000)
     one_error_line(cli("prepare", "folder", "--root", tmp_path / "audio", "--out", tmp_path / "s.h5"),

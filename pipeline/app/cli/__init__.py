@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # laion-clap's imports must never reach for the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,6 +37,8 @@ class _Root(TyperGroup):
     """The root group: the error policy (module docstring) and `--help` in pipeline order."""
 
     def invoke(self, ctx):
+        if callable(getattr(sys.stdout, "reconfigure", None)):     # a path with non-UTF-8 bytes prints escaped
+            sys.stdout.reconfigure(errors="backslashreplace")    # (as stderr does), never a crash at the end
         try:
             return super().invoke(ctx)
         except SupmamError as e:
