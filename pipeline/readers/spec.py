@@ -56,8 +56,8 @@ def require_utf8_names(paths, what: str = "file") -> None:
         try:
             str(p).encode("utf-8")
         except UnicodeEncodeError:
-            raise InputFileError(f"{shown(p)}: the {what} name is not valid UTF-8; rename it (or move it "
-                                 "out of the inputs)") from None
+            raise InputFileError(f"{shown(p)}: this {what} path is not valid UTF-8 (stores and embeddings keep "
+                                 "names as UTF-8 text); rename it, or move it out of the inputs") from None
 
 
 def audio_files(folder: Path) -> list[Path]:
