@@ -94,6 +94,12 @@ def test_api_refuses_what_it_cannot_use(ckpt):
     for mb in (0, -1, 2.5):
         with pytest.raises(ConfigError, match="max_batch"):
             enc.embed(x, 16000, max_batch=mb)
+    for layer in (1.5, "0", True):
+        with pytest.raises(ConfigError, match="layer"):
+            enc.embed(x, 16000, layer=layer)
+    for hop in ("1", float("nan"), 0.0, True):
+        with pytest.raises(ConfigError, match="hop"):
+            enc.embed(x, 16000, hop=hop)
     for bad in (x.astype(np.int64), x > 0, x.astype(np.complex64)):
         with pytest.raises(ConfigError, match="dtype"):
             enc.embed(bad, 16000)

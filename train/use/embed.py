@@ -150,7 +150,8 @@ class PretrainedEncoder(nn.Module):
         win_cols, col_s = self.vit.patch_grid[0], self.vit.patch * SHIFT_S
         if hop is None:
             return win_cols
-        if not 0 < hop <= win_cols * col_s + 1e-9:
+        if isinstance(hop, bool) or not isinstance(hop, (int, float, np.integer, np.floating)) \
+                or not 0 < hop <= win_cols * col_s + 1e-9:
             raise ConfigError(f"hop {hop} s: must be in (0, {win_cols * col_s:g}] s, the encoder's window")
         return max(1, min(win_cols, round(hop / col_s)))
 
@@ -186,7 +187,9 @@ class PretrainedEncoder(nn.Module):
         """Windows are encoded max_batch at a time and only the columns each one owns are kept, so
         memory grows with the output (patches [B, G, Fp, D], or frames [B, G, D] with patches=False),
         never with the number of windows times their tokens."""
-        layer = block_index(self.depth, layer)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ConfigError(f"layer {layer!r}: a block index (0 = the first, -1 = the last)")
+        layer = block_index(self.depth, int(layer))
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ConfigError(f"max_batch={max_batch!r}: must be a whole number of windows, at least 1")
         hop_cols = self.hop_columns(hop)
