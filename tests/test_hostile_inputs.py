@@ -103,6 +103,9 @@ def test_api_refuses_what_it_cannot_use(ckpt):
     for bad in (x.astype(np.int64), x > 0, x.astype(np.complex64)):
         with pytest.raises(ConfigError, match="dtype"):
             enc.embed(bad, 16000)
+    for norm in (("a", 1.0), (1.0,), "audioset"):
+        with pytest.raises(ConfigError, match="give \\(mean, std\\)"):
+            load_pretrained(ckpt, norm=norm)
     model = hear.load_model(str(ckpt))
     with pytest.raises(ConfigError, match="at least one clip"):
         hear.get_scene_embeddings(np.zeros((0, 16000), np.float32), model)

@@ -347,7 +347,11 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
     except CheckpointError as e:
         raise CheckpointError(str(e)) from e
     if norm is not None:
-        (mean, std), source = norm, "given by the caller"
+        ok = isinstance(norm, (tuple, list)) and len(norm) == 2 and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in norm)
+        if not ok:
+            raise ConfigError(f"norm={norm!r}: give (mean, std), two numbers")
+        mean, std, source = float(norm[0]), float(norm[1]), "given by the caller"
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise CheckpointError(f"{path}: normalisation stats mean={mean} std={std} are not usable")
     return PretrainedEncoder(vit, mean, std, str(path), source).to(resolve_device(str(device))).eval()
