@@ -103,6 +103,7 @@ ablate: install
 
 bench: install
 	$(PY) bench/bench_cpu.py --out bench/results-cpu.json
+	$(PY) bench/bench_scale.py --out bench/results-scale.json   # docs/scale.md's measured rows (~5 min)
 
 clean:
 	rm -rf data runs

@@ -69,9 +69,11 @@ def test_a_signal_stops_after_the_update_and_resume_continues_exactly(stores, tm
     assert 2 <= len(cut) < 12 and f"{sig.name} received: stopped after update {len(cut)}" in out
     state = torch.load(tmp_path / "cut" / "r" / "checkpoint.pt", weights_only=False)
     assert state["step"] == len(cut)                                     # the checkpoint of the last update
+    assert json.loads((tmp_path / "cut" / "r" / "stopped.json").read_text()) == {"signal": sig.name, "step": len(cut)}
     resumed = subprocess.run([sys.executable, "-c", CHILD, "resume", *_overrides(stores, tmp_path / "cut")],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not (tmp_path / "cut" / "r" / "stopped.json").exists()
     assert _losses(tmp_path / "cut" / "r") == whole                      # exactly the uninterrupted run's
 
 

@@ -17,7 +17,8 @@ import threading
 
 import torch
 
-EXIT_REQUEUE = 75          # sysexits' EX_TEMPFAIL: "try again later" (the sbatch example requeues on it)
+EXIT_REQUEUE = 75          # sysexits' EX_TEMPFAIL: "try again later" (a plain `python` launch exits with it)
+STOPPED = "stopped.json"   # in the run folder while a signal-stopped run awaits --resume (job scripts test it)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 CHECK_EVERY = 10           # updates between the ranks' agreement (one tiny all-reduce) under DDP
 

@@ -36,7 +36,8 @@ from train.lr_sched import build_scheduler
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
 from train.run_folder import claim, truncate_log
-from train.stop_signal import EXIT_REQUEUE, StopOnSignal
+from cache_tools.atomic import atomic_write_text
+from train.stop_signal import EXIT_REQUEUE, STOPPED, StopOnSignal
 from train.tb_log import open_tensorboard, tb_write
 from train.rng import mask_seed, rng_state, set_rng_state
 from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, TargetMap, target_info, target_stats
@@ -169,6 +170,8 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     if dist.is_main:
         truncate_log(out / "log.jsonl", step)       # a resumed run rewrites what came after its checkpoint
     tb = open_tensorboard(out, step, cfg.tensorboard, write=dist.is_main)
+    if dist.is_main:
+        (out / STOPPED).unlink(missing_ok=True)     # written again only if a signal stops this run
     return Parts(cfg, dist, model, step_model, opt, sched, scaler, endless_batches(loader, sampler, step), tmap,
                  teacher, derived, fingerprints, out, step, norm={"mean": ds.norm_mean, "std": ds.norm_std}, tb=tb)
 
@@ -250,7 +253,8 @@ def train(p: Parts, stop_after: int | None = None) -> Path:
     bar.close()
     if signals.signum is not None and step < p.derived.total_steps:
         p.stopped = signals.name
-        if p.dist.is_main:
+        if p.dist.is_main:   # for job scripts: torchrun itself exits 1 on SIGTERM, whatever its workers return
+            atomic_write_text(p.out / STOPPED, json.dumps({"signal": p.stopped, "step": step}) + "\n")
             print(f"[pretrain] {cfg.name}: {p.stopped} received: stopped after update {step}, checkpoint "
                   f"{p.ckpt_path}; continue with --resume (exit code {EXIT_REQUEUE}: requeue)", flush=True)
     return finish(p, step)
