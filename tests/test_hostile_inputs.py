@@ -288,3 +288,31 @@ def test_file_system_errors_on_user_paths_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(embed_mod, "load_pretrained", bug)
     r = cli("embed", tmp_path, "--ckpt", tmp_path / "ck.pt", "--out", tmp_path / "o.h5")
     assert isinstance(r.exception, OSError) and r.exception.errno == errno.EBADF
+
+
+def test_evaluate_checks_model_args_against_the_weights(tmp_path):
+    """A fine-tuning checkpoint's model_args are checked before AudioViT(**model_args) is built: a
+    claimed depth of 20000 or a 32768-d width no longer allocate, odd arguments are named."""
+    from train.finetune.evaluate import evaluate_checkpoint, rebuild
+    from train.model.models_vit import describe
+    torch.manual_seed(0)
+    vit = AudioViT(target_length=128, embed_dim=64, depth=1, num_heads=1)
+    vit.reset_head(3)                                                           # as fine-tuning does
+    args, sd = describe(vit), vit.state_dict()
+    assert rebuild(args, sd).head.out_features == 3                              # the honest file still loads
+    for change, needle in (({"depth": 20000}, "depth=20000, the weights say 1"),
+                           ({"embed_dim": 32768}, "embed_dim=32768, the weights say 64"),
+                           ({"num_heads": 7}, "num_heads=7 does not divide"),
+                           ({"target_length": 10 ** 9}, "target_length=1000000000, the weights say 128"),
+                           ({"qk_scale": 2}, "['qk_scale'] are not AudioViT's arguments")):
+        with pytest.raises(CheckpointError, match=None) as err:
+            rebuild({**args, **change}, sd, tmp_path / "ck.pt")
+        assert needle in str(err.value) and str(tmp_path / "ck.pt") in str(err.value)
+    nan = {k: v.clone() for k, v in sd.items()}
+    nan["head.weight"][0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="head.weight` holds NaN or infinite"):
+        rebuild(args, nan)
+    save_checkpoint(tmp_path / "odd.pt", {"kind": "finetune", "model_args": args, "model": sd, "config": "esc50"})
+    one_error_line(cli("evaluate", "--ckpt", tmp_path / "odd.pt"), "odd.pt", "names no known task")
+    with pytest.raises(ConfigError, match="names no known task"):
+        evaluate_checkpoint(tmp_path / "odd.pt")

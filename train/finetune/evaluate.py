@@ -12,16 +12,17 @@ import numpy as np
 
 from cache_tools.errors import ConfigError
 from train.finetune import data as fd
-from train.model.checkpoint import load_checkpoint
+from train.model.checkpoint import check_model_args, load_checkpoint
 from train.distributed import resolve_device
 from train.finetune.engine import evaluate
 from train.model.models_vit import AudioViT
 from train.finetune.tasks import TASKS
 
 
-def rebuild(model_args: dict, state_dict: dict) -> AudioViT:
-    """AudioViT from `describe()` output and a fine-tuned state dict (head size read from it)."""
-    vit = AudioViT(**model_args)
+def rebuild(model_args: dict, state_dict: dict, path: str | Path = "checkpoint") -> AudioViT:
+    """AudioViT from `describe()` output and a fine-tuned state dict (head size read from it), the
+    arguments checked against the weights before anything is built (checkpoint.check_model_args)."""
+    vit = AudioViT(**check_model_args(Path(path), model_args, state_dict))
     vit.reset_head(int(state_dict["head.weight"].shape[0]))
     vit.load_state_dict(state_dict, strict=True)
     return vit
@@ -36,7 +37,10 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     if state.get("kind") != "finetune" or "model_args" not in state:
         raise ConfigError(f"{ckpt}: not a fine-tuning checkpoint (kind={state.get('kind')!r}); "
                             "evaluate takes the checkpoint.pt that `supmam finetune` writes")
-    cfg = state["config"]
+    cfg = state.get("config")
+    if not isinstance(cfg, dict) or cfg.get("task") not in TASKS or not isinstance(state.get("model"), dict):
+        raise ConfigError(f"{ckpt}: its recorded config names no known task (or it holds no model): "
+                          "not a checkpoint `supmam finetune` wrote")
     if task is not None and task != cfg["task"]:
         raise ConfigError(f"{ckpt}: fine-tuned for task {cfg['task']!r}, not {task!r}")
     t = TASKS[cfg["task"]]
@@ -51,7 +55,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     else:
         ds, where = fd.ClipDataset(store), str(store.path)
     dev = resolve_device(device)
-    vit = rebuild(state["model_args"], state["model"]).to(dev)
+    vit = rebuild(state["model_args"], state["model"], ckpt).to(dev)
     if store.num_classes != vit.head.out_features:
         raise ConfigError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "
                             f"{vit.head.out_features}-class head")

@@ -204,6 +204,35 @@ def check_architecture(path: Path, sd: dict, target_length: int | None) -> tuple
     return D, p, native_T, depth, H
 
 
+MODEL_ARGS = {"target_length", "n_mels", "patch", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_layout",
+              "pos_width", "final_norm", "num_classes"}
+
+
+def check_model_args(path: Path, model_args, sd: dict) -> dict:
+    """A checkpoint's recorded constructor arguments (models_vit.describe) checked against the
+    bounds and the weights present (check_weights, check_architecture) before anything is built:
+    CheckpointError naming the first argument the weights do not bear out."""
+    if not isinstance(model_args, dict) or not set(model_args) <= MODEL_ARGS:
+        odd = sorted(map(str, set(model_args) - MODEL_ARGS)) if isinstance(model_args, dict) else type(model_args).__name__
+        raise CheckpointError(f"{path}: model_args {odd} are not AudioViT's arguments")
+    check_weights(path, sd)
+    D, p, native_T, depth, H = check_architecture(path, sd, None)
+    want = {"embed_dim": D, "depth": depth, "patch": p, "n_mels": N_MELS, "target_length": native_T}
+    for k, v in want.items():
+        if k in model_args and (isinstance(model_args[k], bool) or model_args[k] != v):
+            raise CheckpointError(f"{path}: model_args {k}={model_args[k]!r}, the weights say {v}")
+    num_heads({"model_args": model_args}, D, path)
+    ratio = model_args.get("mlp_ratio", H / D)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or round(ratio * D) != H:
+        raise CheckpointError(f"{path}: model_args mlp_ratio={ratio!r}, the weights say {H / D:g}")
+    if model_args.get("pos_layout", "timefreq") not in ("timefreq", "audiomae", "table"):
+        raise CheckpointError(f"{path}: model_args pos_layout={model_args['pos_layout']!r} is not a known layout")
+    width = model_args.get("pos_width")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_FRAMES):
+        raise CheckpointError(f"{path}: model_args pos_width={width!r} is not a whole number of patches")
+    return model_args
+
+
 def _span(found: set[int]) -> str:
     return f"{min(found)}..{max(found)} ({len(found)} present)" if found else "(none)"
 
