@@ -416,7 +416,9 @@ def test_target_alignment_and_padding_options_train(tmp_path):
                      source_root=str(tmp_path), norm_mean=-4.0, norm_std=2.0)
     targets = write_targets(tmp_path / "short.targets.zarr", clips)
     first = {}
-    for name, ovs in {"base": [], "bilinear": ["target_alignment=bilinear"], "drop": ["target_padding=drop"]}.items():
+    runs = {"map": ["target_padding=map"], "bilinear": ["target_padding=map", "target_alignment=bilinear"],
+            "drop": ["target_padding=drop"]}
+    for name, ovs in runs.items():
         cfg = load_pretrain_config("mam-clap", [f"clips={clips}", f"targets={targets}", f"run_dir={tmp_path}",
                                                 f"name={name}", *TINY, "batch_size=4", "max_steps=1", *ovs])
         run_pretrain(cfg)

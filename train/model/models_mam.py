@@ -56,7 +56,7 @@ class MAMConfig:
     pos_layout: Literal["timefreq", "audiomae"] = "timefreq"      # fresh sin-cos tables (train.model.models_vit)
     lambda_cls: float = 1.0e-4
     tau: float = 1.0                       # cls temperature (the paper gives no value)
-    cls_reduction: Literal["mean", "sum", "softmax"] = "mean"   # Eq. 2 multi-label: BCE mean / sum over classes, softmax CE
+    cls_reduction: Literal["mean", "sum", "softmax"] = "mean"   # Eq. 2, multi-label: BCE mean / sum, softmax CE
     clap_dim_reduction: Literal["mean", "sum"] = "mean"         # Eq. 1's per-token error over the D dims
     clap_visible_from: Literal["decoder", "encoder"] = "decoder"  # where visible tokens' clap predictions come from
     target_head_init: str = "stats"        # stats: the clap head starts at the targets' mean/std; mae: LayerNorm 1 / 0

@@ -23,7 +23,8 @@ def demo(data: Path = typer.Option(Path("data/mini"), help="mini-data root"),
 def ablate(stores: Path = typer.Option(Path("data/stores"), help="clip / target stores folder"),
            runs: Path = typer.Option(Path("runs/ablate"), help="runs folder for the sweep"),
            seed: int = typer.Option(0), device: str = typer.Option("cpu"),
-           tables: str = typer.Option("all", help="comma list of: mask, objectives, lambda, reductions (or all)"),
+           tables: str = typer.Option("all", help="comma list of: table2, table3, table4, table5 (the paper's), "
+                                                  "clap-lambda, options (interpretation sweeps); or paper, all"),
            steps: Optional[int] = typer.Option(None, help="pretraining updates per run (default: preset's)")) -> None:
     """Paper Tables 2-5 on the mini data: sweeps that reuse ONE target store (checksums checked)."""
     from pipeline.app.ablate import run_ablation
