@@ -211,3 +211,18 @@ def test_targets_decodes_with_this_ranks_share_of_the_cores(monkeypatch):
     assert default_workers() == 95
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert default_workers() == 1
+
+
+def test_bench_scale_section_runs_and_its_rows_hold(tmp_path):
+    """`make bench`'s scale rows at a toy size: what docs/scale.md's table is made of."""
+    import json
+
+    from bench import bench_scale
+
+    assert bench_scale.main(["--sizes", "130", "--out", str(tmp_path / "s.json"), "--tmp", str(tmp_path / "w")]) == 0
+    row = json.loads((tmp_path / "s.json").read_text())["rows"]["130"]
+    integrity, prep, mem = row["integrity"], row["prepare"], row["memory"]
+    assert integrity["hashed_by_workers_before_mb"] == pytest.approx(2 * integrity["store_mb"], rel=0.02)
+    assert integrity["hashed_by_workers_after_mb"] == 0 == integrity["hashed_by_main_after_mb"]
+    assert prep["peak_disk_over_store"] < 1.5 < prep["peak_disk_over_store_before"]
+    assert mem["open_bytes_per_clip_before"] > 500 and mem["open_kept_bytes"] < mem["open_kept_bytes_before"] + 2**20
