@@ -16,6 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cache_tools.h5_text import text_attr
+
 CHECKSUM_BLOCK = 64                 # clips per checksum
 CHECKSUM_ABOUT = f"sha256 per {CHECKSUM_BLOCK} clips over each clip's fbank, wave and labels row (little-endian)"
 CHECKSUM_PARTS_ABOUT = (f"sha256 per block (checksum_rows: its first clip) over each clip's fbank, wave and labels "
@@ -51,6 +53,34 @@ class BlockChecksums:
             self.digests.append(self._h.hexdigest())
             self._h, self._in = hashlib.sha256(), 0
         return self.digests
+
+
+def part_summary(fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray) -> dict:
+    """What assembly needs of a part besides its rows: its checksums (clip_checksums: one per
+    CHECKSUM_BLOCK of its clips, newline-separated) and the fbank sums behind the store's stats;
+    computed where the part is written (pool workers)."""
+    sums = BlockChecksums()
+    if len(fbank):                                                 # a part whose clips were all skipped: none
+        sums.add(fbank, wave, labels)
+    fb = fbank.astype(np.float64)                                  # [n,T,F]
+    return {"sha256": text_attr("\n".join(sums.finish())),
+            "fbank_sum": float(fb.sum()), "fbank_sumsq": float((fb * fb).sum()), "fbank_count": int(fb.size)}
+
+
+def read_part_summary(f: h5py.File) -> dict:
+    """part_summary of an open part: its attrs, or recomputed (parts written before they held them)."""
+    if "sha256" in f.attrs:
+        return {k: f.attrs[k] for k in ("sha256", "fbank_sum", "fbank_sumsq", "fbank_count")}
+    return part_summary(f["fbank"][:], f["wave"][:], f["labels"][:])
+
+
+def block_rows_of_parts(counts: list[int]) -> np.ndarray:
+    """int64 [B+1]: checksum blocks are each part's clips in runs of CHECKSUM_BLOCK (the last run shorter)."""
+    starts, offset = [], 0
+    for c in counts:
+        starts += range(offset, offset + c, CHECKSUM_BLOCK)
+        offset += c
+    return np.array(starts + [offset], np.int64)
 
 
 def content_digest(digests: list[str]) -> str:

@@ -15,14 +15,15 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from cache_tools.atomic import atomic_path, atomic_write_text
-from cache_tools.clip_checksums import CHECKSUM_BLOCK, CHECKSUM_PARTS_ABOUT, BlockChecksums, content_digest
+from cache_tools.clip_checksums import (CHECKSUM_PARTS_ABOUT, block_rows_of_parts, content_digest, part_summary,
+                                       read_part_summary)
+from cache_tools.clip_columns import ClipIds, label_counts
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
@@ -120,26 +121,6 @@ def write_part(d: Path, block: int, clip_ids: list[str], fbank: np.ndarray, wave
     return out
 
 
-def part_summary(fbank: np.ndarray, wave: np.ndarray, labels: np.ndarray) -> dict:
-    """What assembly needs of a part besides its rows: its checksums (clip_checksums: one per
-    CHECKSUM_BLOCK of its clips, newline-separated) and the fbank sums behind the store's stats;
-    computed where the part is written (pool workers)."""
-    sums = BlockChecksums()
-    if len(fbank):                                                 # a part whose clips were all skipped: none
-        sums.add(fbank, wave, labels)
-    fb = fbank.astype(np.float64)                                  # [n,T,F]
-    return {"sha256": text_attr("\n".join(sums.finish())),
-            "fbank_sum": float(fb.sum()), "fbank_sumsq": float((fb * fb).sum()), "fbank_count": int(fb.size)}
-
-
-def _summary(f: h5py.File) -> dict:
-    """part_summary of an open part: its attrs, or recomputed (parts written before they held them)."""
-    if "sha256" in f.attrs:
-        return {k: f.attrs[k] for k in ("sha256", "fbank_sum", "fbank_sumsq", "fbank_count")}
-    return part_summary(f["fbank"][:], f["wave"][:], f["labels"][:])
-    return out
-
-
 # ---------------------------------------------------------------- writer: assemble
 
 
@@ -165,7 +146,7 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
         with h5py.File(tmp, "w") as out:
             clip_ids, mean, std, digests = _copy_parts(out, parts, counts, shapes)
             out.create_dataset("checksums", data=np.array(digests, dtype="S64"))   # [B] hex sha256
-            out.create_dataset("checksum_rows", data=_block_rows(counts))          # [B+1] first clip of each
+            out.create_dataset("checksum_rows", data=block_rows_of_parts(counts))          # [B+1] first clip of each
             computed = dict(format=FORMAT, sample_rate=16000, skipped=len(skipped), stats_mean=mean, stats_std=std,
                             checksum=CHECKSUM_PARTS_ABOUT,
                             fingerprint=clip_fingerprint(clip_ids, attrs["feature_params"], attrs["target_length"],
@@ -181,15 +162,6 @@ def assemble(path: Path | str, n_blocks: int, attrs: dict, report: dict) -> dict
         _atomic_json(report_path(path), report)
     shutil.rmtree(d)
     return report
-
-
-def _block_rows(counts: list[int]) -> np.ndarray:
-    """int64 [B+1]: checksum blocks are each part's clips in runs of CHECKSUM_BLOCK (the last run shorter)."""
-    starts, offset = [], 0
-    for c in counts:
-        starts += range(offset, offset + c, CHECKSUM_BLOCK)
-        offset += c
-    return np.array(starts + [offset], np.int64)
 
 
 def _survey_parts(parts: list[Path]) -> tuple[list[int], list[dict], dict]:
@@ -221,7 +193,7 @@ def _copy_parts(out: h5py.File, parts: list[Path], counts: list[int], shapes: di
                     ds[offset:offset + c] = f[k][:]
                 for k in texts:
                     texts[k] += read_text(f[k])
-                got = _summary(f)
+                got = read_part_summary(f)
                 sha = got["sha256"].decode() if isinstance(got["sha256"], bytes) else str(got["sha256"])
                 digests += sha.split("\n")
                 total, total_sq = total + float(got["fbank_sum"]), total_sq + float(got["fbank_sumsq"])
@@ -284,57 +256,6 @@ def check_store(path: Path | str) -> dict:
     if lacking:
         raise StoreError(path, f"corrupt: attrs {lacking} are missing")
     return attrs
-
-
-def label_counts(store: "ClipStore", block: int = 65536) -> np.ndarray:
-    """int64 [C]: clips per class, read in blocks of rows (memory bounded by `block`, not N)."""
-    counts = np.zeros(store.num_classes, np.int64)
-    for lo in range(0, len(store), block):
-        lab = store._row("labels", slice(lo, lo + block))
-        counts += lab.sum(0, dtype=np.int64) if store.multilabel else np.bincount(lab, minlength=store.num_classes)
-    return counts
-
-
-class ClipIds(Sequence):
-    """A store's clip ids as a read-only sequence of str, read on first use as one numpy bytes array
-    [N] S<longest> (no Python object per id: forked workers share its pages; about 20 bytes a clip)."""
-
-    def __init__(self, store: "ClipStore"):
-        self._store, self._raw = store, None
-
-    def __getstate__(self):
-        return {"_store": self._store, "_raw": None}
-
-    def raw(self) -> np.ndarray:
-        """[N] S<w>: the UTF-8 bytes of every id (older stores' variable-length strings converted once)."""
-        if self._raw is None:
-            got = self._store._row("clip_id", slice(None))
-            self._raw = got if got.dtype.kind == "S" else fixed_utf8(s.decode("utf-8") if isinstance(s, bytes)
-                                                                     else s for s in got)
-        return self._raw
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [b.decode("utf-8") for b in self.raw()[i]]
-        return bytes(self.raw()[i]).decode("utf-8")
-
-    def __iter__(self):
-        raw = self.raw()
-        for lo in range(0, len(raw), 65536):
-            yield from (b.decode("utf-8") for b in raw[lo:lo + 65536])
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, ClipIds):
-            return np.array_equal(self.raw(), other.raw())
-        return isinstance(other, (list, tuple)) and list(self) == list(other)
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return f"ClipIds({len(self)} clips of {self._store.path})"
 
 
 class ClipStore:
