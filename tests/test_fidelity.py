@@ -104,3 +104,62 @@ def test_every_row_names_a_real_setting():
 def test_parser_reads_a_row():
     text = "| preset | key | value here | paper |\n|---|---|---|---|\n| a, b | `model.x` | `[1, 2]` | - |\n"
     assert parse_rows(text) == {("a", "model.x"): ([1, 2], 3), ("b", "model.x"): ([1, 2], 3)}
+
+
+def item_rows(text: str, first: str) -> dict[str, list[str]]:
+    """{first cell: cells} of the tables whose header starts with `first` (e.g. "item", "row")."""
+    rows, header = {}, None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif header[0].lower() == first and not set(cells) <= {"---", ""}:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_teacher_rows_say_what_the_targets_are():
+    """The teacher's targets have a row each (model, checkpoint, layer, dim, grid, projection,
+    normalisation, mel bank, alignment, padding), and the rows agree with the code and the presets."""
+    from pipeline.teacher import HTSAT_MEL
+    rows = item_rows(DOC.read_text(), "item")
+    need = {"model", "checkpoint", "layer", "dim", "grid", "projection", "normalisation", "teacher_mel",
+            "alignment", "padding"}
+    assert need <= set(rows), f"teacher rows missing: {sorted(need - set(rows))}"
+    value = {k: tomllib.loads(f"v = {rows[k][1].strip('`')}")["v"] for k in need}
+    assert value["teacher_mel"] == HTSAT_MEL and value["dim"] == 768 and value["grid"] == [32, 2]
+    src = (DOC.parent.parent / "pipeline" / "teacher.py").read_text()
+    assert "tscam_conv.register_forward_pre_hook" in src and "tscam_conv" in rows["layer"][2]
+    for preset in ("mam-clap", "supmam-clap"):
+        cfg = load_pretrain_config(preset, [])
+        assert (cfg.target_alignment, cfg.target_padding) == (value["alignment"], value["padding"]), preset
+        assert not cfg.allow_untrained_teacher
+    assert load_pretrain_config("supmam-clap-mini", []).allow_untrained_teacher
+
+
+def test_gradient_share_table_is_measured_and_names_the_presets_reading():
+    """docs/fidelity.md's gradient-share table has a measured row for each reading bench/grad_share.py
+    runs, and the row marked chosen is the SupMAM-CLAP preset's reading (Eq. 1, Eq. 2, tau)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grad_share", DOC.parent.parent / "bench" / "grad_share.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = item_rows(DOC.read_text(), "row")
+    shown = {k.strip("`") for k in rows}
+    assert set(bench.ROWS) <= shown, f"unmeasured rows: {sorted(set(bench.ROWS) - shown)}"
+    for k in bench.ROWS:
+        cells = rows[f"`{k}`"] if f"`{k}`" in rows else rows[k]
+        assert all(float(c) > 0 for c in cells[2:4]), cells          # share at update 0 and after the run
+    chosen = [k.strip("`") for k, c in rows.items() if "chosen" in c[-1] and k.strip("`").startswith("clap-")]
+    assert len(chosen) == 1, chosen
+    over = dict(o.split("=", 1) for o in bench.ROWS[chosen[0]][1])
+    m = load_pretrain_config("supmam-clap", []).model
+    for key, v in over.items():
+        if key != "model.lambda_cls":
+            assert str(getattr(m, key.removeprefix("model."))) == v, (key, v)
+    assert m.lambda_cls == 1e-4 and load_pretrain_config("supmam", []).model.lambda_cls == 0.01
+    sup = load_pretrain_config("supmam", []).model                  # Eq. 2 is one equation for both methods
+    assert (sup.cls_reduction, sup.tau) == (m.cls_reduction, m.tau)
