@@ -221,6 +221,7 @@ class TargetStore:
                           and index == ["bytes", "crc32c"] and list(cfg["chunk_shape"]) == [1, *self.shape[1:]])
         self._index_at_end = cfg.get("index_location", "end") == "end"
         self._chunk_bytes = 2 * int(np.prod(self.shape[1:]))
+        self.num_shards = -(-self.shape[0] // self.k)
         self._shards: dict[int, tuple] = {}
         self._checked = np.zeros(self.num_shards, bool)   # [S] shard checked in this process
         self._cache = None                                  # shard_verify.VerifiedCache, built on first check
@@ -231,7 +232,6 @@ class TargetStore:
 
     def __repr__(self) -> str:
         return f"TargetStore({str(self.path)!r}, shape={self.shape}, teacher={self.teacher_name!r})"
-        self.num_shards = -(-self.shape[0] // self.k)
 
     def __getstate__(self):  # maps are per process: reopen after pickling (spawned DataLoader workers)
         return {**self.__dict__, "_shards": {}, "_checked": np.zeros(self.num_shards, bool), "_cache": None,
@@ -290,6 +290,7 @@ class TargetStore:
             return self._shards[k]
         import google_crc32c
 
+        self._check_shard(k)                                  # the file, before it is mapped
         mm = np.memmap(f, dtype=np.uint8, mode="r")
         size = 16 * self.k + 4
         if mm.size < size:
@@ -298,7 +299,6 @@ class TargetStore:
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
             raise StoreError(f, "shard index fails its crc32c check (corrupt shard)")
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.k, 2)  # [K, (offset, nbytes)]
-        self._check_shard(k)                                  # the file, before it is mapped
         used = index[:, 0] != MAX_U64
         offs, cb = index[used, 0].astype(np.int64), self._chunk_bytes
         base = int(offs.min()) if used.any() else 0
