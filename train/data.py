@@ -38,7 +38,7 @@ from train.rng import item_seed
 from train.stop_signal import ignore_in_worker
 
 
-def check_stores(clips: ClipStore, targets: TargetStore, targets_path: str | Path) -> None:
+def check_targets_match(clips: ClipStore, targets: TargetStore, targets_path: str | Path) -> None:
     """Refuse a target store made from another clip store (fingerprint) or with another clip count."""
     if targets.clip_fingerprint != clips.fingerprint:
         raise StoreError(

@@ -135,10 +135,10 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     teacher = online_teacher if cfg.teacher == "online" and use_targets else None
     if teacher is None and cfg.teacher == "online" and use_targets:
         raise ConfigError("teacher=online needs the teacher: run `supmam pretrain --teacher online` (it builds it)")
-    ds = PretrainDataset(cfg.clips, cfg.targets if use_targets and teacher is None else None,
-                         with_wave=teacher is not None, gain=cfg.roll_mag_aug)
     if use_targets and teacher is None:   # integrity once per node: local rank 0 hashes, workers never
         verify_on_node(cfg.targets, dist.local_rank, D.barrier)
+    ds = PretrainDataset(cfg.clips, cfg.targets if use_targets and teacher is None else None,
+                         with_wave=teacher is not None, gain=cfg.roll_mag_aug)
     tinfo = target_info(ds, teacher) if use_targets else None
     if tinfo and tinfo.untrained and not cfg.allow_untrained_teacher:
         raise ConfigError(f"{cfg.preset or cfg.name}: the targets come from an untrained teacher ({tinfo.name}), "
