@@ -2,7 +2,7 @@
 on the encoder's parameters (the part both objectives share), for each reading of Eq. 1 and Eq. 2,
 at the start and after `--steps` updates of the mini preset on synthetic mini data.
 
-    .venv/bin/python bench/grad_share.py --rows ROW --out bench/grad-share.json   # one row: 6-8 min (2-core VM)
+    .venv/bin/python bench/grad_share.py --rows ROW --out bench/grad-share.json   # one row: 4.5-14 min (2-core VM)
     .venv/bin/python bench/grad_share.py --rows clap-sum/softmax-tau10 --steps 5  # one row, quick check
 
 Data (built once under --data): 200 clips of 10 s (T = 1024), 527 classes of which 20 occur, 1-4
