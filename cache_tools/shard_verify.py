@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.atomic import atomic_write_text
+from cache_tools.target_layout import read_attrs, shard_file
 
 CACHE_FORMAT = "supmam-verified/1"
 RACY_SECONDS = 2.0
@@ -62,8 +63,6 @@ class VerifiedCache:
     """Per-shard arrays [S] (size, mtime_ns, inode, recorded sha256) of shards that passed a hash."""
 
     def __init__(self, store, records: dict, num: int):
-        from cache_tools.target_store import shard_file
-
         self.store, self.records, self.num = Path(store), records, int(num)
         self.files = [shard_file(self.store, k) for k in range(self.num)]
         self.want = np.array([(records.get(str(k)) or {}).get("sha256") or "" for k in range(self.num)], dtype="S64")
@@ -143,8 +142,6 @@ def verify_shards(store, num: int, records: dict | None = None, workers: int | N
     """Hash every one of the `num` shards (or `shards`) the cache does not trust, `workers` threads at a time (default:
     the cores available); [(shard, problem)] sorted by shard. Passes are remembered beside the store;
     trust=False hashes every shard (`supmam store verify`: bit rot keeps size and mtime)."""
-    from cache_tools.target_store import read_attrs
-
     records = read_attrs(store).get("shards", {}) if records is None else records
     cache = VerifiedCache(store, records, num)
     todo = list(range(cache.num) if shards is None else shards)

@@ -32,9 +32,9 @@ from cache_tools.atomic import atomic_write_text
 from cache_tools.disk_space import require_space
 from cache_tools.errors import StoreError   # one error class for both stores
 from cache_tools.fingerprint import file_sha256
+from cache_tools.target_layout import ARRAY, read_attrs, shard_file  # noqa: F401  (importers use these names here too)
 
 FORMAT = "supmam-targets/1"
-ARRAY = "targets"
 SHARD_BYTES = 128 * 2**20          # default shard size: ~128 MiB
 MAX_U64 = 2**64 - 1
 # what a target store is: the clips it covers (PER_STORE), the teacher that made it, and its layout (LAYOUT_KEYS);
@@ -56,23 +56,8 @@ def default_clips_per_shard(grid, dim: int, n: int, shard_bytes: int = SHARD_BYT
     return int(max(1, min(n, round(shard_bytes / per_clip))))
 
 
-def shard_file(path, k: int) -> Path:
-    return Path(path) / ARRAY / "c" / str(k) / "0" / "0" / "0"
-
-
 def _record_file(path, k: int) -> Path:
     return Path(path) / "progress" / f"shard-{k:06d}.json"
-
-
-def read_attrs(path) -> dict:
-    """The `targets` array's attrs, read from its zarr.json (no zarr import needed)."""
-    meta = Path(path) / ARRAY / "zarr.json"
-    if not meta.is_file():
-        raise StoreError(path, f"not a target store: {meta} is missing (write one with `supmam targets`)")
-    try:
-        return json.loads(meta.read_text()).get("attributes", {})
-    except json.JSONDecodeError as e:
-        raise StoreError(path, f"{meta} is not valid JSON ({e})") from e
 
 
 def init_store(path, n: int, grid, dim: int, identity: dict, clips_per_shard: int | None = None,

@@ -20,10 +20,20 @@ def modules() -> dict[str, Path]:
     return out
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (annotations only, never imported)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
 def imports(path: Path, known: dict[str, Path]) -> set[str]:
-    """Every module of ours (or a teacher package) that `path` imports, at any depth of the file."""
+    """Every module of ours (or a teacher package) that `path` imports at run time, at any depth of the file."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
             found.update(subs or [node.module])
@@ -75,6 +85,13 @@ def test_no_import_circle():
 
 def test_the_circle_finder_finds_one():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_imports_for_annotations_only_are_not_edges(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from a import b\nelse:\n    import c\n"
+                 "def f():\n    import d\n")
+    assert imports(f, {"a.b": f, "c": f, "d": f}) == {"c", "d"}
 
 
 def test_no_folder_of_more_than_15_modules():
