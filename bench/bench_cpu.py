@@ -102,7 +102,7 @@ def stage_stores(tmp: Path, sz: dict) -> dict:
 def teacher(tmp: Path, sz: dict, stage: dict) -> dict:
     """Bare token_grid clips/s vs build_targets (DataLoader + teacher + fp16 shard writes).
     Fills `stage` with the clip store, target store and teacher for pretrain_step."""
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from pipeline.targets import build_targets
     stage.update(stage_stores(tmp, sz))
     t, store = stage["teacher"], ClipStore(stage["clips"])
@@ -121,9 +121,9 @@ def teacher(tmp: Path, sz: dict, stage: dict) -> dict:
 
 def pretrain_step(stage: dict, sz: dict) -> dict:
     """supmam-clap step for tiny and base encoders, cached vs online targets; loader vs step."""
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from cache_tools.grid_map import map_targets, teacher_to_patch_index
-    from cache_tools.target_store import TargetStore
+    from cache_tools.targets.store import TargetStore
     from pipeline.targets import teacher_targets
     from train.config import load_config
     from train.data import PretrainDataset, StepBatchSampler, build_loader

@@ -24,7 +24,7 @@ def loader(tmp: Path, n: int, T: int, seconds: float, batch: int, workers: int, 
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from cache_tools.fbank import fbank
     from train.finetune.augment import Augment, SeededSampler, TrainClips
     from train.data import worker_init

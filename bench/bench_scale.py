@@ -47,7 +47,7 @@ def _folder_bytes(d: Path) -> int:
 def write_parts(path: Path, n: int, seed: int = 0) -> tuple[float, float]:
     """n clips as prepare's workers leave them (part files); (seconds writing rows, seconds of which
     computing checksums and sums). Labels multi-hot [n, 527]."""
-    from cache_tools import clip_store as cs
+    from cache_tools.clips import store as cs
     rng = np.random.default_rng(seed)
     d = cs.open_parts(path, {"bench": "scale", "n": n})
     t_all = t_sum = 0.0
@@ -65,7 +65,7 @@ def write_parts(path: Path, n: int, seed: int = 0) -> tuple[float, float]:
 
 
 def prepare_section(tmp: Path, n: int) -> dict:
-    from cache_tools import clip_store as cs
+    from cache_tools.clips import store as cs
     from pipeline.features import FBANK_PARAMS
     out = tmp / "clips.h5"
     t_write, t_sum = write_parts(out, n)
@@ -101,7 +101,7 @@ def prepare_section(tmp: Path, n: int) -> dict:
 def memory_section(tmp: Path, n: int) -> dict:
     import h5py
 
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from cache_tools.h5_text import read_text
     from train.data import PretrainDataset
     from train.finetune.data import class_balance_weights
@@ -139,7 +139,7 @@ def memory_section(tmp: Path, n: int) -> dict:
 
 
 def verify_section(tmp: Path, n: int) -> dict:
-    from cache_tools.clip_checksums import verify_checksums
+    from cache_tools.clips.checksums import verify_checksums
     out = {}
     for w in (1, 2):
         t0 = time.perf_counter()
@@ -153,11 +153,11 @@ def integrity_section(tmp: Path, n: int) -> dict:
     from torch.utils.data import DataLoader
 
     from bench import synthetic
-    from cache_tools import shard_verify
-    from cache_tools.target_store import TargetStore
+    from cache_tools.targets import verify as shard_verify
+    from cache_tools.targets.store import TargetStore
     from train.data import PretrainDataset, StepBatchSampler, build_loader, verify_on_node
     clips = tmp / "clips.h5"
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     fp = ClipStore(clips).fingerprint
     z = synthetic.write_target_store(tmp / "t.zarr", n, GRID, DIM, clips_per_shard=170, fingerprint=fp)
     store_bytes = sum(f.stat().st_size for f in (z / "targets" / "c").rglob("*") if f.is_file())

@@ -19,7 +19,7 @@ def target_reads(tmp: Path, n: int, min_time: float, batch: int = 64) -> dict:
     """TargetStore vs raw .npy memmap vs zarr-python: random single clips and batches of `batch`."""
     import zarr
 
-    from cache_tools.target_store import TargetStore
+    from cache_tools.targets.store import TargetStore
     tmp.mkdir(parents=True, exist_ok=True)
     shape = (*GRID, DIM)
     npy = synthetic.write_npy(tmp / "targets.npy", n, shape, seed=0)
@@ -62,7 +62,7 @@ def shard_check(tmp: Path, clips: int, repeats: int = 3) -> dict:
     page cache; median of `repeats` fresh readers."""
     import time
 
-    from cache_tools.target_store import TargetStore, shard_file
+    from cache_tools.targets.store import TargetStore, shard_file
     zpath = synthetic.write_target_store(tmp / "shard.zarr", clips, GRID, DIM, seed=0, clips_per_shard=clips)
     nbytes = common.read_through(shard_file(zpath, 0))
 
@@ -87,7 +87,7 @@ def clip_reads(tmp: Path, n: int, min_time: float, target_length: int = 1024, se
     """ClipStore.fbank(i) / .wave(i) vs a raw .npy memmap holding the same arrays."""
     import h5py
 
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     tmp.mkdir(parents=True, exist_ok=True)
     path = synthetic.write_clip_store(tmp / "clips.h5", n, target_length, seconds, seed=0)
     fb_npy, wv_npy = tmp / "fbank.npy", tmp / "wave.npy"

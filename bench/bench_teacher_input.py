@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--targets", type=Path, default=None, help="also time the whole stage, stores here")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
 
     result = {"clips": str(a.clips), "loader": loader_ms(ClipStore(a.clips))}
     if a.targets:

@@ -64,7 +64,7 @@ def build_data(root: Path) -> tuple[Path, Path]:
             x[i, on] += 1.5 * emb[c]
     x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)                            # LayerNorm, no affine
     ident = {"teacher": "fake-ln-teacher", "checkpoint": None, "checkpoint_sha256": "untrained:seed=0",
-             "teacher_mel": MEL, "clip_fingerprint": __import__("cache_tools.clip_store", fromlist=["x"])
+             "teacher_mel": MEL, "clip_fingerprint": __import__("cache_tools.clips.store", fromlist=["x"])
              .ClipStore(clips).fingerprint}
     write_target_store(targets, x.astype(np.float16), ident, clips_per_shard=50)
     return clips, targets

@@ -43,10 +43,10 @@ def write_npy(path: Path, n: int, shape: tuple, seed: int, dtype=np.float16, sca
 
 def write_target_store(path: Path, n: int, grid=(32, 2), dim: int = 768, seed: int = 0,
                        clips_per_shard: int = 256, fingerprint: str = "bench0000000000") -> Path:
-    """Target store [n, Tt, Ft, D] fp16 through cache_tools.target_store (init, whole shards, finalize).
+    """Target store [n, Tt, Ft, D] fp16 through cache_tools.targets.store (init, whole shards, finalize).
 
     Clip i holds the same numbers as row i of write_npy(..., shape=(*grid, dim), seed=seed)."""
-    from cache_tools import target_store as ts
+    from cache_tools.targets import store as ts
     from pipeline.teacher import HTSAT_MEL
     identity = {"teacher": "synthetic (bench)", "checkpoint": None, "checkpoint_sha256": f"untrained:seed={seed}",
                 "clip_fingerprint": fingerprint, "teacher_mel": dict(HTSAT_MEL)}
@@ -64,8 +64,8 @@ def write_target_store(path: Path, n: int, grid=(32, 2), dim: int = 768, seed: i
 def write_clip_store(path: Path, n: int, target_length: int = 1024, seconds: float = 10.0,
                      num_classes: int = 10, seed: int = 0, block: int = 64) -> Path:
     """Clip store with fbank [n, T, 128] fp16, wave [n, S] int16, multi-hot labels, via
-    cache_tools.clip_store's part files + assemble (the path `supmam prepare` takes)."""
-    from cache_tools import clip_store as cs
+    cache_tools.clips.store's part files + assemble (the path `supmam prepare` takes)."""
+    from cache_tools.clips import store as cs
     from pipeline.features import FBANK_PARAMS, NORM_STATS
     s = int(seconds * 16000)
     rng = np.random.default_rng(seed)

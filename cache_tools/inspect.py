@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache_tools.shard_verify import verify_shards
-from cache_tools.target_store import ARRAY, FORMAT, ShardWriter, read_attrs, shard_file
+from cache_tools.targets.verify import verify_shards
+from cache_tools.targets.store import ARRAY, FORMAT, ShardWriter, read_attrs, shard_file
 from cache_tools.errors import StoreError
 
 
@@ -19,7 +19,7 @@ def inspect_store(path) -> str:
     if not path.exists():
         raise StoreError(path, "no such file or directory")
     if not is_target_store(path):
-        from cache_tools.clip_store import ClipStore
+        from cache_tools.clips.store import ClipStore
 
         return ClipStore(path).summary()
     a = read_attrs(path)
@@ -42,9 +42,9 @@ def inspect_store(path) -> str:
 
 def verify_sources(store, notes: list[str] | None = None) -> list[str]:
     """Source files that changed since `prepare` read them: every reachable source file is hashed and
-    compared with its recorded size and sha256 (cache_tools.source_identity, deep: a file replaced with
+    compared with its recorded size and sha256 (cache_tools.clips.sources, deep: a file replaced with
     its mtime kept is caught too); missing sources and stores that recorded none are notes."""
-    from cache_tools.source_identity import changed_sources
+    from cache_tools.clips.sources import changed_sources
 
     if not store.has_source_identity:
         if notes is not None and store.has_sources:
@@ -66,8 +66,8 @@ def verify_store(path, clips=None, notes: list[str] | None = None, workers: int 
     if not path.exists():
         return [f"{path}: no such file or directory"]
     if not is_target_store(path):
-        from cache_tools.clip_checksums import old_store_note, verify_checksums
-        from cache_tools.clip_store import H5_ERRORS, ClipStore, damaged
+        from cache_tools.clips.checksums import old_store_note, verify_checksums
+        from cache_tools.clips.store import H5_ERRORS, ClipStore, damaged
 
         try:
             store = ClipStore(path)
@@ -97,7 +97,7 @@ def verify_store(path, clips=None, notes: list[str] | None = None, workers: int 
         problems.append(f"{shard_file(path, k)}: " + why.replace(" is corrupt: its sha256 ", " corrupt (sha256 ")
                         .replace(" differs from the recorded ", " != recorded ") + (")" if "corrupt" in why else ""))
     if clips is not None:
-        from cache_tools.clip_store import ClipStore
+        from cache_tools.clips.store import ClipStore
 
         try:
             fp = ClipStore(clips).fingerprint

@@ -1,4 +1,4 @@
-"""Records -> HDF5 clip store: parallel, resumable, crash-safe (see cache_tools/clip_store.py).
+"""Records -> HDF5 clip store: parallel, resumable, crash-safe (see cache_tools/clips/store.py).
 
 Clips are decoded and featurised in fixed blocks by worker processes; each finished block becomes
 a part file, so a rerun after a crash or `kill -9` redoes only unfinished blocks and yields the same
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache_tools import clip_store
+from cache_tools.clips import store as clip_store
 from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.errors import InputFileError
 from cache_tools.fingerprint import json_fingerprint
 from cache_tools.names import SPLITS, clip_store_name
-from cache_tools.source_identity import SOURCE_IDENTITY, changed_sources, file_identity
+from cache_tools.clips.sources import SOURCE_IDENTITY, changed_sources, file_identity
 from cache_tools.writer_lock import writer_lock
 from pipeline.audio_io import SAMPLE_RATE, load_clip, pad_to, to_int16
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank
@@ -65,7 +65,7 @@ def featurise(rec: ClipRecord, g: _Geometry) -> tuple[np.ndarray, np.ndarray, in
 
 def source_of(rec: ClipRecord, g: _Geometry, length: int, memo: dict | None = None) -> tuple:
     """What the clip store records of where a clip came from (clip_store.SOURCE_DATASETS) and what the
-    file was (cache_tools.source_identity: size, mtime_ns, sha256; `memo` hashes a shared file once)."""
+    file was (cache_tools.clips.sources: size, mtime_ns, sha256; `memo` hashes a shared file once)."""
     seconds = g.clip_seconds if rec.duration is None else min(rec.duration, g.clip_seconds)
     size, mtime_ns, digest = file_identity(rec.path, memo)
     return (os.path.relpath(Path(rec.path).resolve(), g.source_root), float(rec.start), float(seconds), length,
@@ -203,7 +203,7 @@ def _prepare(spec: DatasetSpec, out: Path, workers: int | None, block_size: int,
 
 def check_sources(out: Path) -> None:
     """InputFileError if a source file of the complete store `out` changed since it was made (the
-    same names are not the same input: cache_tools.source_identity; one stat per file unchanged)."""
+    same names are not the same input: cache_tools.clips.sources; one stat per file unchanged)."""
     store = clip_store.ClipStore(out)
     if not store.has_source_identity:
         return                                                   # an older store: nothing recorded to compare

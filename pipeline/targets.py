@@ -36,7 +36,7 @@ from tqdm import tqdm
 from cache_tools.atomic import atomic_write_text
 from cache_tools.disk_space import disk_full, is_disk_full, require_space
 from cache_tools.errors import SupmamError, StoreError
-from cache_tools.target_store import ShardWriter, finalize, init_store
+from cache_tools.targets.store import ShardWriter, finalize, init_store
 from cache_tools.writer_lock import writer_lock
 from pipeline import teacher_audio
 
@@ -90,7 +90,7 @@ def default_workers() -> int:
     """DataLoader workers decoding sources for one rank: the cores this process may use (its affinity
     mask: SLURM's or taskset's), shared by the node's ranks (torchrun's LOCAL_WORLD_SIZE), one left
     to the rank itself; at least 1. On a 96-core node with 8 GPUs: 11 per rank."""
-    from cache_tools.shard_verify import default_workers as cores
+    from cache_tools.targets.verify import default_workers as cores
 
     return max(1, cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1)
 
@@ -274,7 +274,7 @@ def make_targets(clips: Path | str, out: Path | str, clap_ckpt: Path | str | Non
     on CUDA the teacher runs in fp16. teacher_input / source_root: see build_targets. workers: DataLoader
     workers decoding the sources (None: default_workers(), from the cores available).
     Returns build_targets' summary."""
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from pipeline.teacher import ClapTeacher
 
     from train.distributed import resolve_device

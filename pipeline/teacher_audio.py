@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cache_tools.source_identity import compare
+from cache_tools.clips.sources import compare
 from pipeline.audio_io import SAMPLE_RATE, decode_native, resample
 
 FALLBACK = "clipstore-16k-upsampled"   # the 16 kHz clip-store wave, upsampled to the teacher's rate
@@ -62,7 +62,7 @@ class TeacherInputDataset(Dataset):
 
     def _source(self, i: int) -> np.ndarray:
         """Clip i from its file, checked against what `prepare` recorded of the file (size, mtime,
-        sha256: cache_tools.source_identity) and against the stored clip's length; a changed file is refused."""
+        sha256: cache_tools.clips.sources) and against the stored clip's length; a changed file is refused."""
         path, start, seconds = self.clips.source(i, self.root)
         recorded = self.clips.source_identity(i) if getattr(self.clips, "has_source_identity", False) else None
         if recorded is not None:

@@ -1,5 +1,5 @@
 """Small stores for the tests, written with the real writers: a clip store through
-cache_tools.clip_store (one part, then assemble), a target store through cache_tools.target_store
+cache_tools.clips.store (one part, then assemble), a target store through cache_tools.targets.store
 (init, every shard, finalize), and the contents the tests put in them.
 
 Test modules take their stores from here (never from each other):
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache_tools import clip_store as cs
-from cache_tools import target_store as ts
+from cache_tools.clips import store as cs
+from cache_tools.targets import store as ts
 from cache_tools.names import clip_store_name
 
 FEATS = {"num_mel_bins": 128, "frame_shift": 10}
@@ -25,7 +25,7 @@ def write_clip_store(path: Path, fbank: np.ndarray, wave: np.ndarray, labels: np
                      folds: np.ndarray | None = None, ids: list[str] | None = None,
                      sources: dict[str, np.ndarray] | None = None, **attrs) -> cs.ClipStore:
     """fbank [N,T,128] f16, wave [N,S] i16, labels [N] class ids or [N,C] multi-hot -> a complete clip
-    store at `path`. `sources`: cache_tools.clip_store.SOURCE_DATASETS, each [N] (as `prepare` records
+    store at `path`. `sources`: cache_tools.clips.store.SOURCE_DATASETS, each [N] (as `prepare` records
     them). `attrs` override the root attributes (dataset, split, norm_mean, ...)."""
     n, multilabel = len(labels), np.ndim(labels) == 2
     ids = ids or [f"clip{i:04d}" for i in range(n)]

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from pipeline import audio_io
 from pipeline.audio_io import load_clip, to_mono_16k
 from pipeline.prepare import prepare

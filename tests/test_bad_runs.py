@@ -15,9 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import ConfigError, StoreError
-from cache_tools.target_store import shard_file
+from cache_tools.targets.store import shard_file
 from pipeline.app.cli import app
 from tests.stores import (DIM, GRID, TINY_PRETRAIN, spc_stores, write_clip_store, write_clips, write_target_store,
                           write_targets)

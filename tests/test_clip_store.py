@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cache_tools import clip_store
+from cache_tools.clips import store as clip_store
 from cache_tools.atomic import atomic_path
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
 from cache_tools.errors import StoreError
 

@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import SPLIT_NAMES, ClipStore
+from cache_tools.clips.store import SPLIT_NAMES, ClipStore
 from cache_tools.errors import SupmamError
 from pipeline.app.cli import app
 from pipeline.prepare import BLOCK_SIZE, prepare, source_fingerprint

@@ -10,11 +10,11 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from cache_tools import clip_store
-from cache_tools import target_store
-from cache_tools.clip_store import ClipStore, parts_dir
+from cache_tools.clips import store as clip_store
+from cache_tools.targets import store as target_store
+from cache_tools.clips.store import ClipStore, parts_dir
 from cache_tools.errors import StoreError
-from cache_tools.target_store import TargetStore
+from cache_tools.targets.store import TargetStore
 from pipeline.prepare import prepare
 from pipeline.readers import read_esc50
 from pipeline.targets import build_targets

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from tests.stores import FINETUNE_T as T, class_store, spc_stores
 from train.finetune import data as fd
 from train.model.checkpoint import load_checkpoint

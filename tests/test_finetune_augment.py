@@ -6,7 +6,7 @@ import torch
 import torchaudio
 from torch.utils.data import DataLoader, SequentialSampler
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.fbank import clip_samples
 from tests.stores import SR, class_store, spc_stores, wave_clips, wave_store
 from train.finetune import data as fd

@@ -133,7 +133,7 @@ def test_best_and_last_epoch_are_both_reported(tmp_path):
 def test_loader_with_workers_resumes_the_same_batches_and_leaves_the_rng_alone(tmp_path):
     """What a resume with DataLoader workers relies on: a fresh loader started at epoch e gives the
     batches a persistent one gives at e, and iterating it draws nothing from the training RNG."""
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from torch.utils.data import DistributedSampler
     from train.finetune.augment import Augment, SeededSampler, TrainClips
     from train.finetune.engine import train_loader

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import CheckpointError, StoreError
 from cache_tools.safe_load import safe_torch_load
 from train.model.checkpoint import load_encoder, save_checkpoint

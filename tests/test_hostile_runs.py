@@ -7,7 +7,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from filelock import FileLock
 from typer.testing import CliRunner
 
 import train.use.embed_files as ef
-from cache_tools.clip_store import ClipStore
-from cache_tools.errors import CheckpointError, ConfigError, Diverged, InputFileError, StoreError
+from cache_tools.clips.store import ClipStore
+from cache_tools.errors import CheckpointError, Diverged, InputFileError, StoreError
 from cache_tools.writer_lock import lock_path
 from pipeline.app.cli import app
 from pipeline.prepare import prepare
@@ -294,7 +293,7 @@ def test_a_flipped_byte_stops_finetune_and_probe_before_use(tmp_path, command):
 
 
 def test_clip_store_check_runs_once_per_change(tmp_path):
-    from cache_tools import clip_verify
+    from cache_tools.clips import verify as clip_verify
     store = tmp_path / "s.h5"
     class_store(store, np.arange(12) % 3, ["a", "b", "c"])
     old = time.time() - 60

@@ -16,7 +16,7 @@ import torch
 import torchaudio
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import ClipStore, parts_dir, report_path
+from cache_tools.clips.store import ClipStore, parts_dir, report_path
 from pipeline.audio_io import load_audio, load_clip
 from pipeline.app.cli import app
 from pipeline.features import FBANK_PARAMS, NORM_STATS, fbank

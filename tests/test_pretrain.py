@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cache_tools import clip_store as cs
+from cache_tools.clips import store as cs
 from tests.stores import DIM, GRID, T, TEACHER_MEL, fake_teacher, write_clips, write_targets
 from tests.stores import TINY_PRETRAIN as TINY
 from train.data import PretrainDataset, StepBatchSampler, check_targets_match, clip_gain
@@ -401,7 +401,7 @@ def test_target_alignment_and_padding_options_train(tmp_path):
     """bilinear alignment and target_padding=drop: the clap term changes, and with drop the patches
     past a short clip's real end (here 0.5 s of the 1 s clips) are out of Eq. 1."""
     import numpy as np
-    from cache_tools import clip_store as cstore
+    from cache_tools.clips import store as cstore
     from tests.stores import write_clip_store
     torch.set_num_threads(1)
     src = cstore.ClipStore(write_clips(tmp_path / "src.h5", 8))

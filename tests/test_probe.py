@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from pipeline.app.cli import app
 from pipeline.prepare import prepare
 from pipeline.readers.folder import read_folder

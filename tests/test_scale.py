@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache_tools import shard_verify
-from cache_tools.target_store import TargetStore, shard_file
+from cache_tools.targets import verify as shard_verify
+from cache_tools.targets.store import TargetStore, shard_file
 from tests.stores import write_clips, write_targets
 from train.data import PretrainDataset, StepBatchSampler, build_loader, verify_on_node
 
@@ -99,7 +99,7 @@ def test_prepare_peak_disk_stays_near_the_final_store(tmp_path, monkeypatch):
     import shutil
     import threading
 
-    from cache_tools import clip_store
+    from cache_tools.clips import store as clip_store
     from pipeline.prepare import prepare
     from pipeline.readers import read_esc50
     from tests.fixtures_audio import make_esc50
@@ -135,7 +135,7 @@ def _opened_bytes(clips, targets) -> int:
     import gc
     import tracemalloc
 
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     from train.finetune.data import ClipDataset
 
     gc.collect()
@@ -161,7 +161,7 @@ def test_per_process_memory_does_not_grow_with_the_store(tmp_path):
     kept = {}
     for n in (200, 800):
         clips = write_clips(tmp_path / f"c{n}.h5", n)
-        from cache_tools.clip_store import ClipStore
+        from cache_tools.clips.store import ClipStore
         store = ClipStore(clips)
         waves = torch.from_numpy(np.stack([store.wave(i) for i in range(n)]).astype(np.float32) / 32768.0)
         ident = {"teacher": "fake-teacher", "checkpoint": None, "checkpoint_sha256": "untrained:seed=7",
@@ -189,7 +189,7 @@ def test_parallel_audio_scan_lists_what_the_serial_walk_lists(tmp_path):
 def test_parallel_clip_store_verify_names_the_same_block_as_the_serial_one(tmp_path):
     import h5py
 
-    from cache_tools.clip_checksums import verify_checksums
+    from cache_tools.clips.checksums import verify_checksums
 
     path = write_clips(tmp_path / "c.h5", 40 * 64 + 3)                   # 41 checksum blocks
     with h5py.File(path, "r") as f:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import h5py
 import pytest
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import StoreError
 from cache_tools.inspect import verify_store
-from cache_tools.target_store import TargetStore, shard_file
+from cache_tools.targets.store import TargetStore, shard_file
 from pipeline.prepare import prepare
 from pipeline.readers import read_esc50
 from pipeline.targets import build_targets

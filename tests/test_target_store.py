@@ -8,7 +8,7 @@ import zarr
 from typer.testing import CliRunner
 
 from cache_tools.inspect import inspect_store, verify_store
-from cache_tools.target_store import ShardWriter, TargetStore, finalize, init_store, shard_file
+from cache_tools.targets.store import ShardWriter, TargetStore, finalize, init_store, shard_file
 from pipeline.app.cli import app
 from tests.stores import write_target_store
 from cache_tools.errors import StoreError

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cache_tools.clip_store import ClipStore  # noqa: E402
-from cache_tools.target_store import TargetStore, shard_file  # noqa: E402
+from cache_tools.clips.store import ClipStore  # noqa: E402
+from cache_tools.targets.store import TargetStore, shard_file  # noqa: E402
 from pipeline.targets import build_targets  # noqa: E402
 from pipeline.teacher import HTSAT_MEL  # noqa: E402
 from tests.stores import write_clip_store  # noqa: E402

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import SupmamError
 from cache_tools.inspect import inspect_store
-from cache_tools.target_store import TargetStore
+from cache_tools.targets.store import TargetStore
 from pipeline.audio_io import resample
 from pipeline.prepare import prepare
 from pipeline.readers import ClipRecord, DatasetSpec

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import ConfigError, StoreError
 from cache_tools.fbank import gain_fbank
-from cache_tools.target_store import TargetStore
+from cache_tools.targets.store import TargetStore
 from train.rng import item_seed
 from train.stop_signal import ignore_in_worker
 
@@ -58,7 +58,7 @@ def verify_on_node(targets_paths: Sequence[str | Path], local_rank: int, barrier
                    workers: int | None = None) -> int:
     """Integrity once per node: local rank 0 hashes each target store's shards (reading the files,
     `workers` threads; default the cores available) unless they passed before and are unchanged
-    (cache_tools.shard_verify); the other ranks wait at `barrier`. Afterwards every reader on the
+    (cache_tools.targets.verify); the other ranks wait at `barrier`. Afterwards every reader on the
     node, DataLoader workers included, costs one stat per shard. Returns the shards hashed here."""
     hashed = 0
     if local_rank == 0:

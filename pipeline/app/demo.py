@@ -25,7 +25,7 @@ PRETRAIN_STEPS = 60        # of the preset's 150, so the demo fits a short CPU r
 def chance_level(task: str, stores: Path) -> float:
     """Score of an uninformed classifier: the majority class's share (accuracy) or, for mAP, the
     mean positive rate over classes with positives (the expected AP of random scores)."""
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
     store = ClipStore(stores / task_registry.TASKS[task].scored_store)
     labels = np.asarray(store.labels)
     if store.multilabel:
@@ -90,7 +90,7 @@ def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Pat
 
 
 def _teacher_id(targets: Path) -> str:
-    from cache_tools.target_store import TargetStore
+    from cache_tools.targets.store import TargetStore
     attrs = TargetStore(targets).attrs
     heard = attrs.get("teacher_input", "clipstore-16k-upsampled")   # a store that does not record it
     return f"{attrs.get('teacher', '?')} ({attrs.get('checkpoint_sha256', '?')}; input {heard})"

@@ -81,7 +81,7 @@ def scan_audio(folder: Path, workers: int | None = None) -> list[Path]:
     the cores available): AS-2M's ~2 M files on a network file system are mostly waiting on metadata."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from cache_tools.shard_verify import default_workers
+    from cache_tools.targets.verify import default_workers
 
     with os.scandir(folder) as it:
         entries = list(it)

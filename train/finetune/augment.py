@@ -17,7 +17,7 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset, Sampler
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.fbank import NUM_MEL_BINS, WINDOW, clip_samples, fbank, gain_fbank
 from train.data import normalize_fbank, require_finite
 from train.rng import item_seed

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from train.finetune import data as fd
 from train.finetune.split import Assignment, assign
 from train.finetune.engine import Splits, fit

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from cache_tools.clip_store import ClipStore
-from cache_tools.clip_verify import verified
+from cache_tools.clips.store import ClipStore
+from cache_tools.clips.verify import verified
 from cache_tools.errors import StoreError
 from train.data import normalize_fbank, require_finite
 
 
 def open_stores(paths: Sequence[str | Path], verify: bool = True) -> list[ClipStore]:
     """Open each clip store; a missing file names itself and how to make it. `verify`: its block
-    checksums are checked before use, once per change of the file (cache_tools.clip_verify: a
+    checksums are checked before use, once per change of the file (cache_tools.clips.verify: a
     corrupt store is a StoreError; an unchanged one that passed before costs one stat)."""
     out = []
     for path in map(Path, paths):

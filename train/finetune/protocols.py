@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from train.data import check_compatible
 from train.finetune import data as fd
 from train.finetune.augment import Augment, TrainClips

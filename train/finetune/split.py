@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cache_tools.clip_store import SPLIT_NAMES, ClipStore
+from cache_tools.clips.store import SPLIT_NAMES, ClipStore
 from cache_tools.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from cache_tools.fingerprint import json_fingerprint
 from cache_tools.grid_map import map_targets, padding_valid, teacher_to_patch_index, teacher_to_patch_weights
 from train.data import PretrainDataset
 from cache_tools.errors import StoreError
-from cache_tools.target_store import PER_STORE_KEYS, TEACHER_KEYS
+from cache_tools.targets.store import PER_STORE_KEYS, TEACHER_KEYS
 
 STATS_CLIPS = 256     # clips sampled for the clap head's initial statistics
 

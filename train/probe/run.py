@@ -18,7 +18,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import ConfigError
 from train.finetune import data as fd, report
 from train.model.checkpoint import load_encoder

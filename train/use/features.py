@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cache_tools.atomic import atomic_path, atomic_write_text
-from cache_tools.clip_store import ClipStore
+from cache_tools.clips.store import ClipStore
 from cache_tools.errors import CheckpointError, ConfigError
 from cache_tools.fingerprint import json_fingerprint
 from train.finetune import data as fd

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.atomic import atomic_write_text
-from cache_tools.target_layout import read_attrs, shard_file
+from cache_tools.targets.layout import read_attrs, shard_file
 
 CACHE_FORMAT = "supmam-verified/1"
 RACY_SECONDS = 2.0

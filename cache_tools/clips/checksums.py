@@ -133,7 +133,7 @@ def verify_checksums(path: Path | str, workers: int | None = None) -> list[str]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from cache_tools.shard_verify import default_workers
+    from cache_tools.targets.verify import default_workers
 
     path = Path(path)
     with h5py.File(path, "r") as f:

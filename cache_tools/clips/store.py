@@ -21,21 +21,21 @@ import h5py
 import numpy as np
 
 from cache_tools.atomic import atomic_path, atomic_write_text
-from cache_tools.clip_checksums import (CHECKSUM_PARTS_ABOUT, block_rows_of_parts, content_digest, part_summary,
+from cache_tools.clips.checksums import (CHECKSUM_PARTS_ABOUT, block_rows_of_parts, content_digest, part_summary,
                                        read_part_summary)
-from cache_tools.clip_columns import ClipIds, label_counts
+from cache_tools.clips.columns import ClipIds, label_counts
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
 from cache_tools.h5_text import fixed_utf8, read_text, text_attr
-from cache_tools.source_identity import SOURCE_IDENTITY
+from cache_tools.clips.sources import SOURCE_IDENTITY
 
 FORMAT = "supmam-clipstore/1"
 JSON_ATTRS = ("class_names", "class_ids", "feature_params")
 # where each clip came from (optional: stores written before they existed fall back to `wave`):
 # source_path (UTF-8, relative to the root attr `source_root`), source_start / source_seconds
 # (float64 seconds: the window read from the file), wave_length (int32: real samples in `wave`);
-# newer stores also source_size / source_mtime_ns / source_sha256 (cache_tools.source_identity)
+# newer stores also source_size / source_mtime_ns / source_sha256 (cache_tools.clips.sources)
 SOURCE_DATASETS = ("source_path", "source_start", "source_seconds", "wave_length")
 REQUIRED_ATTRS = ("dataset", "split", "multilabel", "class_names", "class_ids", "target_length", "sample_rate",
                   "feature_params", "norm_mean", "norm_std", "fingerprint")
@@ -338,7 +338,7 @@ class ClipStore:
 
     def source_identity(self, i: int) -> tuple[int, int, str] | None:
         """(size, mtime_ns, sha256 hex) of clip i's source file when `prepare` read it
-        (cache_tools.source_identity), or None for a store that did not record them."""
+        (cache_tools.clips.sources), or None for a store that did not record them."""
         if not self.has_source_identity:
             return None
         return (int(self._dset("source_size")[i]), int(self._dset("source_mtime_ns")[i]),

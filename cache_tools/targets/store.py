@@ -32,7 +32,7 @@ from cache_tools.atomic import atomic_write_text
 from cache_tools.disk_space import require_space
 from cache_tools.errors import StoreError   # one error class for both stores
 from cache_tools.fingerprint import file_sha256
-from cache_tools.target_layout import ARRAY, read_attrs, shard_file  # noqa: F401  (importers use these names here too)
+from cache_tools.targets.layout import ARRAY, read_attrs, shard_file  # noqa: F401  (importers use these names here too)
 
 FORMAT = "supmam-targets/1"
 SHARD_BYTES = 128 * 2**20          # default shard size: ~128 MiB
@@ -176,7 +176,7 @@ class TargetStore:
     verify (default): before the first read from a shard, its file is checked against the sha256 its
     completion record holds (StoreError naming the shard if it differs), so a run never trains on
     flipped bytes. A shard that passed before and whose file has not changed (size, mtime, inode:
-    cache_tools.shard_verify) costs one stat, no hashing: `verify_all()` on one process per node
+    cache_tools.targets.verify) costs one stat, no hashing: `verify_all()` on one process per node
     (pretraining's local rank 0) hashes the store once, and every other reader and DataLoader
     worker on that node, and every later start, hashes nothing."""
 
@@ -223,7 +223,7 @@ class TargetStore:
                 "_zarr": None}
 
     def _verified(self):
-        from cache_tools.shard_verify import VerifiedCache
+        from cache_tools.targets.verify import VerifiedCache
 
         if self._cache is None:
             self._cache = VerifiedCache(self.path, self.attrs.get("shards", {}), self.num_shards)
@@ -234,7 +234,7 @@ class TargetStore:
         shard file's sha256 (read from the file) against its completion record."""
         if not self.verify or self._checked[k]:
             return
-        from cache_tools.shard_verify import check_shard
+        from cache_tools.targets.verify import check_shard
 
         cache = self._verified()
         trusted = cache.trusted(k)
@@ -249,7 +249,7 @@ class TargetStore:
     def verify_all(self, workers: int | None = None) -> int:
         """Check every shard not yet trusted, `workers` threads at a time (default: the cores available);
         StoreError naming the first bad shard. Returns the number of shards hashed."""
-        from cache_tools import shard_verify
+        from cache_tools.targets import verify as shard_verify
 
         before = len(shard_verify.HASHED)
         bad = shard_verify.verify_shards(self.path, self.num_shards, self.attrs.get("shards", {}), workers)

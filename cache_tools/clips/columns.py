@@ -10,7 +10,7 @@ import numpy as np
 from cache_tools.h5_text import fixed_utf8
 
 if TYPE_CHECKING:
-    from cache_tools.clip_store import ClipStore
+    from cache_tools.clips.store import ClipStore
 
 
 def label_counts(store: "ClipStore", block: int = 65536) -> np.ndarray:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from cache_tools.atomic import atomic_write_text
-from cache_tools.clip_checksums import verify_checksums
+from cache_tools.clips.checksums import verify_checksums
 from cache_tools.errors import StoreError
 
 FORMAT = "supmam-clip-verified/1"
