@@ -91,7 +91,8 @@ def step_flops(model, cfg, batch: int) -> dict:
     window = list(getattr(cfg, "decoder_window", [4, 4]))
     return mam_step_flops(batch, tp * fp, cfg.mask_ratio, enc.embed_dim, len(enc.blocks),
                           cfg.decoder_dim, len(dec_blocks), window[0] * window[1], list(cfg.objectives),
-                          TEACHER_DIM, 16, getattr(cfg, "cls_hidden", 0) or 0, NUM_CLASSES)
+                          TEACHER_DIM, 16, getattr(cfg, "cls_hidden", 0) or 0, NUM_CLASSES,
+                          visible_head=hasattr(model, "target_head_visible"))
 
 
 def run_config(c: dict, args, dev, teacher_cache: dict) -> dict:
