@@ -149,9 +149,6 @@ def verify_section(tmp: Path, n: int) -> dict:
 
 
 def integrity_section(tmp: Path, n: int) -> dict:
-    import torch
-    from torch.utils.data import DataLoader
-
     from bench import synthetic
     from cache_tools.targets import verify as shard_verify
     from cache_tools.targets.store import TargetStore
@@ -163,12 +160,7 @@ def integrity_section(tmp: Path, n: int) -> dict:
     store_bytes = sum(f.stat().st_size for f in (z / "targets" / "c").rglob("*") if f.is_file())
     log = tmp / "hashed.log"
     real = shard_verify.hash_file
-
-    def counting(path):
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()} {os.path.getsize(path)}\n")
-        return real(path)
-    shard_verify.hash_file = counting
+    shard_verify.hash_file = synthetic.logging_hash(real, log, os.path.getsize)
 
     def one_pass() -> tuple[int, int]:
         log.unlink(missing_ok=True)

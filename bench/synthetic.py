@@ -102,3 +102,16 @@ def write_wavs(folder: Path, n: int, seconds: float = 10.0, sr: int = 44100, cha
         sf.write(p, x.astype(np.float32), sr, subtype="PCM_16")
         paths.append(p)
     return paths
+
+
+def logging_hash(real, log: Path, what=lambda path: path):
+    """`real` (a file hash function) wrapped to append `<pid> <what(path)>` to `log` on every call: what
+    every process, forked DataLoader workers included, hashed (bench scale and tests/test_scale.py)."""
+    import os
+
+    def counting(path):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {what(path)}\n")
+        return real(path)
+    return counting
+

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.synthetic import logging_hash
 from cache_tools.targets import verify as shard_verify
 from cache_tools.targets.store import TargetStore, shard_file
 from tests.stores import write_clips, write_targets
@@ -20,14 +21,7 @@ from train.data import PretrainDataset, StepBatchSampler, build_loader, verify_o
 def hashes(tmp_path, monkeypatch):
     """Every file any process (DataLoader workers are forked) hashes: a list of (pid, path)."""
     log = tmp_path / "hashed.log"
-    real = shard_verify.hash_file
-
-    def counting(path):
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()} {path}\n")
-        return real(path)
-
-    monkeypatch.setattr(shard_verify, "hash_file", counting)
+    monkeypatch.setattr(shard_verify, "hash_file", logging_hash(shard_verify.hash_file, log))
     return lambda: [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()] if log.exists() else []
 
 
