@@ -41,7 +41,7 @@ def one_thread():
 
 
 # The quick tier (`make test-quick`: pytest -m "not slow"): tests/slow_tests.txt lists the tests that took
-# more than a second in the last full run (`make test-durations` measures them again and rewrites it).
+# more than two seconds in the last full run (`make test-durations` measures them again and rewrites it).
 SLOW = {line.strip() for line in (ROOT / "tests" / "slow_tests.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")} if (ROOT / "tests" / "slow_tests.txt").exists() else set()
 

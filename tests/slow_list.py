@@ -13,7 +13,7 @@ LINE = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("report", type=Path)
-    ap.add_argument("--over", type=float, default=1.0)
+    ap.add_argument("--over", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("slow_tests.txt"))
     args = ap.parse_args()
     total: dict[str, float] = defaultdict(float)
