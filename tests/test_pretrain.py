@@ -234,6 +234,23 @@ def test_audiomae_pretrains_with_the_gain_and_resumes_exactly(stores, tmp_path):
     a, b, c = (losses(tmp_path / r / "audiomae") for r in "abc")
     assert len(a) == 4 and a == b                                     # the gains follow the clips through a resume
     assert a[0] != c[0]                                               # and reach the model
+    import multiprocessing
+    assert multiprocessing.active_children() == []                   # every run ended its DataLoader workers
+
+
+def test_a_process_that_pretrained_with_workers_exits(stores, tmp_path):
+    """The workers ignore SIGTERM (train.stop_signal), so multiprocessing's exit could not end them: the
+    run must end them itself, else the process hangs at exit waiting for them."""
+    import subprocess
+    import sys
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from tests.test_pretrain import cfg_for\nfrom train.pretrain.run import run_pretrain\n"
+            f"run_pretrain(cfg_for('audiomae', {({k: str(v) for k, v in stores.items()})!r}, {str(tmp_path / 'x')!r}, "
+            "'batch_size=4', "
+            "'max_steps=2', 'num_workers=2'))\nprint('done')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("done"), r.stderr[-2000:]
 
 
 def test_lr_schedule_warmup_then_cosine():

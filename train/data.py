@@ -284,10 +284,18 @@ def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, 
 
 
 def endless_batches(loader: DataLoader, sampler: StepBatchSampler, start_step: int):
-    """Yields (epoch, micro-batch) forever, starting at update `start_step` (global update count)."""
+    """Yields (epoch, micro-batch) forever, starting at update `start_step` (global update count).
+    Closing the generator ends the loader's persistent workers: they ignore SIGTERM (stop_signal), so
+    they must be told through their queues, never left for multiprocessing's exit to terminate."""
     epoch, in_epoch = divmod(start_step, sampler.steps_per_epoch)
-    while True:
-        sampler.set_position(epoch, in_epoch)
-        for batch in loader:
-            yield epoch, batch
-        epoch, in_epoch = epoch + 1, 0
+    try:
+        while True:
+            sampler.set_position(epoch, in_epoch)
+            for batch in loader:
+                yield epoch, batch
+            epoch, in_epoch = epoch + 1, 0
+    finally:
+        workers = getattr(loader, "_iterator", None)     # torch keeps persistent workers' iterator here
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
+            loader._iterator = None

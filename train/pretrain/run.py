@@ -248,8 +248,11 @@ def train(p: Parts, stop_after: int | None = None) -> Path:
     bar = tqdm(total=p.derived.total_steps, initial=step, disable=None if p.dist.is_main else True, desc=cfg.name,
                dynamic_ncols=True)
     p.step_model.train()
-    with StopOnSignal() as signals:
-        step = _updates(p, step, end, window, bar, signals)
+    try:
+        with StopOnSignal() as signals:
+            step = _updates(p, step, end, window, bar, signals)
+    finally:
+        p.batches.close()                               # ends the loader's workers (train.data.endless_batches)
     bar.close()
     if signals.signum is not None and step < p.derived.total_steps:
         p.stopped = signals.name
