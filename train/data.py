@@ -261,13 +261,18 @@ class StepBatchSampler(Sampler[list]):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker set-up: one torch thread (workers fight otherwise), stop signals left to the main
-    process; reopen stores if the dataset can."""
+    """DataLoader worker set-up: one torch thread (workers fight otherwise); reopen stores if the dataset can."""
     torch.set_num_threads(1)
-    ignore_in_worker()                # SIGTERM / SIGUSR1 are the main process's (train.stop_signal)
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "reopen"):
         info.dataset.reopen()
+
+
+def pretrain_worker_init(worker_id: int) -> None:
+    """worker_init, and SIGTERM / SIGUSR1 left to the main process, which stops after the update in
+    progress (train.stop_signal) and then ends these workers itself (endless_batches)."""
+    ignore_in_worker()
+    worker_init(worker_id)
 
 
 def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, pin_memory: bool,
@@ -278,7 +283,7 @@ def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, 
     the loader (at the start or on resume) does not shift the training RNG stream.
     """
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, worker_init_fn=worker_init,
+                      persistent_workers=num_workers > 0, worker_init_fn=pretrain_worker_init,
                       generator=torch.Generator().manual_seed(seed),
                       prefetch_factor=4 if num_workers > 0 else None)
 

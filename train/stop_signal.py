@@ -8,7 +8,8 @@ then continues with the losses an uninterrupted run would have had (docs/scale.m
             ...one update...
             if stop.agreed(step): checkpoint; break      # every rank stops after the same update
 
-DataLoader workers ignore both signals (train.data.worker_init): the main process ends them.
+Pretraining's DataLoader workers ignore both signals (train.data.pretrain_worker_init): the main process
+ends them when the loop returns (train.data.endless_batches).
 """
 from __future__ import annotations
 
