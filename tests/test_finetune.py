@@ -105,7 +105,7 @@ def test_ddp_two_processes_wrap_the_encoder(tmp_path, torchrun):
     spc_stores(tmp_path, "spc2", 3, per_class=(4, 1, 1))
     ov = [*TINY, "epochs=1", "mask_t_prob=0.25", "mask_f_prob=0.25", f"stores={tmp_path}",
           f"run_dir={tmp_path / 'runs'}", "name=ddp", "init=none", "device=cpu"]
-    r = torchrun("from train.finetune.run import load_finetune_config, run_finetune\n"
+    r = torchrun("from train.finetune.config import load_finetune_config\nfrom train.finetune.run import run_finetune\n"
                  f"run_finetune(load_finetune_config('spc2-mini', {ov!r}, task='spc2'))")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"

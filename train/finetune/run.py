@@ -15,7 +15,7 @@ import torch
 from train import distributed
 from train.config import to_dict
 from train.finetune import report
-from train.finetune.config import FinetuneConfig, load_finetune_config  # noqa: F401  (the API: load, then run)
+from train.finetune.config import FinetuneConfig
 from train.finetune.custom import run_custom
 from train.finetune.protocols import _run_cv, _run_split
 from train.finetune.tasks import TASKS
