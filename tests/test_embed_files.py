@@ -25,6 +25,7 @@ from train.use.embed_files import embed_files, list_audio
 from train.model.checkpoint import save_checkpoint
 from train.model.models_vit import AudioViT
 from cache_tools.errors import InputFileError
+from tests.slowed import slow_embed_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
@@ -126,6 +127,7 @@ def test_cli_embed_and_its_errors(ckpt, audio, tmp_path):
 
 def _run(ckpt, d, out):                                   # the job the test kills (a forked process)
     torch.set_num_threads(1)
+    slow_embed_files(0.2)                                 # 8 files in ~1.6 s, not ~0.1 s: the kill lands mid-run
     embed_files(load_pretrained(ckpt), [d], out, block_size=1, progress=False)
 
 

@@ -27,6 +27,7 @@ from pipeline.prepare import prepare
 from pipeline.readers.folder import read_folder
 from pipeline.teacher_audio import FALLBACK, TeacherInputDataset
 from tests.folder_data import csv_dataset, folder_dataset
+from tests.slowed import slow_embed_files
 from tests.stores import class_store, spc_stores
 from train.finetune import engine
 from train.finetune.config import load_finetune_config
@@ -98,6 +99,7 @@ def probe_args(root: Path, name: str, *extra: str) -> list[str]:
 
 def _embed_slowly(ckpt: Path, d: Path, out: Path) -> None:             # the first writer (a forked process)
     torch.set_num_threads(1)
+    slow_embed_files(0.5)                  # 5 s for 10 files (0.12 s unslowed): the second writer meets it
     embed_files(load_pretrained(ckpt), [d], out, block_size=1, progress=False)
 
 

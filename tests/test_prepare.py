@@ -118,8 +118,9 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted_run(tmp_path):
     ref = tmp_path / "ref.h5"
     prepare(read_esc50(root), ref, workers=1, block_size=1, progress=False)
     out = tmp_path / "killed" / "esc50.h5"
-    cmd = [sys.executable, "-m", "pipeline.app.cli", "prepare", "esc50",
-           "--root", str(root), "--out", str(out), "--workers", "1", "--block-size", "1"]
+    cmd = [sys.executable, "-c", "import runpy, sys; from tests.slowed import slow_prepare_blocks; "  # +0.1 s/block
+           "slow_prepare_blocks(0.1); sys.argv[0] = 'supmam'; runpy.run_module('pipeline.app.cli', run_name='__main__')",
+           "prepare", "esc50", "--root", str(root), "--out", str(out), "--workers", "1", "--block-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for kill_after in (2, 8):                                      # two kills at different points
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -39,14 +39,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def slow_block(task):
-    """prepare's block job, half a second slower: 45 blocks then take ~11 s on two workers, so the
-    kill lands while they work (unslowed, the whole run can end inside the test's 0.3 s wait)."""
-    import pipeline.prepare
-    time.sleep(0.5)
-    return pipeline.prepare.unslowed_run_block(task)
-
-
 def sleeper(seconds: float) -> float:
     """A side-by-side job that outlives the test unless it is taken along."""
     time.sleep(seconds)
@@ -82,9 +74,8 @@ def _kill_parent_then_no_worker_remains(script: str, args: list[str], done: Path
 
 def test_kill_minus_nine_of_prepare_takes_its_workers_along(tmp_path):
     root = make_esc50(tmp_path / "esc", per_fold=3)                # 45 clips, one block each
-    script = ("import sys; import pipeline.prepare as p; from pipeline.prepare import prepare; "
-              "from pipeline.readers import read_esc50; from tests.test_prepare_orphans import slow_block; "
-              "p.unslowed_run_block, p._run_block = p._run_block, slow_block; "   # forked workers inherit it
+    script = ("import sys; from pipeline.prepare import prepare; from pipeline.readers import read_esc50; "
+              "from tests.slowed import slow_prepare_blocks; slow_prepare_blocks(); "   # ~11 s on two workers
               "prepare(read_esc50(sys.argv[1]), sys.argv[2], workers=2, block_size=1, progress=False)")
     _kill_parent_then_no_worker_remains(script, [str(root), str(tmp_path / "esc50.h5")], tmp_path / "esc50.h5")
 
