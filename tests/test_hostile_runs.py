@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import train.use.embed_files as ef
 from cache_tools.clips.store import ClipStore
-from cache_tools.errors import CheckpointError, Diverged, InputFileError, StoreError
+from cache_tools.errors import CheckpointError, ConfigError, Diverged, InputFileError, StoreError
 from cache_tools.writer_lock import lock_path
 from pipeline.app.cli import app
 from pipeline.prepare import prepare
@@ -28,7 +28,7 @@ from pipeline.readers.folder import read_folder
 from pipeline.teacher_audio import FALLBACK, TeacherInputDataset
 from tests.folder_data import csv_dataset, folder_dataset
 from tests.slowed import slow_embed_files
-from tests.stores import class_store, spc_stores
+from tests.stores import TINY_PRETRAIN, class_store, spc_stores, write_clips, write_targets
 from train.finetune import engine
 from train.finetune.config import load_finetune_config
 from train.finetune.metrics import task_metrics
@@ -36,6 +36,7 @@ from train.finetune.run import run_finetune
 from train.finetune.split import assign
 from train.model.checkpoint import save_checkpoint
 from train.model.models_vit import AudioViT, build_encoder
+from train.pretrain.run import load_pretrain_config, run_pretrain
 from train.use.embed import load_pretrained
 from train.use.embed_files import embed_files
 from train.use.features import cached_features, weights_sha256
@@ -141,6 +142,33 @@ def test_run_folders_and_exports_have_one_writer(tmp_path, command):
     assert f"{out}: another `{command}` run is writing it" in one_error_line(res.output)
     assert not out.exists()                                            # the second writer touched nothing
     assert CliRunner().invoke(app, args).exit_code == 0                # the lock gone: it runs
+
+
+def test_pretrain_has_one_writer_and_a_refused_resume_writes_nothing(tmp_path):
+    write_targets(tmp_path / "t.zarr", write_clips(tmp_path / "c.h5", 8))
+    base = [f"clips={tmp_path / 'c.h5'}", f"targets={tmp_path / 't.zarr'}", f"run_dir={tmp_path / 'runs'}",
+            "name=p", "batch_size=4", "max_steps=2", *TINY_PRETRAIN]
+    run = tmp_path / "runs" / "p"
+    held = FileLock(str(lock_path(run)))                              # the first writer, still running
+    held.acquire()
+    try:
+        with pytest.raises(StoreError, match=f"{run}: another `pretrain` run is writing it"):
+            run_pretrain(load_pretrain_config("supmam-clap-mini", base))
+    finally:
+        held.release()
+    assert not run.exists()                                            # the second writer touched nothing
+    run_pretrain(load_pretrain_config("supmam-clap-mini", base))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    other = load_pretrain_config("supmam-clap-mini", base + ["model.mask_ratio=0.5"])
+    with pytest.raises(ConfigError, match=r"config.json: --resume with other settings.*model.mask_ratio: 0.2 -> 0.5"):
+        run_pretrain(other, resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before   # config.json unchanged
+    (run / "config.json").unlink()                                     # no config.json: the checkpoint's config
+    with pytest.raises(ConfigError, match=r"checkpoint.pt: written with other settings.*mask_ratio"):
+        run_pretrain(other, resume=True)
+    assert not (run / "config.json").exists()
+    where = load_pretrain_config("supmam-clap-mini", base + ["num_workers=1", "ckpt_every=5"])
+    assert run_pretrain(where, resume=True) == run / "checkpoint-final.pt"   # where it runs may change
 
 
 # ------------------------------------------------------------------ 3. identities, not paths

@@ -21,7 +21,8 @@ RUN_FILES = HELD + ("log.jsonl", "eval.jsonl", "results.md", "split.json", "conf
 # what a resumed run may change: where it runs and where the stores lie (their fingerprints are checked)
 FIRST = ("task", "preset", "init", "ckpt")                        # named first when they differ
 RESUMABLE = {"device", "num_workers", "run_dir", "stores", "train_clips", "valid_clips", "test_clips", "name",
-             "log_every", "eval_batch_size", "cache_dir", "embed_batch_size"}
+             "log_every", "eval_batch_size", "cache_dir", "embed_batch_size",
+             "clips", "targets", "ckpt_every", "compile", "tensorboard", "accum_steps"}   # the last six: pretraining
 
 
 def _files(out: Path, patterns: tuple[str, ...]) -> list[Path]:

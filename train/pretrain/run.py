@@ -35,8 +35,9 @@ from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_
 from train.lr_sched import build_scheduler
 from train.model.models_mam import MAMConfig, MaskedAudioModel
 from train.plots import plot_curves
-from train.run_folder import claim, truncate_log
+from train.run_folder import check_resume_config, claim, config_diff, truncate_log
 from cache_tools.atomic import atomic_write_text
+from cache_tools.writer_lock import writer_lock
 from train.stop_signal import EXIT_REQUEUE, STOPPED, StopOnSignal
 from train.tb_log import open_tensorboard, tb_write
 from train.rng import mask_seed, rng_state, set_rng_state
@@ -129,7 +130,10 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     """Everything the loop needs, from the config, the stores and (with `resume`) the run's checkpoint.
     A run folder holding a checkpoint is refused unless `resume` or `overwrite` (train.run_folder)."""
     dist = D.init_distributed(cfg.device)
-    claim(Path(cfg.run_dir) / cfg.name, resume, overwrite, dist.is_main)
+    out = Path(cfg.run_dir) / cfg.name
+    claim(out, resume, overwrite, dist.is_main)
+    if resume:                                      # refused before anything is written
+        check_resume_config(out, to_dict(cfg), "pretrain")
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
     use_targets = "clap" in cfg.model.objectives
     teacher = online_teacher if cfg.teacher == "online" and use_targets else None
@@ -154,17 +158,16 @@ def build(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resu
     tmap = TargetMap(ds, model.encoder, tinfo, cfg.target_alignment, cfg.target_padding, dist.device) if tinfo else None
     derived = derive(cfg, dist, sampler, ds, model, tinfo)
     fingerprints = {"clips": [c.fingerprint for c in ds.clip_stores], "targets": tinfo.fingerprint if tinfo else None}
-    out = Path(cfg.run_dir) / cfg.name
-    if dist.is_main:
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=derived.lr, betas=tuple(cfg.betas))
+    sched = build_scheduler(opt, derived.total_steps, derived.warmup_steps, cfg.min_lr)
+    scaler = grad_scaler(derived.amp)
+    step = restore(out / "checkpoint.pt", model, opt, sched, scaler, fingerprints, derived, to_dict(cfg),
+                   dist.is_main) if resume else 0
+    if dist.is_main:                                # after the checks: a refused resume writes nothing
         out.mkdir(parents=True, exist_ok=True)
         meta = {"config": to_dict(cfg), "derived": dataclasses.asdict(derived), "fingerprints": fingerprints}
         (out / "config.json").write_text(json.dumps(meta, indent=2))
         print(f"[pretrain] {out}: " + json.dumps(meta["derived"]), flush=True)
-    opt = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=derived.lr, betas=tuple(cfg.betas))
-    sched = build_scheduler(opt, derived.total_steps, derived.warmup_steps, cfg.min_lr)
-    scaler = grad_scaler(derived.amp)
-    step = restore(out / "checkpoint.pt", model, opt, sched, scaler, fingerprints, derived, dist.is_main) \
-        if resume else 0
     ddp_model = D.wrap_ddp(model, dist)
     step_model = torch.compile(ddp_model, backend=cfg.compile) if cfg.compile else ddp_model   # same module, traced
     if dist.is_main:
@@ -203,8 +206,10 @@ def derive(cfg: PretrainConfig, dist: D.DistInfo, sampler: StepBatchSampler, ds:
                    resolve_amp(cfg.amp, dist.device))
 
 
-def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: Derived, main_rank: bool) -> int:
-    """Load the run's checkpoint into the parts (and the RNGs); the update to continue from (0: none yet)."""
+def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: Derived, config: dict,
+            main_rank: bool) -> int:
+    """Load the run's checkpoint into the parts (and the RNGs); the update to continue from (0: none yet).
+    The checkpoint must come from these stores and these settings (RESUMABLE ones aside)."""
     if not path.exists():
         if main_rank:
             print(f"[pretrain] --resume: no checkpoint at {path}; starting from update 0", flush=True)
@@ -212,6 +217,10 @@ def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: 
     state = load_checkpoint(path)
     if state["fingerprints"] != fingerprints:
         raise StoreError(f"{path}: trained on stores {state['fingerprints']}, not on these {fingerprints}")
+    diff = config_diff(state.get("config") or {}, config)
+    if diff:
+        raise ConfigError(f"{path}: written with other settings than this run's: {'; '.join(diff[:3])}; "
+                          "resume with the run's settings, or --overwrite / another --name")
     model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
@@ -375,13 +384,16 @@ def finish(p: Parts, step: int) -> Path:
 
 def run_pretrain(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = None, resume: bool = False,
                  stop_after: int | None = None, overwrite: bool = False) -> Path:
-    """Pretrain; returns the final checkpoint's path (the last one written when `stop_after` cut the run)."""
-    parts = build(cfg, online_teacher, resume, overwrite)
-    path = train(parts, stop_after)
-    stopped = parts.stopped
-    if parts.tb is not None:
-        parts.tb.close()
-    del parts                         # free DDP's reducer before its process group (else gloo can hang at exit)
+    """Pretrain; returns the final checkpoint's path (the last one written when `stop_after` cut the run).
+    The main rank holds `<run folder>.lock` throughout: a second run on the same folder is refused."""
+    is_main = D.init_distributed(cfg.device).is_main
+    with writer_lock(Path(cfg.run_dir) / cfg.name, "pretrain") if is_main else contextlib.nullcontext():
+        parts = build(cfg, online_teacher, resume, overwrite)
+        path = train(parts, stop_after)
+        stopped = parts.stopped
+        if parts.tb is not None:
+            parts.tb.close()
+        del parts                     # free DDP's reducer before its process group (else gloo can hang at exit)
     D.barrier()
     D.cleanup()
     if stopped:                       # a scheduler's signal: the job script requeues on this code
