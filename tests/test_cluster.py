@@ -4,6 +4,7 @@ uninterrupted run; TensorBoard events only when asked for, and a clear error wit
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from cache_tools.errors import ConfigError
 from tests.stores import TINY_PRETRAIN, write_clips, write_targets
 from train.pretrain.run import load_pretrain_config, run_pretrain
+from train.model.checkpoint import load_checkpoint
 from train.stop_signal import EXIT_REQUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +97,63 @@ def test_tensorboard_off_writes_no_events_and_on_needs_the_package(stores, tmp_p
     with pytest.raises(ConfigError, match=r"pip install 'supmam-clap\[tensorboard\]'"):
         run_pretrain(load_pretrain_config("supmam-clap", _overrides(stores, tmp_path / "none") + short +
                                           ["tensorboard=true"]))
+
+
+# fine-tuning as a cluster job: the child signals its own process group (main process and DataLoader
+# workers, as `scancel --signal` does) right after update `at`, each update slowed so the stop is seen
+FINETUNE_CHILD = """
+import os, runpy, signal, sys, time
+import train.finetune.engine as engine
+due, at, sig = engine.RunLog.due, int(sys.argv[1]), getattr(signal, sys.argv[2])
+def slow_due(self, step):
+    if step == at:
+        os.killpg(os.getpgid(0), sig)
+    time.sleep(0.05)
+    return due(self, step)
+engine.RunLog.due = slow_due
+sys.argv = ["supmam", *sys.argv[3:]]
+runpy.run_module("pipeline.app.cli", run_name="__main__")
+"""
+
+
+def _in_group(pgid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.parametrize("sig, at, workers", [(signal.SIGUSR1, 8, 1), (signal.SIGTERM, 9, 0), (signal.SIGTERM, 12, 0)],
+                         ids=["SIGUSR1-mid-epoch-workers", "SIGTERM-mid-epoch", "SIGTERM-epoch-end"])
+def test_finetune_stops_on_a_signal_and_resume_continues_exactly(tmp_path, sig, at, workers):
+    from tests.stores import spc_wave_stores
+    from tests.test_finetune_resume import cli_args, losses, metrics
+    from pipeline.app.cli import app
+    from typer.testing import CliRunner
+    torch.set_num_threads(1)
+    spc_wave_stores(tmp_path, "spc2", 4, per_class=(6, 2, 2))            # 24 clips: 6 updates an epoch at batch 4
+    extra = ["epochs=4", "batch_size=4", f"num_workers={workers}"]
+    r = CliRunner().invoke(app, cli_args(tmp_path, "whole", *extra))
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", FINETUNE_CHILD, str(at), sig.name, *cli_args(tmp_path, "cut", *extra)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    out, _ = child.communicate(timeout=300)     # the pipe closes once every process of the group has let go
+    assert child.returncode == EXIT_REQUEUE, out
+    assert f"{sig.name} received: stopped after update {at}" in out
+    cut = tmp_path / "runs" / "cut"
+    assert json.loads((cut / "stopped.json").read_text())["step"] == at
+    assert load_checkpoint(cut / "last.pt")["step"] == at and not (cut / "metrics.json").exists()
+    assert _in_group(child.pid) == []                                    # no DataLoader worker left behind
+    r = CliRunner().invoke(app, cli_args(tmp_path, "cut", *extra) + ["--resume"])
+    assert r.exit_code == 0, r.output
+    assert not (cut / "stopped.json").exists()
+    assert losses(cut) == losses(tmp_path / "runs" / "whole")            # every update, exactly
+    assert metrics(cut) == metrics(tmp_path / "runs" / "whole")

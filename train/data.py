@@ -268,11 +268,20 @@ def worker_init(worker_id: int) -> None:
         info.dataset.reopen()
 
 
-def pretrain_worker_init(worker_id: int) -> None:
+def stoppable_worker_init(worker_id: int) -> None:
     """worker_init, and SIGTERM / SIGUSR1 left to the main process, which stops after the update in
-    progress (train.stop_signal) and then ends these workers itself (endless_batches)."""
+    progress (train.stop_signal) and then ends these workers itself (shutdown_workers)."""
     ignore_in_worker()
     worker_init(worker_id)
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """End `loader`'s persistent workers through their queues. They ignore SIGTERM (stoppable_worker_init),
+    so they must never be left for multiprocessing's exit to terminate: that would hang."""
+    workers = getattr(loader, "_iterator", None)         # torch keeps persistent workers' iterator here
+    if workers is not None and hasattr(workers, "_shutdown_workers"):
+        workers._shutdown_workers()
+        loader._iterator = None
 
 
 def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, pin_memory: bool,
@@ -283,7 +292,7 @@ def build_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int, 
     the loader (at the start or on resume) does not shift the training RNG stream.
     """
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, worker_init_fn=pretrain_worker_init,
+                      persistent_workers=num_workers > 0, worker_init_fn=stoppable_worker_init,
                       generator=torch.Generator().manual_seed(seed),
                       prefetch_factor=4 if num_workers > 0 else None)
 
@@ -300,7 +309,4 @@ def endless_batches(loader: DataLoader, sampler: StepBatchSampler, start_step: i
                 yield epoch, batch
             epoch, in_epoch = epoch + 1, 0
     finally:
-        workers = getattr(loader, "_iterator", None)     # torch keeps persistent workers' iterator here
-        if workers is not None and hasattr(workers, "_shutdown_workers"):
-            workers._shutdown_workers()
-            loader._iterator = None
+        shutdown_workers(loader)

@@ -8,8 +8,10 @@ then continues with the losses an uninterrupted run would have had (docs/scale.m
             ...one update...
             if stop.agreed(step): checkpoint; break      # every rank stops after the same update
 
-Pretraining's DataLoader workers ignore both signals (train.data.pretrain_worker_init): the main process
-ends them when the loop returns (train.data.endless_batches).
+Pretraining stops after any update; fine-tuning too, and `--resume` continues mid-epoch (the sampler
+skips what the epoch had done). Their DataLoader workers ignore both signals
+(train.data.stoppable_worker_init): the main process ends them when the loop returns
+(train.data.shutdown_workers). A stopped fine-tuning loop raises StopRequested up to run_finetune.
 """
 from __future__ import annotations
 
@@ -48,20 +50,30 @@ class StopOnSignal:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    def agreed(self, step: int, device: torch.device | None = None) -> bool:
+    def agreed(self, step: int, device: torch.device | None = None, every: int = CHECK_EVERY) -> bool:
         """Whether to stop after update `step`: this process's signal, or under DDP any rank's,
-        compared every CHECK_EVERY updates (so all ranks stop after the same update)."""
+        compared every `every` updates (so all ranks stop after the same update; every rank must
+        make the same calls)."""
         import torch.distributed as tdist
 
         if not (tdist.is_available() and tdist.is_initialized()):
             return self.signum is not None
-        if step % CHECK_EVERY:
+        if step % every:
             return False
         flag = torch.tensor([0 if self.signum is None else int(self.signum)], device=device or "cpu")
         tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())
+
+
+class StopRequested(Exception):
+    """A loop stopped on a signal after its update, state saved at `state`: the run's entry point
+    writes STOPPED and exits with EXIT_REQUEUE."""
+
+    def __init__(self, signal_name: str, step: int, state: str):
+        super().__init__(f"{signal_name} received: stopped after update {step}, state {state}")
+        self.signal_name, self.step, self.state = signal_name, step, state
 
 
 def ignore_in_worker() -> None:

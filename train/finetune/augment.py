@@ -8,6 +8,8 @@ item is the same with any worker count and after a resume.
 """
 from __future__ import annotations
 
+import itertools
+
 import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -91,18 +93,22 @@ def match_length(w: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class SeededSampler(Sampler):
-    """Yields (index, item seed) from `sampler`'s indices; `set_epoch` reaches the wrapped sampler."""
+    """Yields (index, item seed) from `sampler`'s indices; `set_epoch` reaches the wrapped sampler.
+    `skip(n)` starts the current epoch at its n-th item (a run resumed mid-epoch), seeds unchanged."""
 
     def __init__(self, sampler: Sampler, seed: int, rank: int = 0):
-        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+        self.sampler, self.seed, self.rank, self.epoch, self.start = sampler, seed, rank, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.start = epoch, 0
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def skip(self, n: int) -> None:
+        self.start = n
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for pos, k in enumerate(self.sampler):
+        for pos, k in itertools.islice(enumerate(self.sampler), self.start, None):
             yield int(k), item_seed(self.seed, self.epoch, self.rank, pos)
 
     def __len__(self) -> int:

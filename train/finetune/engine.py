@@ -3,7 +3,9 @@
 The recipe follows AudioMAE's fine-tuning (AdamW with layer-wise lr decay, warmup + cosine per
 update, token-level SpecAugment inside the encoder, so DDP wraps the encoder itself). Evaluation
 runs on the main rank; where the task has a validation split the best-on-valid model is the
-headline, else the last one. Every epoch ends resumable from last.pt (train.finetune.resume).
+headline, else the last one. Every epoch ends resumable from last.pt (train.finetune.resume); a
+SIGTERM / SIGUSR1 stops after the update in progress, writes last.pt there and raises StopRequested
+(train.stop_signal), and `--resume` continues mid-epoch.
 """
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ from train.amp import autocast, grad_scaler, resolve_amp
 from train.finetune.augment import SeededSampler
 from train.model.checkpoint import save_checkpoint
 from train.config import to_dict
-from train.data import worker_init
+from train.data import shutdown_workers, stoppable_worker_init
 from train.finetune.resume import gather_rng, load_resume, save_resume, truncate_logs
 from train.lr_sched import build_scheduler
 from train.finetune.metrics import task_metrics
 from train.model.models_vit import AudioViT, describe
 from train.rng import set_rng_state
+from train.stop_signal import StopOnSignal, StopRequested
 from train.finetune.tasks import Task
 from cache_tools.errors import CheckpointError, ConfigError, Diverged
 
@@ -124,13 +127,19 @@ class RunLog:
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, sched,
-                    scaler: torch.amp.GradScaler, loss: Loss, cfg: FinetuneConfig, step: int, log: RunLog) -> int:
+                    scaler: torch.amp.GradScaler, loss: Loss, cfg: FinetuneConfig, step: int, log: RunLog,
+                    signals: StopOnSignal | None = None, rng: dict | None = None) -> int:
     """One pass over `loader`: lr -> forward (token SpecAugment) -> backward -> clip -> step -> log.
-    Returns the update count after the epoch."""
+    Returns the update count after the epoch, or after the update in progress when `signals` saw a
+    stop signal. `rng`: the RNG states to continue with once the epoch's iterator has drawn its seed
+    (a run resumed mid-epoch: the stream then goes on as the uninterrupted run's did)."""
     device = next(model.parameters()).device
     amp = resolve_amp(cfg.amp, device)
     model.train()
-    for x, y in loader:
+    batches = iter(loader)
+    if rng is not None:
+        set_rng_state(rng)
+    for x, y in batches:
         sched.step_update(step)                                                 # lr for this update
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # [B,1,T,F], [B,C] | [B]
         if loss.soft:
@@ -152,6 +161,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         if log.due(step):                                                       # a collective: every rank
             mean = distributed.all_reduce_mean(value.detach()).item()
             log.train(step, mean, max(g["lr"] for g in optimizer.param_groups))
+        if signals is not None and signals.agreed(step, device):                # SIGTERM / SIGUSR1
+            break
     return step
 
 
@@ -180,7 +191,7 @@ def train_loader(cfg: FinetuneConfig, ds: Dataset, sampler: SeededSampler, world
     per_rank = max(1, cfg.batch_size // world_size)
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.num_workers > 0 else None
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
-                      drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=worker_init,
+                      drop_last=len(sampler) >= 2 * per_rank, worker_init_fn=stoppable_worker_init,
                       persistent_workers=cfg.num_workers > 0, generator=gen)
 
 
@@ -240,7 +251,7 @@ def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     derived = {"lr": cfg.lr, "world_size": dist.world_size, "steps_per_epoch": spe, "total_steps": total}
     sel = Selection(cfg, task, data, out, dist.device, {**info, "derived": derived})
-    start, step = 0, 0
+    start, step, rng = 0, 0, None
     st = load_resume(out, info, dist, to_dict(cfg)) if resume else None
     if st is not None:
         try:
@@ -251,25 +262,46 @@ def fit(cfg: FinetuneConfig, vit: AudioViT, data: Splits, task: Task, out: Path,
         optimizer.load_state_dict(st["optimizer"])
         scaler.load_state_dict(st["scaler"])
         sel.load_state_dict(st["selection"])
-        set_rng_state(st["rng"][dist.rank])
-        start, step = st["epoch"], st["step"]
+        start, step, rng = st["epoch"], st["step"], st["rng"][dist.rank]
         if dist.is_main:
             truncate_logs(out, step)
     log = RunLog(out, dist.is_main, total, spe, cfg.batch_size, cfg.log_every, append=st is not None)
     if dist.is_main:
         print(f"[finetune] {task.name}: {len(data.train)} training clips, lr {cfg.lr:.3g} (blr {cfg.blr} x batch "
               f"{cfg.batch_size} / 256), {spe} steps/epoch x {cfg.epochs} epochs, init {cfg.init}", flush=True)
-    for epoch in range(start + 1, cfg.epochs + 1):
-        sampler.set_epoch(epoch - 1)
-        step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, log)
-        if dist.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            sel.after_epoch(vit, epoch, step, log)                                 # evaluation: main rank only
-        rng = gather_rng(dist)                                                     # a collective: every rank
+
+    def save(epoch: int) -> None:                                              # last.pt: `epoch` whole epochs done
+        states = gather_rng(dist)                                              # a collective: every rank
         if dist.is_main:
             save_resume(out, {"model": vit.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": rng,
+                              "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "rng": states,
                               "selection": sel.state_dict(), "config": to_dict(cfg), **info})
         distributed.barrier()
+
+    try:
+        with StopOnSignal() as signals:
+            for epoch in range(start + 1, cfg.epochs + 1):
+                sampler.set_epoch(epoch - 1)
+                done = step - (epoch - 1) * spe                                # > 0: resumed mid-epoch
+                sampler.skip(done * loader.batch_size)
+                if done == 0 and rng is not None:
+                    set_rng_state(rng)                                         # resumed at an epoch's end
+                step = train_one_epoch(model, loader, optimizer, sched, scaler, loss, cfg, step, log, signals,
+                                       rng if done else None)
+                rng = None
+                if step < epoch * spe:                                         # a signal, mid-epoch
+                    save(epoch - 1)
+                    raise StopRequested(signals.name, step, str(out / "last.pt"))
+                if dist.is_main and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                    sel.after_epoch(vit, epoch, step, log)                     # evaluation: main rank only
+                save(epoch)
+                if epoch < cfg.epochs and signals.agreed(step, dist.device, every=1):   # a signal at the epoch's end
+                    raise StopRequested(signals.name, step, str(out / "last.pt"))
+    except StopRequested:
+        log.close()
+        raise
+    finally:
+        shutdown_workers(loader)                                               # they ignore SIGTERM
     result = final_scores(cfg, vit, data, task, sel, step, log) if dist.is_main else None
     distributed.barrier()
     return result
