@@ -59,6 +59,8 @@ class FinetuneConfig(RunConfig):
     # evaluation
     eval_batch_size: int = 64
     eval_every: int = 1              # epochs between evaluations (the last epoch always evaluates)
+    test_each_epoch: bool = False    # with a validation split, also score the test set at each evaluation:
+                                     # best_over_epochs, what AudioMAE prints (never the headline)
 
     RANGES = {"epoch_len": AT_LEAST_0, "layer_decay": Range(0, 1, lo_open=True), "mask_t_prob": UNIT_OPEN,
               "mask_f_prob": UNIT_OPEN, "freqm": AT_LEAST_0, "timem": AT_LEAST_0, "mixup": UNIT,

@@ -203,6 +203,7 @@ class Selection:
     def __init__(self, cfg: FinetuneConfig, task: Task, data: Splits, out: Path, device: torch.device, info: dict):
         self.cfg, self.task, self.out, self.device, self.info = cfg, task, out, device, info
         self.split, self.ds = ("valid", data.valid) if data.valid is not None else ("test", data.test)
+        self.test_too = data.test if data.valid is not None and cfg.test_each_epoch else None
         self.best, self.epoch, self.state, self.history = -math.inf, None, None, []
 
     def state_dict(self) -> dict:
@@ -215,6 +216,9 @@ class Selection:
         amp = resolve_amp(self.cfg.amp, self.device)
         r = evaluate(vit, self.ds, self.task.multilabel, self.device, self.cfg.eval_batch_size, amp)
         self.history.append({"epoch": epoch, **{f"{self.split}_{k}": v for k, v in r.metrics.items()}})
+        if self.test_too is not None:                  # for best_over_epochs only: the selection stays on valid
+            t = evaluate(vit, self.test_too, self.task.multilabel, self.device, self.cfg.eval_batch_size, amp)
+            self.history[-1] |= {f"test_{k}": v for k, v in t.metrics.items()}
         log.eval({"step": step, **self.history[-1]})
         score = r.metrics[self.task.metric]
         improved = self.split == "valid" and score > self.best

@@ -135,7 +135,7 @@ AUDIOMAE_PRINTS = ("the best test score over the evaluated epochs, as AudioMAE p
 
 def _best_over_epochs(r: FitResult, task: Task) -> dict:
     """{"best_over_epochs": {epoch, test, note}} where the run scored the test set each evaluated epoch
-    (tasks without a validation split); {} otherwise."""
+    (tasks without a validation split, or with `test_each_epoch`); {} otherwise."""
     key = f"test_{task.metric}"
     scored = [(h[key], h["epoch"]) for h in r.history if key in h]
     if not scored:
