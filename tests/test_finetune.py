@@ -31,7 +31,7 @@ def finetune(task: str, root, *overrides: str, name: str | None = None, init: st
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread per test
 
 
-def test_esc50_five_fold_cross_validation(tmp_path):
+def test_esc50_five_fold_cross_validation(tmp_path, capsys):
     labels = np.tile(np.arange(3), 10)                                 # 30 clips, 3 classes
     folds = np.repeat(np.arange(1, 6), 6).astype(np.int8)              # 6 clips per fold
     class_store(tmp_path / "esc50.h5", labels, ["dog", "rain", "bell"], folds=folds, dataset="esc50")
@@ -54,6 +54,18 @@ def test_esc50_five_fold_cross_validation(tmp_path):
     ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=moved)   # same name elsewhere
     assert ev["test_set"] == f"{moved / 'esc50.h5'} fold 3"
     assert ev["accuracy"] == pytest.approx(m["folds"][2]["accuracy"])
+    assert ev["recorded_test_set"] is True
+    # a store of that name with the classes in another order: refused, not scored against the wrong labels
+    swapped = tmp_path / "swapped"
+    class_store(swapped / "esc50.h5", labels, ["rain", "dog", "bell"], folds=folds, dataset="esc50")
+    with pytest.raises(ConfigError, match=r"esc50.h5: its classes are not those .* \(class 0: 'rain', trained as 'dog'\)"):
+        evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=swapped)
+    # the same classes but other clips: scored, and said to be another test set
+    other = tmp_path / "other"
+    class_store(other / "esc50.h5", labels, ["dog", "rain", "bell"], folds=folds, dataset="esc50", seed=5)
+    ev = evaluate_checkpoint(run / "fold3" / "checkpoint.pt", "esc50", stores=other)
+    assert ev["recorded_test_set"] is False
+    assert "is not the store" in capsys.readouterr().err
 
 
 def test_spc1_uses_twelve_classes(tmp_path):

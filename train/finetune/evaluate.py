@@ -6,6 +6,7 @@ evaluation rebuilds the model exactly, whatever encoder it started from, and fin
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,30 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
     if store.num_classes != vit.head.out_features:
         raise ConfigError(f"{store.path}: {store.num_classes} classes, but {ckpt} has a "
                             f"{vit.head.out_features}-class head")
+    same = check_test_store(store, state, ckpt)
     r = evaluate(vit, ds, t.multilabel, dev, batch_size)
     return {"task": t.name, "checkpoint": str(ckpt), "test_set": where, "clips": len(ds), "metric": t.metric,
-            **r.metrics}
+            **r.metrics, "recorded_test_set": same}
+
+
+def check_test_store(store, state: dict, ckpt: Path) -> bool:
+    """ConfigError if `store` names its classes otherwise (another order scores nonsense) or holds other
+    clip lengths than the run trained on; whether it is the very store the run recorded (fingerprint;
+    a warning on stderr if not: the number is then a score on other clips)."""
+    names = state.get("class_names")
+    if names is not None and list(names) != list(store.class_names):
+        k = next((i for i, (a, b) in enumerate(zip(names, store.class_names)) if a != b), min(len(names),
+                                                                                            store.num_classes))
+        got = store.class_names[k] if k < store.num_classes else "(none)"
+        want = names[k] if k < len(names) else "(none)"
+        raise ConfigError(f"{store.path}: its classes are not those {ckpt} was trained on (class {k}: "
+                          f"{got!r}, trained as {want!r}); scores against these labels would mean nothing")
+    length = state.get("target_length")
+    if length is not None and int(length) != store.target_length:
+        raise ConfigError(f"{store.path}: clips of {store.target_length} frames, {ckpt} was trained on {length}")
+    recorded = (state.get("fingerprints") or {}).get("clips", {}).get(store.path.name)
+    if recorded is not None and recorded != store.fingerprint:
+        print(f"warning: {store.path} is not the store {ckpt} recorded (fingerprint {store.fingerprint}, recorded "
+              f"{recorded}): the score is on these clips, not the run's test set", file=sys.stderr)
+        return False
+    return recorded is not None
