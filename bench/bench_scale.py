@@ -129,7 +129,7 @@ def memory_section(tmp: Path, n: int) -> dict:
     tracemalloc.stop()
     gc.collect()
     tracemalloc.start()
-    class_balance_weights(labels)
+    class_balance_weights(ClipStore(clips).label_blocks)       # as fine-tuning does: blocks from the file
     w_now = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     ids = ClipStore(clips).clip_ids.raw()

@@ -220,3 +220,34 @@ def test_bench_scale_section_runs_and_its_rows_hold(tmp_path):
     assert integrity["hashed_by_workers_after_mb"] == 0 == integrity["hashed_by_main_after_mb"]
     assert prep["peak_disk_over_store"] < 1.5 < prep["peak_disk_over_store_before"]
     assert mem["open_bytes_per_clip_before"] > 500 and mem["open_kept_bytes"] < mem["open_kept_bytes_before"] + 2**20
+
+
+def test_finetuning_weights_read_labels_in_blocks_not_whole(tmp_path):
+    """AS-2M fine-tuning builds the class-balance weights on every rank: two passes over row blocks of
+    the stores' labels, never the [N, 527] array (1 GB per rank at 2 M). Same weights as the array."""
+    import tracemalloc
+
+    from tests.stores import write_clip_store
+    from train.finetune import data as fd
+    from train.finetune.augment import TrainClips
+
+    rng = np.random.default_rng(0)
+    names = [f"c{k}" for k in range(527)]
+    peaks = {}
+    for n in (3000, 12000):
+        labels = (rng.random((n, 527)) < 0.01).astype(np.uint8)
+        labels[np.arange(n), rng.integers(0, 527, n)] = 1
+        store = write_clip_store(tmp_path / f"s{n}.h5", np.zeros((n, 16, 128), np.float16),
+                                 np.zeros((n, 8), np.int16), labels, names)
+        rows = np.concatenate([np.arange(0, n, 3), rng.permutation(n)[:50]])   # a subset, partly scattered
+        ds = TrainClips([store], [rows])
+        assert np.array_equal(np.concatenate(list(ds.label_blocks())), labels[rows])
+        expected = fd.class_balance_weights(labels[rows])                      # the one-array form
+        blocks = lambda: store.label_blocks(rows, block=500)                   # noqa: E731
+        tracemalloc.start()
+        got = fd.class_balance_weights(blocks)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # the whole label array grows by 9000 x 527 B = 4.7 MB between the sizes; blocks only by the [n] outputs
+    assert peaks[12000] - peaks[3000] < 1_000_000, peaks

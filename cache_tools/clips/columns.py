@@ -22,6 +22,27 @@ def label_counts(store: "ClipStore", block: int = 65536) -> np.ndarray:
     return counts
 
 
+def label_blocks(store: "ClipStore", rows: np.ndarray | None = None, block: int = 65536):
+    """`store.labels` of `rows` (None: every clip), in that order, `block` rows at a time: a pass over
+    the labels never holds [N, C] (1 GB at AS-2M) at once. Each block reads the span its rows cover, or
+    (rows scattered wider than 4x the block) just those rows."""
+    if rows is None:
+        for lo in range(0, len(store), block):
+            yield store._row("labels", slice(lo, lo + block))
+        return
+    rows = np.asarray(rows, dtype=np.int64)
+    for lo in range(0, len(rows), block):
+        ix = rows[lo:lo + block]
+        if len(ix) == 0:
+            continue
+        first, last = int(ix.min()), int(ix.max()) + 1
+        if last - first <= 4 * len(ix):
+            yield store._row("labels", slice(first, last))[ix - first]
+        else:
+            uniq, inv = np.unique(ix, return_inverse=True)
+            yield store._row("labels", uniq)[inv]                   # h5py reads an increasing index list
+
+
 class ClipIds(Sequence):
     """A store's clip ids as a read-only sequence of str, read on first use as one numpy bytes array
     [N] S<longest> (no Python object per id: forked workers share its pages; about 20 bytes a clip)."""

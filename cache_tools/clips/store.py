@@ -23,7 +23,7 @@ import numpy as np
 from cache_tools.atomic import atomic_path, atomic_write_text
 from cache_tools.clips.checksums import (CHECKSUM_PARTS_ABOUT, block_rows_of_parts, content_digest, part_summary,
                                        read_part_summary)
-from cache_tools.clips.columns import ClipIds, label_counts
+from cache_tools.clips.columns import ClipIds, label_blocks, label_counts
 from cache_tools.disk_space import free_bytes, require_space
 from cache_tools.errors import StoreError
 from cache_tools.fingerprint import assignment_digest, clip_fingerprint
@@ -292,6 +292,14 @@ class ClipStore:
     def labels(self) -> np.ndarray:
         """[N,C] uint8 multi-hot or [N] int64 class ids, read from the file on each use (not kept)."""
         return self._row("labels", slice(None))
+
+    def label_blocks(self, rows: np.ndarray | None = None, block: int = 65536):
+        """`labels` of `rows` (None: all) in order, `block` rows at a time (cache_tools.clips.columns)."""
+        return label_blocks(self, rows, block)
+
+    def label_counts(self) -> np.ndarray:
+        """int64 [C]: clips per class, read in blocks."""
+        return label_counts(self)
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():    # one handle per process (fork-safe)

@@ -143,7 +143,12 @@ class TrainClips(Dataset):
 
     def labels(self) -> np.ndarray:
         """Labels in item order: [n, C] multi-hot or [n] class ids."""
-        return np.concatenate([np.asarray(s.labels)[ix] for s, ix in zip(self.stores, self.indices)])
+        return np.concatenate(list(self.label_blocks()))
+
+    def label_blocks(self):
+        """The labels in item order, a block of rows at a time (never [n, C] at once)."""
+        for s, ix in zip(self.stores, self.indices):
+            yield from s.label_blocks(ix)
 
     def __getitem__(self, item):
         k, seed = item if isinstance(item, tuple) else (item, None)

@@ -69,34 +69,43 @@ class ClipDataset(Dataset):
 
     def labels(self) -> np.ndarray:
         """Labels of this subset: [n, C] multi-hot or [n] class ids."""
-        labels = self.store.labels
-        return labels if self.indices is None else labels[self.indices]
+        return np.concatenate(list(self.label_blocks()))
 
-
-def dataset_labels(ds: Dataset) -> np.ndarray:
-    """Labels of a ClipDataset or train.finetune.augment.TrainClips (anything with `labels()`), in item order."""
-    return ds.labels()
+    def label_blocks(self):
+        """The labels of this subset in item order, a block of rows at a time (never [n, C] at once)."""
+        yield from self.store.label_blocks(self.indices)
 
 
 WEIGHT_BLOCK = 8192        # rows converted at a time: memory bounded by the block, not by N
 
 
-def class_balance_weights(labels: np.ndarray, block: int = WEIGHT_BLOCK) -> np.ndarray:
+def class_balance_weights(labels, block: int = WEIGHT_BLOCK) -> np.ndarray:
     """AudioMAE's gen_weight.py: labels [N, C] multi-hot (or [N] class ids) -> clip weights [N] float64
-    = sum over the clip's labels of 1000/(count+0.01). Counted and weighed `block` rows at a time (no
-    float [N, C] copy: 8.4 GB per rank at AS-2M before); the same values as the one-shot product."""
-    labels = np.asarray(labels)
-    if labels.ndim == 1:                                                   # class ids: a lookup, exactly
-        ids = labels.astype(np.int64)
-        return (1000.0 / (np.bincount(ids).astype(np.float64) + 0.01))[ids]   # [N]
-    counts = np.zeros(labels.shape[1], np.int64)                           # [C]
-    for lo in range(0, len(labels), block):
-        counts += labels[lo:lo + block].sum(0, dtype=np.int64)
+    = sum over the clip's labels of 1000/(count+0.01). `labels` is the array, or a function giving its
+    row blocks in order (a dataset's `label_blocks`: two passes, so no [N, C] copy is ever held, 1 GB
+    per rank at AS-2M; no float [N, C] either). The same values as the one-shot product."""
+    if not callable(labels):
+        array = np.asarray(labels)
+        labels = lambda: (array[lo:lo + block] for lo in range(0, len(array), block))   # noqa: E731
+    counts = None
+    for lab in labels():                                                   # pass 1: clips per class
+        lab = np.asarray(lab)
+        c = lab.sum(0, dtype=np.int64) if lab.ndim == 2 else np.bincount(lab.astype(np.int64))
+        if counts is None:
+            counts = c
+        else:
+            size = max(len(counts), len(c))
+            counts = np.pad(counts, (0, size - len(counts))) + np.pad(c, (0, size - len(c)))
+    if counts is None:
+        return np.zeros(0, np.float64)
     label_weight = 1000.0 / (counts + 0.01)                                # [C] float64
-    out = np.empty(len(labels), np.float64)                                # [N]
-    for lo in range(0, len(labels), block):
-        out[lo:lo + block] = labels[lo:lo + block].astype(np.float64) @ label_weight
-    return out
+    out = []                                                               # pass 2: [b] float64 per block
+    for lab in labels():
+        lab = np.asarray(lab)
+        for lo in range(0, len(lab), block):                               # float64 `block` rows at a time
+            part = lab[lo:lo + block]
+            out.append(label_weight[part.astype(np.int64)] if lab.ndim == 1 else part.astype(np.float64) @ label_weight)
+    return np.concatenate(out)                                             # [N]
 
 
 class WeightedEpochSampler(Sampler[int]):
@@ -133,7 +142,7 @@ def train_sampler(ds: Dataset, weighted: bool, epoch_len: int, seed: int, rank: 
                   replacement: bool = False) -> Sampler:
     """The training sampler: class-balanced (AS-2M, SPC-1) or a seeded shuffle, both split over ranks."""
     if weighted:
-        w = class_balance_weights(dataset_labels(ds))
+        w = class_balance_weights(ds.label_blocks)
         return WeightedEpochSampler(w, epoch_len or len(ds), replacement=replacement, seed=seed, rank=rank,
                                     world_size=world)
     return DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)

@@ -57,7 +57,7 @@ def check_task_stores(task: Task, stores: Sequence[ClipStore]) -> None:
     if task.num_classes is not None and ref.num_classes != task.num_classes:
         raise ConfigError(f"{ref.path}: task {task.name} has {task.num_classes} classes, "
                             f"this store has {ref.num_classes}")
-    require_classes(ref.labels, ref.class_names, ref.path)          # a one-class store scores 1.0 on nothing
+    require_classes(ref.label_counts(), ref.class_names, ref.path, counted=True)   # one class scores 1.0 on nothing
 
 
 def _info(stores: Sequence[ClipStore]) -> dict:

@@ -80,10 +80,12 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.astype(np.int64), minlength=num_classes)
 
 
-def require_classes(labels: np.ndarray, class_names: list[str], where, what: str = "clips") -> np.ndarray:
+def require_classes(labels: np.ndarray, class_names: list[str], where, what: str = "clips",
+                    counted: bool = False) -> np.ndarray:
     """Clips per class [C]; ConfigError naming `where` if fewer than two classes have any `what`:
-    a classifier of one class scores 1.0 on nothing (a folder given one level too high is one class)."""
-    counts = class_counts(labels, len(class_names))
+    a classifier of one class scores 1.0 on nothing (a folder given one level too high is one class).
+    `counted`: `labels` already holds the clips per class (ClipStore.label_counts)."""
+    counts = np.asarray(labels) if counted else class_counts(labels, len(class_names))
     present = [class_names[c] for c in np.flatnonzero(counts)]
     if len(present) < 2:
         held = f"only class {present[0]!r}" if present else "no labelled clip"
