@@ -128,7 +128,7 @@ def pretrain_step(stage: dict, sz: dict) -> dict:
     from train.config import load_config
     from train.data import PretrainDataset, StepBatchSampler, build_loader
     from train.model.models_mam import MaskedAudioModel
-    from train.pretrain.run import PretrainConfig
+    from train.pretrain.config import PretrainConfig
     base_cfg = load_config(PretrainConfig, "supmam-clap").model
     b, teach = sz["batch"], stage["teacher"]
     loaders = {}

@@ -60,7 +60,7 @@ def mam_config(preset: str, dry: bool):
     from train.model.models_mam import MAMConfig
     try:
         from train.config import load_config
-        from train.pretrain.run import PretrainConfig
+        from train.pretrain.config import PretrainConfig
         cfg, source = load_config(PretrainConfig, preset).model, f"configs/pretrain/{preset}.toml"
     except Exception as e:  # noqa: BLE001
         cfg, source = MAMConfig(**FALLBACK[preset]), f"fallback ({type(e).__name__}: {e})"

@@ -102,7 +102,8 @@ def parts_dataset(parts):
 
 
 def run_row(name: str, clips: Path, targets: Path, runs: Path, steps: int) -> dict:
-    from train.pretrain.run import build, load_pretrain_config, train
+    from train.pretrain.config import load_pretrain_config
+    from train.pretrain.run import build, train
     preset, ovs = ROWS[name]
     cfg = load_pretrain_config(preset, [f"clips={clips}", f"targets={targets}", f"run_dir={runs}",
                                         f"name={name.replace('/', '_')}", "device=cpu", "amp=off", "num_workers=0",

@@ -94,7 +94,7 @@ def test_tables_print_their_titles_paper_or_interpretation():
 def test_options_table_switches_one_reading_per_row(stores, tmp_path):
     """One row per reading the paper leaves open, each run configured with exactly that option
     changed from the preset's (read back from each run's saved config), beside the preset's."""
-    from train.pretrain.run import load_pretrain_config
+    from train.pretrain.config import load_pretrain_config
     from tests.test_fidelity import flatten
     torch.set_num_threads(1)
     d, clips, targets = stores

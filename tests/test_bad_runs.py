@@ -26,7 +26,8 @@ from train.data import PretrainDataset
 from train.finetune.config import FinetuneConfig, FinetuneModel, load_finetune_config
 from train.finetune.data import ClipDataset
 from train.model.models_mam import MAMConfig
-from train.pretrain.run import PretrainConfig, load_pretrain_config, run_pretrain
+from train.pretrain.config import PretrainConfig, load_pretrain_config
+from train.pretrain.run import run_pretrain
 from train.run_folder import truncate_log
 
 REC = ["model.target_head_init=mae", "batch_size=4", "max_steps=2", "ckpt_every=1000"]

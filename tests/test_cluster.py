@@ -16,7 +16,8 @@ import torch
 
 from cache_tools.errors import ConfigError
 from tests.stores import TINY_PRETRAIN, write_clips, write_targets
-from train.pretrain.run import load_pretrain_config, run_pretrain
+from train.pretrain.config import load_pretrain_config
+from train.pretrain.run import run_pretrain
 from train.model.checkpoint import load_checkpoint
 from train.stop_signal import EXIT_REQUEUE
 
@@ -27,13 +28,14 @@ EXTRA = ["batch_size=4", "max_steps=12", "ckpt_every=100", "blr=0.064", "num_wor
 CHILD = """
 import sys, time, torch
 import train.pretrain.run as run
+from train.pretrain.config import load_pretrain_config
 torch.set_num_threads(1)
 slow = run.micro_step
 def micro_step(*a, **k):
     time.sleep(0.25)
     return slow(*a, **k)
 run.micro_step = micro_step
-cfg = run.load_pretrain_config("supmam-clap", sys.argv[2:])
+cfg = load_pretrain_config("supmam-clap", sys.argv[2:])
 run.run_pretrain(cfg, resume=sys.argv[1] == "resume")
 """
 

@@ -14,7 +14,7 @@ import pytest
 
 from train.config import CONFIG_DIR
 from train.finetune.config import load_finetune_config
-from train.pretrain.run import load_pretrain_config
+from train.pretrain.config import load_pretrain_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "fidelity.md"
 # where a run reads and writes: not settings of the method

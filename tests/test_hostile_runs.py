@@ -36,7 +36,8 @@ from train.finetune.run import run_finetune
 from train.finetune.split import assign
 from train.model.checkpoint import save_checkpoint
 from train.model.models_vit import AudioViT, build_encoder
-from train.pretrain.run import load_pretrain_config, run_pretrain
+from train.pretrain.config import load_pretrain_config
+from train.pretrain.run import run_pretrain
 from train.use.embed import load_pretrained
 from train.use.embed_files import embed_files
 from train.use.features import cached_features, weights_sha256

@@ -14,7 +14,8 @@ from tests.stores import DIM, GRID, T, TEACHER_MEL, fake_teacher, write_clips, w
 from tests.stores import TINY_PRETRAIN as TINY
 from train.data import PretrainDataset, StepBatchSampler, check_targets_match, clip_gain
 from train.lr_sched import build_scheduler
-from train.pretrain.run import OnlineTeacher, PretrainConfig, load_pretrain_config, run_pretrain
+from train.pretrain.config import PretrainConfig, load_pretrain_config
+from train.pretrain.run import OnlineTeacher, run_pretrain
 from cache_tools.errors import ConfigError, StoreError
 
 
@@ -104,7 +105,7 @@ def test_store_count_mismatch_is_refused(stores):
 def test_ddp_two_processes_gloo(stores, tmp_path, torchrun):
     args = [f"clips={stores['clips']}", f"targets={stores['targets']}", f"run_dir={tmp_path}", "name=ddp",
             *TINY, "batch_size=8", "max_steps=3", "accum_steps=2"]
-    r = torchrun("from train.pretrain.run import load_pretrain_config, run_pretrain\n"
+    r = torchrun("from train.pretrain.config import load_pretrain_config\nfrom train.pretrain.run import run_pretrain\n"
                  f"run_pretrain(load_pretrain_config('supmam-clap', {args!r}))")
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoint-final.pt", weights_only=True)

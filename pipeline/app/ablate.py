@@ -94,7 +94,8 @@ def pretrain_overrides(run: Run, clips: Path, targets: Path, runs: Path, seed: i
 
 def pretrain_run(run: Run, clips: Path, targets: Path, runs: Path, seed: int, device: str,
                  steps: int | None, extra: list[str]) -> Path:
-    from train.pretrain.run import load_pretrain_config, run_pretrain
+    from train.pretrain.config import load_pretrain_config
+    from train.pretrain.run import run_pretrain
     ovs = pretrain_overrides(run, clips, targets, runs, seed, device, steps, extra)
     return run_pretrain(load_pretrain_config(run.preset, ovs), resume=True)
 

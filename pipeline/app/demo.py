@@ -51,7 +51,8 @@ def run_demo(data: Path, stores: Path, runs: Path, seed: int = 0, clap_ckpt: Pat
     from pipeline.targets import make_targets
     from train.finetune.config import load_finetune_config
     from train.finetune.run import run_finetune
-    from train.pretrain.run import load_pretrain_config, run_pretrain
+    from train.pretrain.config import load_pretrain_config
+    from train.pretrain.run import run_pretrain
 
     t_start, times = time.time(), {}
     data, stores, runs = Path(data), Path(stores), Path(runs)

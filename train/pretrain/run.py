@@ -1,6 +1,6 @@
 """Stage two: pretrain the masked audio model against cached CLAP targets (or reconstruction / labels).
 
-    cfg = load_pretrain_config("supmam-clap-mini", ["max_steps=50"])
+    cfg = load_pretrain_config("supmam-clap-mini", ["max_steps=50"])   # train.pretrain.config
     run_pretrain(cfg)            # = train(build(cfg)); torchrun --nproc-per-node 4 ... for DDP
 
 `build(cfg)` opens the stores, builds the model, optimizer, schedule and loader (restoring them
@@ -19,21 +19,21 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from timm.optim import param_groups_weight_decay
 from tqdm import tqdm
 
-from cache_tools.names import PRETRAIN_SETS, target_store_path
 from train import distributed as D
 from train.amp import autocast, grad_scaler, resolve_amp
 from train.model.checkpoint import load_checkpoint, save_checkpoint
-from train.config import AT_LEAST_0, AT_LEAST_1, RunConfig, load_config, to_dict
+from train.config import to_dict
 from train.data import PretrainDataset, StepBatchSampler, build_loader, endless_batches, verify_on_node
 from train.lr_sched import build_scheduler
-from train.model.models_mam import MAMConfig, MaskedAudioModel
+from train.model.models_mam import MaskedAudioModel
+from train.pretrain.config import PretrainConfig
 from train.plots import plot_curves
 from train.run_folder import check_resume_config, claim, config_diff, truncate_log
 from cache_tools.atomic import atomic_write_text
@@ -43,32 +43,6 @@ from train.tb_log import open_tensorboard, tb_write
 from train.rng import mask_seed, rng_state, set_rng_state
 from train.pretrain.targets import STATS_CLIPS, OnlineTeacher, TargetInfo, TargetMap, target_info, target_stats
 from cache_tools.errors import ConfigError, Diverged, StoreError
-
-
-@dataclass
-class PretrainConfig(RunConfig):
-    model: MAMConfig = field(default_factory=MAMConfig)
-    clips: list[str] = field(default_factory=list)    # clip stores read as one dataset; [] = clip_set's in `stores`
-    targets: list[str] = field(default_factory=list)  # one per clip store; [] = each beside its clip store
-    clip_set: Literal["as2m", "unbalanced"] = "as2m"   # the stores `clips = []` means (names.PRETRAIN_SETS)
-    teacher: Literal["cached", "online"] = "cached"   # online: the teacher runs inside the step
-    roll_mag_aug: bool = False    # AudioMAE's gain Beta(10, 10) + 0.5 on the student's input (targets as cached)
-    batch_size: int = 128
-    accum_steps: int = 1          # micro-steps per update (per-rank micro batch = batch / (accum * world))
-    blr: float = 4e-4             # lr = blr * batch / 256: 2e-4 at batch 128
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 0         # > 0 wins over warmup_epochs
-    epochs: int = 32
-    max_steps: int = 0            # > 0 caps the run at this many updates (the schedule spans them)
-    compile: str = ""             # torch.compile backend for the model step ("inductor" on GPUs; "" = eager)
-    target_alignment: Literal["nearest", "bilinear"] = "nearest"   # teacher cell(s) per student patch
-    target_padding: Literal["map", "drop"] = "map"   # drop: patches past a clip's real end are out of Eq. 1
-    allow_untrained_teacher: bool = False   # train on targets of a seeded-random teacher (mini presets)
-    ckpt_every: int = 1000
-    tensorboard: bool = False     # also write TensorBoard events to <run>/tb (pip install 'supmam-clap[tensorboard]')
-
-    RANGES = {"accum_steps": AT_LEAST_1, "warmup_steps": AT_LEAST_0, "max_steps": AT_LEAST_0,
-              "ckpt_every": AT_LEAST_1}
 
 
 @dataclass
@@ -399,17 +373,3 @@ def run_pretrain(cfg: PretrainConfig, online_teacher: OnlineTeacher | None = Non
     if stopped:                       # a scheduler's signal: the job script requeues on this code
         raise SystemExit(EXIT_REQUEUE)
     return path
-
-
-def load_pretrain_config(preset: str | None, overrides: list[str] | None = None) -> PretrainConfig:
-    """PretrainConfig from configs/pretrain/<preset>.toml (or a .toml path) and key=value overrides;
-    empty store lists and run name are filled in (`clip_set`'s stores in `stores`, each target store
-    beside its clip store, the preset's name). A single store path is a list of one."""
-    cfg = load_config(PretrainConfig, preset, overrides, kind="pretrain")
-    clips = cfg.clips or [str(Path(cfg.stores) / n) for n in PRETRAIN_SETS[cfg.clip_set]]
-    targets = cfg.targets or [str(target_store_path(c)) for c in clips]
-    if len(targets) != len(clips):
-        raise ConfigError(f"{len(clips)} clip stores {clips} but {len(targets)} target stores {targets}: give one "
-                          f"target store per clip store, in the same order (or none: each beside its clip store)")
-    return dataclasses.replace(cfg, clips=clips, targets=targets,
-                               name=cfg.name or (Path(preset).stem if preset else "pretrain"))

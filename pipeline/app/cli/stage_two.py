@@ -44,7 +44,8 @@ def pretrain(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Pretrain the masked audio model (AudioMAE / SupMAM / MAM-CLAP / SupMAM-CLAP); torchrun for DDP."""
-    from train.pretrain.run import load_pretrain_config, run_pretrain
+    from train.pretrain.config import load_pretrain_config
+    from train.pretrain.run import run_pretrain
     opts = {"clips": json.dumps([str(c) for c in clips]) if clips else None,
             "targets": json.dumps([str(t) for t in targets]) if targets else None,
             "run_dir": runs, "device": device, "teacher": teacher.value, "name": name}
