@@ -153,7 +153,7 @@ def test_per_process_memory_does_not_grow_with_the_store(tmp_path):
     from tests.stores import fake_teacher, write_target_store
 
     kept = {}
-    for n in (200, 800):
+    for n in (100, 200, 800):                      # 100: a warm-up (first-use caches of the libraries)
         clips = write_clips(tmp_path / f"c{n}.h5", n)
         from cache_tools.clips.store import ClipStore
         store = ClipStore(clips)
@@ -164,8 +164,9 @@ def test_per_process_memory_does_not_grow_with_the_store(tmp_path):
         kept[n] = _opened_bytes(clips, targets)
     growth_per_clip = (kept[800] - kept[200]) / 600
     # a list of clip-id str and the labels in memory cost ~75 bytes a clip here (~600 B with AudioSet's
-    # 527 classes): 2 M clips x 8 ranks x their workers. Now nothing N-sized is kept at open.
-    assert growth_per_clip < 2, kept
+    # 527 classes): 2 M clips x 8 ranks x their workers. Now nothing N-sized is kept at open; the bound
+    # leaves a few KB for allocations that are not the store's (one 3.12 run in a long batch saw some)
+    assert growth_per_clip < 10, kept
 
 
 def test_parallel_audio_scan_lists_what_the_serial_walk_lists(tmp_path):
