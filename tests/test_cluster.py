@@ -159,3 +159,34 @@ def test_finetune_stops_on_a_signal_and_resume_continues_exactly(tmp_path, sig, 
     assert not (cut / "stopped.json").exists()
     assert losses(cut) == losses(tmp_path / "runs" / "whole")            # every update, exactly
     assert metrics(cut) == metrics(tmp_path / "runs" / "whole")
+
+
+def test_finetune_under_ddp_stops_where_the_ranks_agree_and_resumes_exactly(tmp_path, torchrun):
+    """torchrun, 2 ranks: only rank 1 gets SIGUSR1 (after update 3); the ranks compare flags every 10
+    updates, so both stop after update 10, mid-epoch, and `--resume` gives the uninterrupted run."""
+    from tests.stores import spc_stores
+    from tests.test_finetune_resume import TINY, losses, metrics
+    spc_stores(tmp_path, "spc2", 3, per_class=(16, 1, 1))                # 48 clips: 12 updates an epoch
+    ov = [*TINY, "batch_size=4", "epochs=2", "mask_t_prob=0.2", f"stores={tmp_path}", f"run_dir={tmp_path / 'runs'}",
+          "init=none", "device=cpu"]
+    code = ("import os, signal\nimport train.finetune.engine as engine\n"
+            "from train.finetune.config import load_finetune_config\nfrom train.finetune.run import run_finetune\n"
+            "due = engine.RunLog.due\n"
+            "def signal_rank_1(self, step):\n"
+            "    if step == 3 and os.environ['RANK'] == '1' and NAME == 'cut' and not RESUME:\n"
+            "        os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "    return due(self, step)\n"
+            "engine.RunLog.due = signal_rank_1\n"
+            "run_finetune(load_finetune_config('spc2-mini', OV + [f'name={NAME}'], task='spc2'), resume=RESUME)\n")
+    for name, resume in (("whole", False), ("cut", False), ("cut", True)):
+        r = torchrun(f"NAME, RESUME, OV = {name!r}, {resume}, {ov!r}\n" + code)
+        cut = tmp_path / "runs" / "cut"
+        if name == "cut" and not resume:
+            assert r.returncode != 0, "the stopped ranks exit with 75, which torchrun reports as a failure"
+            assert json.loads((cut / "stopped.json").read_text())["step"] == 10
+            assert load_checkpoint(cut / "last.pt")["step"] == 10 and load_checkpoint(cut / "last.pt")["epoch"] == 0
+            assert "SIGUSR1 received: stopped after update 10" in r.stdout + r.stderr
+        else:
+            assert r.returncode == 0, r.stderr[-3000:]
+    whole = tmp_path / "runs" / "whole"
+    assert losses(cut) == losses(whole) and metrics(cut) == metrics(whole)
