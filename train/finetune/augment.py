@@ -9,7 +9,6 @@ item is the same with any worker count and after a resume.
 from __future__ import annotations
 
 import itertools
-
 import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -140,10 +139,6 @@ class TrainClips(Dataset):
     def locate(self, k: int) -> tuple[ClipStore, int]:
         s = int(np.searchsorted(self.offsets, k, side="right")) - 1
         return self.stores[s], int(self.indices[s][k - self.offsets[s]])
-
-    def labels(self) -> np.ndarray:
-        """Labels in item order: [n, C] multi-hot or [n] class ids."""
-        return np.concatenate(list(self.label_blocks()))
 
     def label_blocks(self):
         """The labels in item order, a block of rows at a time (never [n, C] at once)."""

@@ -67,10 +67,6 @@ class ClipDataset(Dataset):
         y = torch.from_numpy(np.asarray(self.store.label(i)))            # [C] float32 or [] int64
         return x, y
 
-    def labels(self) -> np.ndarray:
-        """Labels of this subset: [n, C] multi-hot or [n] class ids."""
-        return np.concatenate(list(self.label_blocks()))
-
     def label_blocks(self):
         """The labels of this subset in item order, a block of rows at a time (never [n, C] at once)."""
         yield from self.store.label_blocks(self.indices)
@@ -87,17 +83,12 @@ def class_balance_weights(labels, block: int = WEIGHT_BLOCK) -> np.ndarray:
     if not callable(labels):
         array = np.asarray(labels)
         labels = lambda: (array[lo:lo + block] for lo in range(0, len(array), block))   # noqa: E731
-    counts = None
+    counts = np.zeros(0, np.int64)                                         # [C], grown to the largest class id
     for lab in labels():                                                   # pass 1: clips per class
         lab = np.asarray(lab)
         c = lab.sum(0, dtype=np.int64) if lab.ndim == 2 else np.bincount(lab.astype(np.int64))
-        if counts is None:
-            counts = c
-        else:
-            size = max(len(counts), len(c))
-            counts = np.pad(counts, (0, size - len(counts))) + np.pad(c, (0, size - len(c)))
-    if counts is None:
-        return np.zeros(0, np.float64)
+        counts = np.pad(counts, (0, max(0, len(c) - len(counts))))
+        counts[:len(c)] += c
     label_weight = 1000.0 / (counts + 0.01)                                # [C] float64
     out = []                                                               # pass 2: [b] float64 per block
     for lab in labels():
@@ -105,7 +96,7 @@ def class_balance_weights(labels, block: int = WEIGHT_BLOCK) -> np.ndarray:
         for lo in range(0, len(lab), block):                               # float64 `block` rows at a time
             part = lab[lo:lo + block]
             out.append(label_weight[part.astype(np.int64)] if lab.ndim == 1 else part.astype(np.float64) @ label_weight)
-    return np.concatenate(out)                                             # [N]
+    return np.concatenate(out) if out else np.zeros(0, np.float64)        # [N]
 
 
 class WeightedEpochSampler(Sampler[int]):

@@ -15,7 +15,7 @@ from train.finetune import data as fd
 from train.finetune.augment import Augment, TrainClips
 from train.finetune.config import FinetuneConfig
 from train.finetune.engine import EvalResult, FitResult, Splits, fit
-from train.finetune.split import require_classes
+from train.finetune.split import require_counts
 from train.finetune.tasks import Task
 from train.model.checkpoint import load_encoder
 from train.model.models_vit import build_encoder
@@ -57,7 +57,7 @@ def check_task_stores(task: Task, stores: Sequence[ClipStore]) -> None:
     if task.num_classes is not None and ref.num_classes != task.num_classes:
         raise ConfigError(f"{ref.path}: task {task.name} has {task.num_classes} classes, "
                             f"this store has {ref.num_classes}")
-    require_classes(ref.label_counts(), ref.class_names, ref.path, counted=True)   # one class scores 1.0 on nothing
+    require_counts(ref.label_counts(), ref.class_names, ref.path)   # a one-class store scores 1.0 on nothing
 
 
 def _info(stores: Sequence[ClipStore]) -> dict:

@@ -80,12 +80,14 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.astype(np.int64), minlength=num_classes)
 
 
-def require_classes(labels: np.ndarray, class_names: list[str], where, what: str = "clips",
-                    counted: bool = False) -> np.ndarray:
-    """Clips per class [C]; ConfigError naming `where` if fewer than two classes have any `what`:
-    a classifier of one class scores 1.0 on nothing (a folder given one level too high is one class).
-    `counted`: `labels` already holds the clips per class (ClipStore.label_counts)."""
-    counts = np.asarray(labels) if counted else class_counts(labels, len(class_names))
+def require_classes(labels: np.ndarray, class_names: list[str], where, what: str = "clips") -> np.ndarray:
+    """Clips per class [C] of `labels`; require_counts' ConfigError if fewer than two classes."""
+    return require_counts(class_counts(labels, len(class_names)), class_names, where, what)
+
+
+def require_counts(counts: np.ndarray, class_names: list[str], where, what: str = "clips") -> np.ndarray:
+    """`counts` (clips per class [C]); ConfigError naming `where` if fewer than two classes have any
+    `what`: a classifier of one class scores 1.0 on nothing (a folder given one level too high is one class)."""
     present = [class_names[c] for c in np.flatnonzero(counts)]
     if len(present) < 2:
         held = f"only class {present[0]!r}" if present else "no labelled clip"
