@@ -99,6 +99,14 @@ def check_resume_config(out: Path | str, cfg: dict, stage: str) -> None:
                           f"{stage} run (--overwrite or another --name)")
 
 
+def check_saved_config(path: Path | str, saved: dict | None, cfg: dict) -> None:
+    """ConfigError if the checkpoint at `path` recorded other settings (`saved`) than `cfg`."""
+    diff = config_diff(saved or {}, cfg)
+    if diff:
+        raise ConfigError(f"{path}: written with other settings than this run's: {'; '.join(diff[:3])}; "
+                          "resume with the run's settings, or --overwrite / another --name")
+
+
 def truncate_log(path: Path | str, step: int) -> None:
     """Keep log.jsonl's lines up to update `step`; a last line cut short by a kill (no newline, or not
     JSON) is dropped, a bad line before it is an error naming the file and the line."""

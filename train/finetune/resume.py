@@ -15,8 +15,8 @@ import torch
 from train import distributed
 from train.model.checkpoint import load_checkpoint, save_checkpoint
 from train.rng import rng_state
-from train.run_folder import config_diff, truncate_log
-from cache_tools.errors import ConfigError, StoreError
+from train.run_folder import check_saved_config, truncate_log
+from cache_tools.errors import StoreError
 
 RESUME = "last.pt"
 
@@ -49,10 +49,8 @@ def load_resume(out: Path, info: dict, dist: distributed.DistInfo, config: dict 
         raise StoreError(f"{path}: not a fine-tuning resume state (kind={st.get('kind')!r})")
     if st["fingerprints"] != info["fingerprints"]:
         raise StoreError(f"{path}: trained on stores {st['fingerprints']}, not on these {info['fingerprints']}")
-    diff = config_diff(st.get("config") or {}, config) if config is not None else []
-    if diff:
-        raise ConfigError(f"{path}: written with other settings than this run's: {'; '.join(diff[:3])}; "
-                          "resume with the run's settings, or --overwrite / another --name")
+    if config is not None:
+        check_saved_config(path, st.get("config"), config)
     if len(st["rng"]) != dist.world_size:
         raise StoreError(f"{path}: written by {len(st['rng'])} ranks, resumed with {dist.world_size}; "
                             "resume with the same number of processes")

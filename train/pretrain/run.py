@@ -35,7 +35,7 @@ from train.lr_sched import build_scheduler
 from train.model.models_mam import MaskedAudioModel
 from train.pretrain.config import PretrainConfig
 from train.plots import plot_curves
-from train.run_folder import check_resume_config, claim, config_diff, truncate_log
+from train.run_folder import check_resume_config, check_saved_config, claim, truncate_log
 from cache_tools.atomic import atomic_write_text
 from cache_tools.writer_lock import writer_lock
 from train.stop_signal import EXIT_REQUEUE, STOPPED, StopOnSignal
@@ -191,10 +191,7 @@ def restore(path: Path, model, opt, sched, scaler, fingerprints: dict, derived: 
     state = load_checkpoint(path)
     if state["fingerprints"] != fingerprints:
         raise StoreError(f"{path}: trained on stores {state['fingerprints']}, not on these {fingerprints}")
-    diff = config_diff(state.get("config") or {}, config)
-    if diff:
-        raise ConfigError(f"{path}: written with other settings than this run's: {'; '.join(diff[:3])}; "
-                          "resume with the run's settings, or --overwrite / another --name")
+    check_saved_config(path, state.get("config"), config)
     model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"]); scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
