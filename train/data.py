@@ -103,9 +103,11 @@ def _short(v) -> str:
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def check_compatible(stores: Sequence[ClipStore]) -> None:
+def check_compatible(stores: Sequence[ClipStore], recorded: dict | None = None, recorded_by: Path | None = None) -> None:
     """The one store-compatibility check: clip stores pretrained on, fine-tuned on or evaluated together must
-    share their label space (label_space); the first differing property names both stores."""
+    share their label space (label_space); the first differing property names both stores. `recorded`:
+    the part of a label space a checkpoint (`recorded_by`) holds, which every store must match too: a
+    model scored against other classes, or classes in another order, gives a number that means nothing."""
     ref = label_space(stores[0])
     for s in stores[1:]:
         got = label_space(s)
@@ -116,6 +118,14 @@ def check_compatible(stores: Sequence[ClipStore]) -> None:
                 f"{s.path}: {', '.join(diff)} {verb} from the clip store {stores[0].path} ({k}: {_short(got[k])} "
                 f"here, {_short(ref[k])} there); clip stores used together must share the class "
                 f"ids and names, the label kind, the input length and the feature parameters")
+    for s in stores if recorded else []:
+        got = label_space(s)
+        diff = [k for k, v in recorded.items() if v is not None and got[k] != v]
+        if diff:
+            k, verb = diff[0], "differs" if len(diff) == 1 else "differ"
+            raise StoreError(f"{s.path}: {', '.join(diff)} {verb} from what {recorded_by} was trained on ({k}: "
+                             f"{_short(got[k])} here, {_short(recorded[k])} there); scores against this store "
+                             f"would mean nothing")
 
 
 def _paths(p: str | Path | Sequence[str | Path] | None) -> list[Path]:

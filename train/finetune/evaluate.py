@@ -14,6 +14,7 @@ import numpy as np
 from cache_tools.errors import ConfigError
 from train.finetune import data as fd
 from train.model.checkpoint import check_model_args, load_checkpoint
+from train.data import check_compatible
 from train.distributed import resolve_device
 from train.finetune.engine import evaluate
 from train.model.models_vit import AudioViT
@@ -67,20 +68,10 @@ def evaluate_checkpoint(ckpt: str | Path, task: str | None = None, stores: str |
 
 
 def check_test_store(store, state: dict, ckpt: Path) -> bool:
-    """ConfigError if `store` names its classes otherwise (another order scores nonsense) or holds other
-    clip lengths than the run trained on; whether it is the very store the run recorded (fingerprint;
-    a warning on stderr if not: the number is then a score on other clips)."""
-    names = state.get("class_names")
-    if names is not None and list(names) != list(store.class_names):
-        k = next((i for i, (a, b) in enumerate(zip(names, store.class_names)) if a != b), min(len(names),
-                                                                                            store.num_classes))
-        got = store.class_names[k] if k < store.num_classes else "(none)"
-        want = names[k] if k < len(names) else "(none)"
-        raise ConfigError(f"{store.path}: its classes are not those {ckpt} was trained on (class {k}: "
-                          f"{got!r}, trained as {want!r}); scores against these labels would mean nothing")
-    length = state.get("target_length")
-    if length is not None and int(length) != store.target_length:
-        raise ConfigError(f"{store.path}: clips of {store.target_length} frames, {ckpt} was trained on {length}")
+    """StoreError if `store` names its classes otherwise (another order scores nonsense) or holds other
+    clip lengths than the run trained on (train.data.check_compatible); whether it is the very store the
+    run recorded (fingerprint; a warning on stderr if not: the number is then a score on other clips)."""
+    check_compatible([store], {k: state.get(k) for k in ("class_names", "target_length")}, ckpt)
     recorded = (state.get("fingerprints") or {}).get("clips", {}).get(store.path.name)
     if recorded is not None and recorded != store.fingerprint:
         print(f"warning: {store.path} is not the store {ckpt} recorded (fingerprint {store.fingerprint}, recorded "
